@@ -1,0 +1,41 @@
+"""Generated data sets of the classic small systems: XOR and a noisy cubic polynomial."""
+import numpy as np
+
+from datasets import Dataset
+
+
+def load_xor(config) -> Dataset:
+    """The four XOR points; train and test are the same four."""
+    del config
+    inputs = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32)
+    targets = np.array([[0], [1], [1], [0]], np.float32)
+    split = {"inputs": inputs, "targets": targets}
+    return Dataset(train=split, test=split)
+
+
+def cubic(x):
+    return x**3 - 2 * x**2 + x - 2
+
+
+def load_polynomial(config) -> Dataset:
+    """y = x^3 - 2x^2 + x - 2 + N(0, 1) for x uniform on [-10, 10].
+
+    Inputs and targets are standardised with the training split's mean and standard deviation; the
+    test split is an independent draw standardised the same way.
+    """
+    rng = np.random.default_rng(config.seed)
+
+    def draw(n):
+        x = rng.uniform(-10, 10, size=(n, 1))
+        return x, cubic(x) + rng.normal(0, 1, size=(n, 1))
+
+    x_train, y_train = draw(config.num_train)
+    x_test, y_test = draw(config.num_test)
+    x_mean, x_std = x_train.mean(), x_train.std()
+    y_mean, y_std = y_train.mean(), y_train.std()
+
+    def split(x, y):
+        return {"inputs": ((x - x_mean) / x_std).astype(np.float32),
+                "targets": ((y - y_mean) / y_std).astype(np.float32)}
+
+    return Dataset(train=split(x_train, y_train), test=split(x_test, y_test))
