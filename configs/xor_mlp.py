@@ -1,0 +1,28 @@
+"""XOR: MLP 2-16-1 with ReLU, mean squared error, SGD on the four points.
+
+    python scripts/train.py --config=configs/xor_mlp.py --workdir=runs/xor
+
+Right when the output thresholded at 0.5 equals the target bit (eval/accuracy 1.0 = all four).
+Reaches: RESULT_PENDING
+"""
+import ml_collections
+
+from configs.base import get_base_config
+
+
+def get_config():
+    config = get_base_config()
+    config.task = "binary_regression"
+    config.model = ml_collections.ConfigDict(dict(
+        name="mlp", features=(16, 1), activation="relu", init_gain=0.0))
+    config.dataset = ml_collections.ConfigDict({"name": "xor"})
+    config.batch_size = 4
+    config.eval_batch_size = 4
+    config.optimizer.name = "sgd"
+    config.optimizer.learning_rate = 0.1
+    config.num_epochs = 1000  # one step an epoch
+    config.log_every_steps = 250
+    config.eval_every_epochs = 0
+    config.eval_every_steps = 250
+    config.checkpoint_every_steps = 500
+    return config

@@ -1,0 +1,84 @@
+"""What the scripts share: the --config flag and one clear message for every bad input.
+
+ml_collections' config flag raises raw exceptions while flags are parsed (a syntax error in the
+file, a missing get_config, an unknown field in an override) and reports a missing file only at
+first use; `parse_flags` turns each into one line naming what is wrong and exits 2.
+"""
+import logging as std_logging
+import re
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from trainer.errors import USER_ERRORS
+
+CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/mnist_cnn.py; fields are overridden with "
+    "--config.FIELD=VALUE.", lock_config=True)
+DEBUG = flags.DEFINE_bool("debug", False, "Show the traceback of an error.")
+flags.mark_flag_as_required("config")
+
+
+def fail(message):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def describe_config_error(error, argv):
+    if isinstance(error, flags.Error):
+        return str(error)
+    if isinstance(error, SyntaxError):
+        return (f"the config file {error.filename} has a syntax error on line {error.lineno}: "
+                f"{error.msg}. Fix the file.")
+    text = str(error).replace("\\n", " ").replace("\n", " ")
+    if isinstance(error, OSError):
+        return (f"the config file could not be read ({text.split('Attempted')[-1].strip()}). "
+                f"Check the --config path.")
+    if "get_config" in text:
+        return "the config file defines no get_config() function returning a ConfigDict."
+    key = re.search(r"'([^'\\]+)", text)
+    overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+    bad = [o for o in overrides if key and o.split(".")[-1] == key.group(1)] or overrides
+    if isinstance(error, (AttributeError, KeyError)) and bad:
+        hint = re.search(r"Did you mean \"?(\w+)", text)
+        return (f"{bad[0]}: the config has no such field"
+                f"{f' (did you mean {hint.group(1)!r}?)' if hint else ''}. "
+                f"See the fields with --show_config.")
+    return f"the config could not be loaded: {type(error).__name__}: {text}"
+
+
+def parse_flags(argv):
+    try:
+        rest = flags.FLAGS(argv)
+        CONFIG.value.to_dict()  # a file that failed to load raises here, not at parsing
+    except Exception as e:  # pylint: disable=broad-except
+        if "--debug" in argv:
+            raise
+        fail(describe_config_error(e, argv))
+    if len(rest) > 1:
+        fail(f"unexpected arguments {rest[1:]}; flags are written --name=value.")
+    return rest
+
+
+def quiet_logging():
+    """Short log lines; Orbax's INFO lines (several per save) only with --debug."""
+    handler = logging.get_absl_handler()
+    handler.setFormatter(std_logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    if not DEBUG.value:
+        handler.addFilter(lambda r: r.levelno >= std_logging.WARNING or "orbax" not in r.pathname)
+
+
+def run(main):
+    """Runs main(argv) under absl; errors a user can fix print one message and exit 2."""
+
+    def main_with_errors(argv):
+        quiet_logging()
+        try:
+            main(argv)
+        except USER_ERRORS as e:
+            if DEBUG.value:
+                raise
+            fail(str(e))
+
+    app.run(main_with_errors, flags_parser=parse_flags)

@@ -1,0 +1,56 @@
+"""Checks a config before anything is built or written, so a bad value costs nothing."""
+from trainer.errors import ConfigError
+from trainer.optim import OPTIMIZERS, SCHEDULES
+from trainer.tasks import TASKS
+
+
+def lookup(config, field):
+    value = config
+    for part in field.split("."):
+        if part not in value:
+            raise ConfigError(f"config.{field} is missing; add it to the config file.")
+        value = value[part]
+    return value
+
+
+def require(config, field, ok, requirement):
+    value = lookup(config, field)
+    if not ok(value):
+        raise ConfigError(f"config.{field}={value!r} is invalid: it must be {requirement}. "
+                          f"Fix the config file or pass --config.{field}=VALUE.")
+
+
+def is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def one_of(choices):
+    return lambda value: value in choices, f"one of {sorted(choices)}"
+
+
+def validate_config(config):
+    for field in ("batch_size", "eval_batch_size", "log_every_steps", "checkpoint_every_steps",
+                  "keep_checkpoints"):
+        require(config, field, lambda v: is_int(v) and v > 0, "a positive integer")
+    for field in ("num_epochs", "num_steps", "eval_every_epochs", "eval_every_steps", "seed",
+                  "optimizer.warmup_steps"):
+        require(config, field, lambda v: is_int(v) and v >= 0, "an integer >= 0")
+    if lookup(config, "num_epochs") == 0 and lookup(config, "num_steps") == 0:
+        raise ConfigError("config.num_epochs and config.num_steps are both 0: set one of them to "
+                          "the length of training (num_steps wins when both are set).")
+    require(config, "optimizer.learning_rate", lambda v: is_number(v) and v > 0, "a number > 0")
+    require(config, "optimizer.momentum", lambda v: is_number(v) and 0 <= v < 1, "in [0, 1)")
+    for field in ("optimizer.weight_decay", "optimizer.grad_clip_norm"):
+        require(config, field, lambda v: is_number(v) and v >= 0, "a number >= 0 (0 turns it off)")
+    require(config, "optimizer.decay_every_epochs", lambda v: is_int(v) and v > 0,
+            "a positive integer")
+    require(config, "optimizer.decay_rate", lambda v: is_number(v) and 0 < v <= 1, "in (0, 1]")
+    require(config, "task", *one_of(TASKS))
+    require(config, "optimizer.name", *one_of(OPTIMIZERS))
+    require(config, "optimizer.schedule", *one_of(SCHEDULES))
+    require(config, "model.name", lambda v: isinstance(v, str) and v, "a model name")
+    require(config, "dataset.name", lambda v: isinstance(v, str) and v, "a data set name")

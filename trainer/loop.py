@@ -1,0 +1,128 @@
+"""The training loop: `train_and_evaluate(config, workdir)`.
+
+Everything that can be wrong with the config or the data is found before the workdir is touched.
+"""
+import functools
+import json
+import os
+import time
+
+import jax
+from absl import logging
+from clu import parameter_overview
+
+import datasets
+import models
+from trainer import batching
+from trainer.checkpoint import Checkpoints
+from trainer.config_check import validate_config
+from trainer.errors import ConfigError, WorkdirError
+from trainer.metrics import MetricWriter, prefixed
+from trainer.optim import create_optimizer
+from trainer.state import create_train_state
+from trainer.steps import eval_step, train_step
+from trainer.tasks import TASKS
+
+
+def prepare_workdir(workdir):
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise WorkdirError(f"--workdir={workdir} is a file, not a folder. Give a folder path.")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise WorkdirError(f"cannot create --workdir={workdir}: {e.strerror}. "
+                           f"Give a folder you can write to.") from e
+    if not os.access(workdir, os.W_OK | os.X_OK):
+        raise WorkdirError(f"--workdir={workdir} is not writable. Give a folder you can write to.")
+
+
+def evaluate(eval_step_fn, state, split, batch_size):
+    total = None
+    for batch in batching.eval_batches(split, batch_size):
+        metrics = eval_step_fn(state, batch)
+        total = metrics if total is None else total.merge(metrics)
+    return {name: float(value) for name, value in total.compute().items()}
+
+
+def train_and_evaluate(config, workdir):
+    """Trains to the end given by the config, resuming from the latest checkpoint in `workdir`.
+
+    Returns (final state, metrics of the last evaluation; empty if the run was already complete).
+    """
+    validate_config(config)
+    dataset = datasets.get_dataset(config.dataset)
+    model = models.get_model(config.model)
+    task = TASKS[config.task]
+    steps_per_epoch = dataset.num_train // config.batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(f"config.batch_size={config.batch_size} is larger than the training split "
+                          f"({dataset.num_train} examples). Use a batch size <= {dataset.num_train}.")
+    total_steps = config.num_steps or config.num_epochs * steps_per_epoch
+    tx, schedule = create_optimizer(config.optimizer, steps_per_epoch, total_steps)
+    example_inputs = dataset.prepare_inputs(dataset.train["inputs"][:1])
+    state = create_train_state(model, tx, example_inputs, config.seed)
+
+    prepare_workdir(workdir)
+    checkpoints = Checkpoints(workdir, config.keep_checkpoints)
+    if checkpoints.latest_step() is not None:
+        state = checkpoints.restore(state)
+        logging.info("Resuming from the checkpoint at step %d.", state.step)
+    step = int(state.step)
+    if step >= total_steps:
+        logging.info("The run in %s is already complete: step %d of %d.", workdir, step, total_steps)
+        checkpoints.close()
+        return state, {}
+
+    writer = MetricWriter(workdir)
+    if step == 0:
+        logging.info("Parameters:\n%s", parameter_overview.get_parameter_overview(state.params))
+        writer.write_text("config", config.to_json_best_effort(indent=2))
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+        f.write(config.to_json_best_effort(indent=2))
+    logging.info("Training steps %d to %d: %d steps an epoch of batch %d.", step, total_steps,
+                 steps_per_epoch, config.batch_size)
+
+    step_fns = dict(task=task, prepare_inputs=dataset.prepare_inputs)
+    train_step_fn = jax.jit(functools.partial(train_step, **step_fns), donate_argnums=0)
+    eval_step_fn = jax.jit(functools.partial(eval_step, **step_fns))
+    train_metrics, order, eval_metrics = None, None, {}
+    last_log_time, last_log_step = time.perf_counter(), step
+    while step < total_steps:
+        epoch, index = divmod(step, steps_per_epoch)
+        if order is None or index == 0:
+            order = batching.epoch_permutation(config.seed, epoch, dataset.num_train)
+        batch = batching.take(dataset.train, order[index * config.batch_size:
+                                                   (index + 1) * config.batch_size])
+        state, metrics = train_step_fn(state, batch)
+        step += 1
+        train_metrics = metrics if train_metrics is None else train_metrics.merge(metrics)
+        is_last = step == total_steps
+
+        if step % config.log_every_steps == 0 or is_last:
+            scalars = prefixed("train", train_metrics.compute())  # waits for the step to finish
+            now = time.perf_counter()
+            steps_per_sec = (step - last_log_step) / (now - last_log_time)
+            scalars.update(learning_rate=schedule(step - 1), steps_per_sec=steps_per_sec)
+            writer.write_scalars(step, scalars)
+            logging.info("epoch %.2f, %.1f steps/s, ETA %.0f s", step / steps_per_epoch,
+                         steps_per_sec, (total_steps - step) / steps_per_sec)
+            train_metrics, last_log_time, last_log_step = None, now, step
+
+        epoch_ended = step % steps_per_epoch == 0
+        if (is_last or (config.eval_every_steps and step % config.eval_every_steps == 0)
+                or (epoch_ended and config.eval_every_epochs
+                    and (step // steps_per_epoch) % config.eval_every_epochs == 0)):
+            eval_start = time.perf_counter()
+            eval_metrics = evaluate(eval_step_fn, state, dataset.test, config.eval_batch_size)
+            writer.write_scalars(step, prefixed("eval", eval_metrics))
+            last_log_time += time.perf_counter() - eval_start  # evaluating is not training speed
+
+        if step % config.checkpoint_every_steps == 0 or is_last:
+            checkpoints.save(state)
+
+    checkpoints.wait()
+    checkpoints.close()
+    writer.close()
+    with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
+        json.dump({"step": step, **prefixed("eval", eval_metrics)}, f)
+    return state, eval_metrics

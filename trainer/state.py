@@ -1,0 +1,25 @@
+"""The training state: params, optimizer state, BatchNorm statistics, step and RNG key."""
+from typing import Any
+
+import flax
+import jax
+from flax.training import train_state
+
+
+class TrainState(train_state.TrainState):
+    batch_stats: Any = flax.struct.field(default_factory=dict)
+    rng: jax.Array = None  # dropout keys are folded from it and the step: reproducible on resume
+
+
+def create_train_state(model, tx, example_inputs, seed) -> TrainState:
+    """Initialises the model; jitted, since Flax's eager init compiles dozens of small programs."""
+
+    @jax.jit
+    def init(key):
+        params_key, dropout_key, state_key = jax.random.split(key, 3)
+        variables = model.init({"params": params_key, "dropout": dropout_key}, example_inputs,
+                               train=False)
+        return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                                 batch_stats=variables.get("batch_stats", {}), rng=state_key)
+
+    return init(jax.random.PRNGKey(seed))
