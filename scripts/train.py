@@ -1,0 +1,30 @@
+"""Trains a model from a config, resuming from the latest checkpoint in the workdir.
+
+    python scripts/train.py --config=configs/mnist_cnn.py --workdir=runs/mnist
+"""
+import pathlib
+import sys
+
+# This checkout's packages come first, so `datasets` is ours even where Hugging Face's is installed.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from absl import flags  # pylint: disable=wrong-import-position
+
+from trainer import cli, loop  # pylint: disable=wrong-import-position
+
+WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and TensorBoard.")
+SHOW_CONFIG = flags.DEFINE_bool("show_config", False, "Print the resolved config and exit.")
+
+
+def main(argv):
+    del argv
+    if SHOW_CONFIG.value:
+        print(cli.CONFIG.value)
+        return
+    if not WORKDIR.value:
+        cli.fail("--workdir is required: the folder for checkpoints, metrics and TensorBoard.")
+    loop.train_and_evaluate(cli.CONFIG.value, WORKDIR.value)
+
+
+if __name__ == "__main__":
+    cli.run(main)
