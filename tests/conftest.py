@@ -1,0 +1,23 @@
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"
+
+
+@pytest.fixture
+def mnist_dir():
+    if not (MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
+        pytest.fail(f"real MNIST is expected at {MNIST_DIR} (see its README)")
+    return str(MNIST_DIR)
+
+
+def run_train(*args, env=None, timeout=300):
+    """Runs scripts/train.py as a user would; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), *args],
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, cwd=REPO)
