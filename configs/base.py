@@ -9,8 +9,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict({"name": "mlp"})  # other fields go to the constructor
     config.dataset = ml_collections.ConfigDict({"name": "mnist", "data_dir": "", "tfds_data_dir": ""})
 
-    config.batch_size = 128
-    config.eval_batch_size = 1000
+    config.parallelism = "jit"  # jit (one program over a device mesh) | pmap
+
+    config.batch_size = 128  # global: split over all devices of all processes
+    config.eval_batch_size = 1000  # global, like batch_size
     config.num_epochs = 10
     config.num_steps = 0  # > 0: train this many steps instead of num_epochs
 

@@ -13,6 +13,7 @@ class CNN(nn.Module):
     dense_features: Sequence[int] = (256,)
     num_classes: int = 10
     dropout_rate: float = 0.0
+    axis_name: str | None = None  # set by the trainer under pmap: BatchNorm statistics over devices
 
     def __post_init__(self):
         if self.pool not in ("avg", "max"):
@@ -31,7 +32,8 @@ class CNN(nn.Module):
             x = nn.Conv(features, (self.kernel_size, self.kernel_size),
                         use_bias=not self.batch_norm)(x)
             if self.batch_norm:
-                x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+                x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                                 axis_name=self.axis_name)(x)
             x = pool(nn.relu(x), (2, 2), strides=(2, 2))
         x = x.reshape(x.shape[0], -1)
         for features in self.dense_features:

@@ -12,6 +12,7 @@ from trainer import batching
 from trainer.checkpoint import Checkpoints
 from trainer.loop import evaluate
 from trainer.optim import create_optimizer
+from trainer.parallel import DataParallel
 from trainer.state import create_train_state
 from trainer.steps import eval_step, train_step
 from trainer.tasks import TASKS
@@ -65,9 +66,9 @@ def test_eval_counts_every_example_once_with_padding():
     expected_accuracy = float(np.mean(np.argmax(outputs, -1) == split["targets"]))
     batches = list(batching.eval_batches(split, 4))
     assert [int(b["mask"].sum()) for b in batches] == [4, 4, 2]
-    metrics = evaluate(evaluate_batch, state, split, batch_size=4)
+    metrics = evaluate(evaluate_batch, state, split, 4, DataParallel("jit"))
     assert metrics["accuracy"] == pytest.approx(expected_accuracy)
-    assert metrics == evaluate(evaluate_batch, state, split, batch_size=10)
+    assert metrics == evaluate(evaluate_batch, state, split, 10, DataParallel("jit"))
 
 
 def test_epoch_order_is_a_seeded_permutation():

@@ -17,6 +17,12 @@ CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/mnist_cnn.py; fields are overridden with "
     "--config.FIELD=VALUE.", lock_config=True)
 DEBUG = flags.DEFINE_bool("debug", False, "Show the traceback of an error.")
+COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "Several hosts: host:port of process 0, given to every process.")
+NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Several hosts: how many processes.")
+PROCESS_ID = flags.DEFINE_integer("process_id", None, "Several hosts: this process's index.")
+MULTIHOST = flags.DEFINE_bool(
+    "multihost", False, "Several hosts, found from the cluster's environment (TPU pod, SLURM, ...).")
 flags.mark_flag_as_required("config")
 
 
@@ -69,11 +75,26 @@ def quiet_logging():
         handler.addFilter(lambda r: r.levelno >= std_logging.WARNING or "orbax" not in r.pathname)
 
 
+def initialize_distributed():
+    """Joins the processes of a multi-host run; only process 0 logs below warnings."""
+    if COORDINATOR.value:
+        import jax  # pylint: disable=g-import-not-at-top
+        jax.distributed.initialize(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value)
+    elif MULTIHOST.value:
+        import jax  # pylint: disable=g-import-not-at-top
+        jax.distributed.initialize()
+    else:
+        return
+    if jax.process_index() != 0:
+        logging.set_verbosity(logging.WARNING)
+
+
 def run(main):
     """Runs main(argv) under absl; errors a user can fix print one message and exit 2."""
 
     def main_with_errors(argv):
         quiet_logging()
+        initialize_distributed()
         try:
             main(argv)
         except USER_ERRORS as e:

@@ -1,6 +1,7 @@
 """Checks a config before anything is built or written, so a bad value costs nothing."""
 from trainer.errors import ConfigError
 from trainer.optim import OPTIMIZERS, SCHEDULES
+from trainer.parallel import MODES
 from trainer.tasks import TASKS
 
 
@@ -50,6 +51,7 @@ def validate_config(config):
             "a positive integer")
     require(config, "optimizer.decay_rate", lambda v: is_number(v) and 0 < v <= 1, "in (0, 1]")
     require(config, "task", *one_of(TASKS))
+    require(config, "parallelism", *one_of(MODES))
     require(config, "optimizer.name", *one_of(OPTIMIZERS))
     require(config, "optimizer.schedule", *one_of(SCHEDULES))
     require(config, "model.name", lambda v: isinstance(v, str) and v, "a model name")

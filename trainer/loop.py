@@ -2,7 +2,6 @@
 
 Everything that can be wrong with the config or the data is found before the workdir is touched.
 """
-import functools
 import json
 import os
 import time
@@ -19,6 +18,7 @@ from trainer.config_check import validate_config
 from trainer.errors import ConfigError, WorkdirError
 from trainer.metrics import MetricWriter, prefixed
 from trainer.optim import create_optimizer
+from trainer.parallel import DataParallel
 from trainer.state import create_train_state
 from trainer.steps import eval_step, train_step
 from trainer.tasks import TASKS
@@ -36,12 +36,18 @@ def prepare_workdir(workdir):
         raise WorkdirError(f"--workdir={workdir} is not writable. Give a folder you can write to.")
 
 
-def evaluate(eval_step_fn, state, split, batch_size):
+def evaluate(eval_step_fn, state, split, batch_size, parallel):
     total = None
     for batch in batching.eval_batches(split, batch_size):
-        metrics = eval_step_fn(state, batch)
+        metrics = parallel.host_metrics(eval_step_fn(state, parallel.put_batch(batch)))
         total = metrics if total is None else total.merge(metrics)
     return {name: float(value) for name, value in total.compute().items()}
+
+
+def write_file(workdir, name, text):
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, name), "w", encoding="utf-8") as f:
+            f.write(text)
 
 
 def train_and_evaluate(config, workdir):
@@ -50,8 +56,11 @@ def train_and_evaluate(config, workdir):
     Returns (final state, metrics of the last evaluation; empty if the run was already complete).
     """
     validate_config(config)
+    parallel = DataParallel(config.parallelism)
+    parallel.check_batch_size("batch_size", config.batch_size)
+    parallel.check_batch_size("eval_batch_size", config.eval_batch_size)
     dataset = datasets.get_dataset(config.dataset)
-    model = models.get_model(config.model)
+    model = parallel.with_axis_name(models.get_model(config.model))
     task = TASKS[config.task]
     steps_per_epoch = dataset.num_train // config.batch_size
     if steps_per_epoch == 0:
@@ -60,7 +69,7 @@ def train_and_evaluate(config, workdir):
     total_steps = config.num_steps or config.num_epochs * steps_per_epoch
     tx, schedule = create_optimizer(config.optimizer, steps_per_epoch, total_steps)
     example_inputs = dataset.prepare_inputs(dataset.train["inputs"][:1])
-    state = create_train_state(model, tx, example_inputs, config.seed)
+    state = create_train_state(model, tx, example_inputs, config.seed, parallel.replicated)
 
     prepare_workdir(workdir)
     checkpoints = Checkpoints(workdir, config.keep_checkpoints)
@@ -75,16 +84,17 @@ def train_and_evaluate(config, workdir):
 
     writer = MetricWriter(workdir)
     if step == 0:
-        logging.info("Parameters:\n%s", parameter_overview.get_parameter_overview(state.params))
+        logging.info("Parameters:\n%s", parameter_overview.get_parameter_overview(
+            jax.tree.map(lambda x: x.addressable_data(0), state.params)))
         writer.write_text("config", config.to_json_best_effort(indent=2))
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-        f.write(config.to_json_best_effort(indent=2))
-    logging.info("Training steps %d to %d: %d steps an epoch of batch %d.", step, total_steps,
-                 steps_per_epoch, config.batch_size)
+    write_file(workdir, "config.json", config.to_json_best_effort(indent=2))
+    logging.info("Training steps %d to %d: %d steps an epoch of batch %d, %s.", step, total_steps,
+                 steps_per_epoch, config.batch_size, parallel.describe())
 
-    step_fns = dict(task=task, prepare_inputs=dataset.prepare_inputs)
-    train_step_fn = jax.jit(functools.partial(train_step, **step_fns), donate_argnums=0)
-    eval_step_fn = jax.jit(functools.partial(eval_step, **step_fns))
+    step_args = dict(task=task, prepare_inputs=dataset.prepare_inputs)
+    train_step_fn = parallel.compile(train_step, donate_state=True, **step_args)
+    eval_step_fn = parallel.compile(eval_step, **step_args)
+    state = parallel.to_device_form(state)
     train_metrics, order, eval_metrics = None, None, {}
     last_log_time, last_log_step = time.perf_counter(), step
     while step < total_steps:
@@ -93,13 +103,16 @@ def train_and_evaluate(config, workdir):
             order = batching.epoch_permutation(config.seed, epoch, dataset.num_train)
         batch = batching.take(dataset.train, order[index * config.batch_size:
                                                    (index + 1) * config.batch_size])
-        state, metrics = train_step_fn(state, batch)
+        state, metrics = train_step_fn(state, parallel.put_batch(batch))
+        if parallel.one_step_in_flight:
+            jax.block_until_ready(metrics)
         step += 1
         train_metrics = metrics if train_metrics is None else train_metrics.merge(metrics)
         is_last = step == total_steps
 
         if step % config.log_every_steps == 0 or is_last:
-            scalars = prefixed("train", train_metrics.compute())  # waits for the step to finish
+            # Reading the metrics waits for the step to finish.
+            scalars = prefixed("train", parallel.host_metrics(train_metrics).compute())
             now = time.perf_counter()
             steps_per_sec = (step - last_log_step) / (now - last_log_time)
             scalars.update(learning_rate=schedule(step - 1), steps_per_sec=steps_per_sec)
@@ -113,16 +126,16 @@ def train_and_evaluate(config, workdir):
                 or (epoch_ended and config.eval_every_epochs
                     and (step // steps_per_epoch) % config.eval_every_epochs == 0)):
             eval_start = time.perf_counter()
-            eval_metrics = evaluate(eval_step_fn, state, dataset.test, config.eval_batch_size)
+            eval_metrics = evaluate(eval_step_fn, state, dataset.test, config.eval_batch_size,
+                                    parallel)
             writer.write_scalars(step, prefixed("eval", eval_metrics))
             last_log_time += time.perf_counter() - eval_start  # evaluating is not training speed
 
         if step % config.checkpoint_every_steps == 0 or is_last:
-            checkpoints.save(state)
+            checkpoints.save(parallel.to_checkpoint_form(state))
 
     checkpoints.wait()
     checkpoints.close()
     writer.close()
-    with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
-        json.dump({"step": step, **prefixed("eval", eval_metrics)}, f)
-    return state, eval_metrics
+    write_file(workdir, "results.json", json.dumps({"step": step, **prefixed("eval", eval_metrics)}))
+    return parallel.to_checkpoint_form(state), eval_metrics

@@ -1,4 +1,5 @@
 """The training state: params, optimizer state, BatchNorm statistics, step and RNG key."""
+import functools
 from typing import Any
 
 import flax
@@ -11,10 +12,13 @@ class TrainState(train_state.TrainState):
     rng: jax.Array = None  # dropout keys are folded from it and the step: reproducible on resume
 
 
-def create_train_state(model, tx, example_inputs, seed) -> TrainState:
-    """Initialises the model; jitted, since Flax's eager init compiles dozens of small programs."""
+def create_train_state(model, tx, example_inputs, seed, sharding=None) -> TrainState:
+    """Initialises the model, its arrays placed by `sharding` (default: JAX's default device).
 
-    @jax.jit
+    Jitted, since Flax's eager init compiles dozens of small programs.
+    """
+
+    @functools.partial(jax.jit, out_shardings=sharding)
     def init(key):
         params_key, dropout_key, state_key = jax.random.split(key, 3)
         variables = model.init({"params": params_key, "dropout": dropout_key}, example_inputs,

@@ -41,10 +41,13 @@ class Task:
     correct: Callable | None  # (outputs, targets) -> (batch,) of 0/1, or None: no accuracy
     metrics: type
 
-    def compute_metrics(self, outputs, targets, per_example_loss, mask=None):
+    def compute_metrics(self, outputs, targets, per_example_loss, mask=None, axis_name=None):
+        """The batch's metrics; with `axis_name` (pmap), of the whole batch across devices."""
         values = {"loss": per_example_loss}
         if self.correct:
             values["accuracy"] = self.correct(outputs, targets)
+        if axis_name:
+            return self.metrics.gather_from_model_output(axis_name=axis_name, mask=mask, **values)
         return self.metrics.single_from_model_output(mask=mask, **values)
 
 

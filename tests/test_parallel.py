@@ -1,0 +1,94 @@
+"""Data parallel on fake CPU devices (XLA_FLAGS must be set before JAX starts: each run is a
+subprocess), and across two real processes."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, run_train
+
+SMALL_CNN = ["--config=configs/mnist_cnn.py", "--config.model.conv_features=(8, 16)",
+             "--config.log_every_steps=1", "--config.checkpoint_every_steps=10"]
+
+
+def devices(n):
+    return {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+
+
+def train(workdir, mnist_dir, num_devices, *args):
+    result = run_train(*SMALL_CNN, f"--config.dataset.data_dir={mnist_dir}", f"--workdir={workdir}",
+                       *args, env=devices(num_devices))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def logged(workdir):
+    entries = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    losses = [e["train/loss"] for e in entries if "train/loss" in e]
+    return losses, [e["eval/accuracy"] for e in entries if "eval/accuracy" in e]
+
+
+@pytest.mark.parametrize("mode", ["jit", "pmap"])
+def test_eight_devices_learn_what_one_learns(mode, mnist_dir, tmp_path):
+    for n in (1, 8):
+        result = train(tmp_path / str(n), mnist_dir, n, "--config.num_steps=20",
+                       f"--config.parallelism={mode}")
+        assert f"{mode} over {n} cpu device(s)" in result.stderr
+    one_losses, one_accuracy = logged(tmp_path / "1")
+    eight_losses, eight_accuracy = logged(tmp_path / "8")
+    assert len(one_losses) == len(eight_losses) == 20
+    for a, b in zip(one_losses, eight_losses):
+        assert abs(a - b) <= 1e-5 * abs(a)
+    assert one_accuracy == eight_accuracy
+
+
+def test_checkpoints_move_between_device_counts_and_modes(mnist_dir, tmp_path):
+    steps = [(8, "jit", 10), (1, "jit", 20), (2, "pmap", 30), (8, "pmap", 40)]
+    for num_devices, mode, end in steps:
+        result = train(tmp_path, mnist_dir, num_devices, f"--config.num_steps={end}",
+                       f"--config.parallelism={mode}", "--config.optimizer.schedule=constant")
+        if end > 10:
+            assert f"Resuming from the checkpoint at step {end - 10}" in result.stderr
+        assert json.loads((tmp_path / "results.json").read_text())["step"] == end
+    losses, _ = logged(tmp_path)
+    assert len(losses) == 40 and sum(losses[-5:]) < sum(losses[:5])  # it kept learning
+
+
+def test_batch_that_does_not_split_names_the_device_count(tmp_path):
+    result = run_train("--config=configs/mnist_cnn.py", "--config.batch_size=100",
+                       f"--workdir={tmp_path}", env=devices(8))
+    assert result.returncode == 2
+    assert "config.batch_size=100 does not split evenly over the 8 devices" in result.stderr
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_like_one_with_all_devices(mnist_dir, tmp_path):
+    args = [*SMALL_CNN, f"--config.dataset.data_dir={mnist_dir}", "--config.num_steps=10",
+            "--config.checkpoint_every_steps=5"]
+    train(tmp_path / "single", mnist_dir, 8, "--config.num_steps=10",
+          "--config.checkpoint_every_steps=5")
+    address = f"127.0.0.1:{free_port()}"
+    processes = [subprocess.Popen(
+        [sys.executable, str(REPO / "scripts" / "train.py"), *args, f"--workdir={tmp_path / 'multi'}",
+         f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"],
+        cwd=REPO, env={**os.environ, **devices(4)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in (0, 1)]
+    outputs = [p.communicate(timeout=300)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert "over 8 cpu device(s) in 2 process(es)" in outputs[0]
+    assert "step 10: train/loss" not in outputs[1]  # only process 0 logs metrics
+    single_losses, single_accuracy = logged(tmp_path / "single")
+    multi_losses, multi_accuracy = logged(tmp_path / "multi")
+    assert len(multi_losses) == 10
+    for a, b in zip(single_losses, multi_losses):
+        assert abs(a - b) <= 1e-5 * abs(a)
+    assert single_accuracy == multi_accuracy
+    assert sorted(p.name for p in (tmp_path / "multi" / "checkpoints").iterdir()) == ["10", "5"]

@@ -1,0 +1,101 @@
+"""How the steps run over devices: data parallel over every device JAX sees, on one host or many.
+
+`jit` (the default, as current JAX recommends): one program over a Mesh. The batch is split along
+the mesh's "data" axis and the state is replicated; XLA inserts the cross-device reductions, so
+the global batch is computed exactly as on one device (BatchNorm statistics included).
+
+`pmap`: the per-device step under jax.pmap with axis name "data": gradients averaged with
+lax.pmean, metrics gathered, BatchNorm statistics synchronised through the model's `axis_name`.
+
+Both run the same step functions of trainer/steps.py. Between steps the state is in "device form"
+(replicated global arrays for jit, stacked per device for pmap); checkpoints always hold the
+replicated global form, so they restore on any device count in either mode.
+"""
+import functools
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from trainer.errors import ConfigError
+
+AXIS = "data"
+MODES = ("jit", "pmap")
+
+
+class DataParallel:
+
+    def __init__(self, mode):
+        self.mode = mode
+        self.mesh = Mesh(np.array(jax.devices()), (AXIS,))
+        self.replicated = NamedSharding(self.mesh, PartitionSpec())
+        self.split = NamedSharding(self.mesh, PartitionSpec(AXIS))
+        # On the CPU, several multi-device programs in flight deadlock XLA's all-reduce.
+        self.one_step_in_flight = jax.default_backend() == "cpu" and jax.device_count() > 1
+
+    def describe(self):
+        return (f"{self.mode} over {jax.device_count()} {jax.default_backend()} device(s) in "
+                f"{jax.process_count()} process(es)")
+
+    def check_batch_size(self, field, batch_size):
+        if batch_size % jax.device_count():
+            raise ConfigError(
+                f"config.{field}={batch_size} does not split evenly over the "
+                f"{jax.device_count()} devices ({jax.process_count()} process(es)). "
+                f"Use a multiple of {jax.device_count()}.")
+
+    def with_axis_name(self, model):
+        """pmap: a model with an `axis_name` field (BatchNorm) reduces its statistics over devices."""
+        if self.mode == "pmap" and "axis_name" in getattr(model, "__dataclass_fields__", {}):
+            return model.clone(axis_name=AXIS)
+        return model
+
+    def local_rows(self, batch):
+        """The rows of a global batch (host arrays) that this process feeds to its devices."""
+        rows = len(next(iter(batch.values()))) // jax.process_count()
+        start = jax.process_index() * rows
+        return {name: array[start:start + rows] for name, array in batch.items()}
+
+    def put_batch(self, global_batch):
+        local = self.local_rows(global_batch)
+        if self.mode == "pmap":
+            n = jax.local_device_count()
+            return {name: a.reshape(n, a.shape[0] // n, *a.shape[1:]) for name, a in local.items()}
+        return {name: jax.make_array_from_process_local_data(self.split, a)
+                for name, a in local.items()}
+
+    def to_device_form(self, state):
+        """pmap: the replicated state stacked along a leading axis of local devices."""
+        if self.mode == "jit":
+            return state
+        devices = jax.local_devices()
+        stacked = NamedSharding(Mesh(np.array(devices), (AXIS,)), PartitionSpec(AXIS))
+
+        def stack(x):
+            copies = {shard.device: shard.data for shard in x.addressable_shards}
+            return jax.make_array_from_single_device_arrays(
+                (len(devices), *x.shape), stacked, [copies[d][None] for d in devices])
+
+        return jax.tree.map(stack, state)
+
+    def to_checkpoint_form(self, state):
+        if self.mode == "jit":
+            return state
+        return jax.tree.map(
+            lambda x: jax.make_array_from_single_device_arrays(
+                x.shape[1:], self.replicated, [shard.data[0] for shard in x.addressable_shards]),
+            state)
+
+    def host_metrics(self, metrics):
+        """Metrics that every device holds whole, as local arrays the host can read."""
+        if self.mode == "pmap":
+            return jax.tree.map(lambda x: x[0], metrics)
+        return jax.tree.map(lambda x: x.addressable_data(0), metrics)
+
+    def compile(self, step, donate_state=False, **step_args):
+        """jit or pmap of `step(state, batch, **step_args)`."""
+        if self.mode == "pmap":
+            return jax.pmap(functools.partial(step, axis_name=AXIS, **step_args), axis_name=AXIS,
+                            donate_argnums=(0,) if donate_state else ())
+        return jax.jit(functools.partial(step, **step_args),
+                       donate_argnums=(0,) if donate_state else ())
