@@ -16,6 +16,10 @@ class CNN(nn.Module):
     axis_name: str | None = None  # set by the trainer under pmap: BatchNorm statistics over devices
 
     def __post_init__(self):
+        sizes = (*self.conv_features, *self.dense_features, self.num_classes, self.kernel_size)
+        if not all(isinstance(f, int) and f > 0 for f in sizes):
+            raise ValueError("conv_features, dense_features, num_classes and kernel_size must be "
+                             "positive integers")
         if self.pool not in ("avg", "max"):
             raise ValueError(f"pool={self.pool!r}; use 'avg' or 'max'")
         if not 0 <= self.dropout_rate < 1:

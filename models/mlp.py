@@ -18,6 +18,8 @@ class MLP(nn.Module):
     init_gain: float = 0.0
 
     def __post_init__(self):
+        if not all(isinstance(f, int) and f > 0 for f in self.features):
+            raise ValueError(f"features={self.features!r}; use a sequence of positive layer sizes")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation={self.activation!r}; use one of {sorted(ACTIVATIONS)}")
         super().__post_init__()

@@ -1,70 +1,116 @@
 """Bad input through scripts/train.py, as a user gives it: one clear message, exit 2, no traceback,
 and a workdir left as it was."""
+import gzip
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import run_train
+from test_datasets import write_idx
 
 XOR = "--config=configs/xor_mlp.py"
 MNIST = "--config=configs/mnist_cnn.py"
 
 
-@pytest.fixture
-def config_files(tmp_path):
-    (tmp_path / "syntax.py").write_text("def get_config(:\n    pass\n")
-    (tmp_path / "no_get_config.py").write_text("x = 1\n")
-    return tmp_path
+def files(folder):
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Broken config files and data folders, and a workdir holding a finished run's checkpoints."""
+    root = tmp_path_factory.mktemp("inputs")
+    (root / "syntax.py").write_text("def get_config(:\n    pass\n")
+    (root / "no_get_config.py").write_text("x = 1\n")
+    (root / "raises.py").write_text("def get_config():\n    return undefined_name\n")
+    (root / "a_file").write_text("precious")
+    for damage in ("truncated", "wrong_magic", "missing"):
+        folder = root / damage
+        folder.mkdir()
+        for split, n in (("train", 20), ("t10k", 10)):
+            write_idx(folder / f"{split}-images-idx3-ubyte.gz", 2051, np.zeros((n, 28, 28)))
+            write_idx(folder / f"{split}-labels-idx1-ubyte.gz", 2049, np.zeros((n,)))
+    labels = root / "truncated" / "train-labels-idx1-ubyte.gz"
+    labels.write_bytes(gzip.compress(gzip.decompress(labels.read_bytes())[:-5]))
+    write_idx(root / "wrong_magic" / "t10k-images-idx3-ubyte.gz", 2049, np.zeros((10, 28, 28)))
+    (root / "missing" / "t10k-labels-idx1-ubyte.gz").unlink()
+    workdir = root / "run"
+    assert run_train(XOR, f"--workdir={workdir}", "--config.num_epochs=10").returncode == 0
+    return root
 
 
 BAD_INPUTS = [
+    # the config file
+    (["--config=configs/nope.py"], "the config file could not be read"),
+    (["--config=configs"], "the config file could not be read"),
+    (["--config={root}/syntax.py"], "has a syntax error on line 1"),
+    (["--config={root}/no_get_config.py"], "defines no get_config()"),
+    (["--config={root}/raises.py"], "NameError: name 'undefined_name' is not defined"),
+    (["--config.batch_size=4"], "--config=FILE is required"),
+    ([XOR, "stray"], "unexpected arguments ['stray']"),
+    # unknown fields and wrong types
     ([XOR, "--config.optimizer.nam=sgd"], "--config.optimizer.nam: the config has no such field"),
     ([XOR, "--config.batch_sise=4"], "--config.batch_sise: the config has no such field"),
+    ([XOR, "--config.model.depth=3"], "--config.model.depth: the config has no such field"),
     ([XOR, "--config.batch_size=four"], "--config.batch_size=four"),
+    ([XOR, "--config.resume=maybe"], "--config.resume=maybe"),
+    ([XOR, "--config.model.features=wide"], "features=('wide',); use a sequence of positive layer sizes"),
+    ([XOR, "--config.model.features=(16, 0)"], "use a sequence of positive layer sizes"),
+    # sizes and ranges
     ([XOR, "--config.batch_size=0"], "config.batch_size=0 is invalid: it must be a positive integer"),
+    ([XOR, "--config.batch_size=-4"], "config.batch_size=-4 is invalid"),
+    ([XOR, "--config.eval_batch_size=0"], "config.eval_batch_size=0 is invalid"),
     ([XOR, "--config.num_epochs=-3"], "config.num_epochs=-3 is invalid"),
+    ([XOR, "--config.num_epochs=0"], "config.num_epochs and config.num_steps are both 0"),
+    ([XOR, "--config.log_every_steps=0"], "config.log_every_steps=0 is invalid"),
+    ([XOR, "--config.checkpoint_every_steps=-5"], "config.checkpoint_every_steps=-5 is invalid"),
+    ([XOR, "--config.keep_checkpoints=0"], "config.keep_checkpoints=0 is invalid"),
     ([XOR, "--config.optimizer.learning_rate=-0.1"], "config.optimizer.learning_rate=-0.1"),
     ([XOR, "--config.optimizer.momentum=1.5"], "config.optimizer.momentum=1.5"),
+    ([XOR, "--config.optimizer.weight_decay=-1.0"], "config.optimizer.weight_decay=-1.0"),
+    ([XOR, "--config.optimizer.decay_rate=0.0"], "config.optimizer.decay_rate=0.0"),
+    ([XOR, "--config.batch_size=8"], "config.batch_size=8 is larger than the training split"),
+    # unknown names
     ([XOR, "--config.model.name=transformer"], "config.model.name='transformer' is not a model"),
     ([XOR, "--config.model.activation=swish"], "activation='swish'"),
+    ([XOR, "--config.model.name=cnn"], "config.model.activation is not a field of CNN"),
+    ([MNIST, "--config.dataset.name=xor", "--config.batch_size=4"],
+     "config.model ('cnn') cannot take the inputs of data set"),
     ([XOR, "--config.optimizer.name=adagrad"], "config.optimizer.name='adagrad' is invalid"),
     ([XOR, "--config.optimizer.schedule=linear"], "config.optimizer.schedule='linear' is invalid"),
     ([XOR, "--config.task=ranking"], "config.task='ranking' is invalid"),
+    ([XOR, "--config.parallelism=gpu"], "config.parallelism='gpu' is invalid"),
+    ([XOR, "--config.nonfinite=ignore"], "config.nonfinite='ignore' is invalid"),
     ([XOR, "--config.dataset.name=cifar"], "config.dataset.name='cifar' is not a known data set"),
-    ([XOR, "--config.batch_size=8"], "config.batch_size=8 is larger than the training split"),
-    (["--config=configs/nope.py"], "the config file could not be read"),
-    (["--config={files}/syntax.py"], "has a syntax error on line 1"),
-    (["--config={files}/no_get_config.py"], "defines no get_config()"),
+    # data
     ([MNIST, "--config.dataset.data_dir=/no/such/folder"], "is not a folder"),
-    ([XOR, "stray"], "unexpected arguments ['stray']"),
+    ([MNIST, "--config.dataset.data_dir={root}/truncated"], "train-labels-idx1-ubyte.gz is truncated"),
+    ([MNIST, "--config.dataset.data_dir={root}/wrong_magic"], "is not an IDX file"),
+    ([MNIST, "--config.dataset.data_dir={root}/missing"], "t10k-labels-idx1-ubyte.gz (or"),
+    # the workdir
+    ([XOR, "--workdir={root}/a_file"], "is a file, not a folder"),
+    ([XOR, "--workdir={root}/a_file/run"], "cannot create --workdir"),
+    ([XOR, "--workdir=/proc/flaxfit_run"], "cannot create --workdir"),
 ]
 
 
 @pytest.mark.parametrize("args, message", BAD_INPUTS, ids=[a[-1] for a, _ in BAD_INPUTS])
-def test_bad_input_gives_one_clear_message(args, message, config_files, tmp_path):
-    workdir = tmp_path / "run"
-    args = [a.format(files=config_files) for a in args]
-    result = run_train(*args, f"--workdir={workdir}")
+def test_bad_input_gives_one_clear_message_and_touches_nothing(args, message, inputs):
+    args = [a.format(root=inputs) for a in args]
+    if not any(a.startswith("--workdir") for a in args):
+        args.append(f"--workdir={inputs / 'run'}")
+    before = files(inputs)
+    result = run_train(*args)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
-    assert not workdir.exists()  # found before anything was written
+    assert files(inputs) == before  # checkpoints, config files and data byte-identical
 
 
-def test_bad_input_leaves_existing_checkpoints_byte_identical(tmp_path):
-    assert run_train(XOR, f"--workdir={tmp_path}", "--config.num_epochs=10").returncode == 0
-    files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    result = run_train(XOR, f"--workdir={tmp_path}", "--config.optimizer.name=adagrad")
-    assert result.returncode == 2
-    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == files
-
-
-def test_workdir_that_is_a_file(tmp_path):
-    (tmp_path / "file").write_text("precious")
-    result = run_train(XOR, f"--workdir={tmp_path / 'file'}")
-    assert result.returncode == 2 and "is a file, not a folder" in result.stderr
-    assert (tmp_path / "file").read_text() == "precious"
+def test_the_catalogue_is_long_enough():
+    assert len(BAD_INPUTS) >= 30
 
 
 def test_debug_shows_the_traceback(tmp_path):

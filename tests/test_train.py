@@ -1,17 +1,8 @@
 """End-to-end runs of the shipped configs on real data, in process and as a user runs them."""
 import json
-import signal
-import subprocess
-import sys
-import time
-
-import jax
-import numpy as np
-import orbax.checkpoint as ocp
-import pytest
 
 from configs import mnist_cnn, poly_regression, xor_mlp
-from conftest import REPO, run_train
+from conftest import run_train
 from trainer.loop import train_and_evaluate
 
 
@@ -51,34 +42,3 @@ def test_completed_run_says_so_and_keeps_its_checkpoints(tmp_path):
     assert "already complete: step 20 of 20" in again.stderr
     after = {p: p.read_bytes() for p in (tmp_path / "checkpoints").rglob("*") if p.is_file()}
     assert after == before
-
-
-def saved_state(workdir, step):
-    return ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")
-
-
-def test_resume_after_sigkill_ends_where_an_uninterrupted_run_ends(mnist_dir, tmp_path):
-    args = ["--config=configs/mnist_cnn.py", f"--config.dataset.data_dir={mnist_dir}",
-            "--config.model.conv_features=(4, 8)", "--config.model.dense_features=(16,)",
-            "--config.batch_size=32", "--config.num_steps=300", "--config.eval_every_epochs=0",
-            "--config.log_every_steps=50", "--config.checkpoint_every_steps=50"]
-    train_cmd = [sys.executable, str(REPO / "scripts" / "train.py"), *args]
-    whole, interrupted = tmp_path / "whole", tmp_path / "interrupted"
-    subprocess.run([*train_cmd, f"--workdir={whole}"], check=True, capture_output=True, cwd=REPO)
-
-    run = subprocess.Popen([*train_cmd, f"--workdir={interrupted}"], cwd=REPO,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (interrupted / "checkpoints" / "50").exists() and time.time() < deadline:
-        time.sleep(0.01)
-    run.send_signal(signal.SIGKILL)
-    assert run.wait() == -signal.SIGKILL
-    killed_at = max(int(p.name) for p in (interrupted / "checkpoints").iterdir() if p.name.isdigit())
-    assert 50 <= killed_at < 300  # killed mid-run, after its first checkpoint
-
-    resumed = subprocess.run([*train_cmd, f"--workdir={interrupted}"], capture_output=True,
-                             text=True, cwd=REPO, check=True)
-    assert f"Resuming from the checkpoint at step {killed_at}" in resumed.stderr
-    expected, actual = saved_state(whole, 300), saved_state(interrupted, 300)
-    for part in ("params", "batch_stats", "opt_state", "step", "rng"):
-        assert jax.tree.all(jax.tree.map(np.array_equal, expected[part], actual[part])), part

@@ -1,22 +1,41 @@
-"""Orbax checkpoints in `workdir/checkpoints`: save, find the latest, restore.
+"""Orbax checkpoints in `workdir/checkpoints`: save, find the latest good one, restore.
 
-The saved TrainState is all a resume needs: params, optimizer state, BatchNorm statistics, step
-and RNG key. The data position is the step (the order is a function of seed and epoch). Orbax
-writes each checkpoint to a temporary folder and renames it when complete, so the latest step
-folder is always whole.
+The saved TrainState is all a resume needs: params, optimizer state, BatchNorm statistics, step,
+RNG key and the non-finite counters. The data position is the step (the order is a function of
+seed and epoch). Orbax writes each checkpoint to a temporary folder and renames it when complete,
+so a crash during a save leaves the previous ones whole; old checkpoints are removed only after a
+newer one is complete. Checkpoints are arrays and JSON metadata: restoring unpickles nothing.
 """
 import os
+import shutil
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
+
+from trainer.errors import WorkdirError
+
+
+def path_name(path):
+    """'params/Dense_0/kernel' for a tree path, whatever the kinds of its keys."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def shapes_by_name(tree):
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {path_name(path): tuple(leaf.shape) for path, leaf in leaves}
 
 
 class Checkpoints:
 
     def __init__(self, workdir, keep):
-        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.workdir = os.path.abspath(workdir)
+        self.directory = os.path.join(self.workdir, "checkpoints")
         self.manager = ocp.CheckpointManager(
-            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+            self.directory, item_handlers={"state": ocp.StandardCheckpointHandler()},
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=True, cleanup_tmp_directories=True))
 
     def latest_step(self):
         return self.manager.latest_step()
@@ -32,6 +51,50 @@ class Checkpoints:
         restored = self.manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
         return restored.state
+
+    def check_fits(self, step, like_state):
+        """Raises WorkdirError naming the first array whose shape differs from `like_state`."""
+        saved = shapes_by_name(self.manager.item_metadata(step)["state"].tree)
+        wanted = shapes_by_name(like_state)
+        for name in sorted(set(saved) | set(wanted)):
+            if saved.get(name) != wanted.get(name):
+                raise WorkdirError(
+                    f"the checkpoint at step {step} in {self.directory} does not fit the config: "
+                    f"{name} is {saved.get(name, 'absent')} there and {wanted.get(name, 'absent')} "
+                    f"in the config. Use the config that run was started with, or pass "
+                    f"--config.resume=False to start a fresh run in a new subfolder (the "
+                    f"checkpoints stay as they are).")
+
+    def restore_latest_good(self, like_state):
+        """The newest checkpoint that reads whole, or None. Damaged ones are moved aside (never
+        deleted) to workdir/damaged_checkpoints; a checkpoint of another model is an error."""
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                self.manager.item_metadata(step)["state"].tree  # pylint: disable=expression-not-assigned
+            except Exception as e:  # pylint: disable=broad-except
+                self.set_aside(step, e)
+                continue
+            self.check_fits(step, like_state)
+            try:
+                return self.restore(like_state, step)
+            except Exception as e:  # pylint: disable=broad-except
+                self.set_aside(step, e)
+        return None
+
+    def set_aside(self, step, error):
+        target = os.path.join(self.workdir, "damaged_checkpoints", str(step))
+        logging.warning("The checkpoint at step %d cannot be read (%s: %s); moving it to %s and "
+                        "trying the one before.", step, type(error).__name__,
+                        str(error).splitlines()[0][:200], target)
+        if jax.process_index() == 0:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.move(os.path.join(self.directory, str(step)), target)
+        multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
+        self.manager.reload()
+
+    def reached_preemption(self, step):
+        """Several processes: JAX's preemption notice, agreed on by all of them at one step."""
+        return jax.process_count() > 1 and self.manager.reached_preemption(step)
 
     def wait(self):
         self.manager.wait_until_finished()

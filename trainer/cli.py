@@ -11,7 +11,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from trainer.errors import USER_ERRORS
+from trainer.errors import USER_ERRORS, Stopped
 
 CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/mnist_cnn.py; fields are overridden with "
@@ -32,6 +32,8 @@ def fail(message):
 
 
 def describe_config_error(error, argv):
+    if not any(a.startswith("--config=") for a in argv):
+        return "--config=FILE is required, e.g. --config=configs/mnist_cnn.py."
     if isinstance(error, flags.Error):
         return str(error)
     if isinstance(error, SyntaxError):
@@ -67,12 +69,18 @@ def parse_flags(argv):
     return rest
 
 
+def is_noise(record):
+    """Orbax's INFO lines (several per save), and JAX's note that it found no TPU library."""
+    return ((record.levelno < std_logging.WARNING and "orbax" in record.pathname)
+            or record.getMessage().startswith("Unable to initialize backend"))
+
+
 def quiet_logging():
-    """Short log lines; Orbax's INFO lines (several per save) only with --debug."""
+    """Short log lines, without the noise unless --debug."""
     handler = logging.get_absl_handler()
     handler.setFormatter(std_logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     if not DEBUG.value:
-        handler.addFilter(lambda r: r.levelno >= std_logging.WARNING or "orbax" not in r.pathname)
+        handler.addFilter(lambda record: not is_noise(record))
 
 
 def initialize_distributed():
@@ -101,5 +109,8 @@ def run(main):
             if DEBUG.value:
                 raise
             fail(str(e))
+        except Stopped as e:
+            logging.warning("%s", e)
+            sys.exit(e.exit_code)
 
     app.run(main_with_errors, flags_parser=parse_flags)

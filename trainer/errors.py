@@ -11,4 +11,16 @@ class WorkdirError(Exception):
     """A workdir that cannot be used: not a folder, not writable, or holding another run."""
 
 
-USER_ERRORS = (ConfigError, WorkdirError, DataError, ModelError)
+class NonFiniteError(Exception):
+    """A NaN or Inf in the loss or gradients stopped the run; its checkpoints are intact."""
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGINT stopped the run after saving a checkpoint."""
+
+    def __init__(self, message, signal_number):
+        super().__init__(message)
+        self.exit_code = 128 + signal_number  # the shell's convention for "ended by a signal"
+
+
+USER_ERRORS = (ConfigError, WorkdirError, DataError, ModelError, NonFiniteError)

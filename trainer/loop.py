@@ -4,6 +4,8 @@ Everything that can be wrong with the config or the data is found before the wor
 """
 import json
 import os
+import signal
+import threading
 import time
 
 import jax
@@ -15,7 +17,7 @@ import models
 from trainer import batching
 from trainer.checkpoint import Checkpoints
 from trainer.config_check import validate_config
-from trainer.errors import ConfigError, WorkdirError
+from trainer.errors import ConfigError, NonFiniteError, Stopped, WorkdirError
 from trainer.metrics import MetricWriter, prefixed
 from trainer.optim import create_optimizer
 from trainer.parallel import DataParallel
@@ -39,7 +41,7 @@ def prepare_workdir(workdir):
 def evaluate(eval_step_fn, state, split, batch_size, parallel):
     total = None
     for batch in batching.eval_batches(split, batch_size):
-        metrics = parallel.host_metrics(eval_step_fn(state, parallel.put_batch(batch)))
+        metrics = parallel.to_host(eval_step_fn(state, parallel.put_batch(batch)))
         total = metrics if total is None else total.merge(metrics)
     return {name: float(value) for name, value in total.compute().items()}
 
@@ -50,11 +52,68 @@ def write_file(workdir, name, text):
             f.write(text)
 
 
+def fresh_subfolder(workdir):
+    """config.resume=False: a new run beside the old checkpoints, never over them."""
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        return workdir
+    k = 1
+    while os.path.exists(os.path.join(workdir, f"restart_{k}")):
+        k += 1
+    fresh = os.path.join(workdir, f"restart_{k}")
+    logging.info("config.resume=False: starting afresh in %s; the checkpoints in %s stay.",
+                 fresh, workdir)
+    return fresh
+
+
+class StopSignals:
+    """SIGTERM and SIGINT ask the loop to save a checkpoint and stop; a second one ends the process
+    at once. With several processes JAX's preemption notice is used instead (see Checkpoints)."""
+
+    def __init__(self):
+        self.received = None
+        self.previous = {}
+
+    def __enter__(self):
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def handle(self, signal_number, frame):
+        del frame
+        self.received = signal_number
+        self.__exit__()
+
+    def __exit__(self, *exc_info):
+        for signal_number, handler in self.previous.items():
+            signal.signal(signal_number, handler)
+        self.previous = {}
+
+
+def check_finite(config, state, parallel, step, checkpoints):
+    """Stops the run (config.nonfinite="stop") once an update was skipped for a NaN or an Inf."""
+    count = int(parallel.to_host(state.nonfinite_updates))
+    if count and config.nonfinite == "stop":
+        first = int(parallel.to_host(state.first_nonfinite_step)) + 1
+        raise NonFiniteError(
+            f"a NaN or Inf in the loss or gradients at step {first}; the run stopped at step "
+            f"{step} without applying it, and its checkpoints (latest: step "
+            f"{checkpoints.latest_step()}) are intact. Lower the learning rate, clip the gradients "
+            f"(--config.optimizer.grad_clip_norm) or pass --config.nonfinite=skip to skip such "
+            f"updates and go on.")
+    return count
+
+
 def train_and_evaluate(config, workdir):
-    """Trains to the end given by the config, resuming from the latest checkpoint in `workdir`.
+    """Trains to the end given by the config, resuming from the latest good checkpoint in `workdir`.
 
     Returns (final state, metrics of the last evaluation; empty if the run was already complete).
+    SIGTERM or SIGINT at any time saves a checkpoint after the current step and raises Stopped.
     """
+    with StopSignals() as stop:
+        return train_until_done_or_stopped(config, workdir, stop)
+
+
+def train_until_done_or_stopped(config, workdir, stop):
     validate_config(config)
     parallel = DataParallel(config.parallelism)
     parallel.check_batch_size("batch_size", config.batch_size)
@@ -69,14 +128,24 @@ def train_and_evaluate(config, workdir):
     total_steps = config.num_steps or config.num_epochs * steps_per_epoch
     tx, schedule = create_optimizer(config.optimizer, steps_per_epoch, total_steps)
     example_inputs = dataset.prepare_inputs(dataset.train["inputs"][:1])
-    state = create_train_state(model, tx, example_inputs, config.seed, parallel.replicated)
+    try:
+        state = create_train_state(model, tx, example_inputs, config.seed, parallel.replicated)
+    except Exception as e:  # pylint: disable=broad-except
+        raise models.ModelError(
+            f"config.model ({config.model.name!r}) cannot take the inputs of data set "
+            f"{config.dataset.name!r}, of shape {tuple(example_inputs.shape[1:])}: "
+            f"{type(e).__name__}: {str(e).splitlines()[0]}") from e
 
     prepare_workdir(workdir)
+    if not config.resume:
+        workdir = fresh_subfolder(workdir)
+        prepare_workdir(workdir)
     checkpoints = Checkpoints(workdir, config.keep_checkpoints)
-    if checkpoints.latest_step() is not None:
-        state = checkpoints.restore(state)
+    restored = checkpoints.restore_latest_good(state)
+    if restored is not None:
+        state = restored
         logging.info("Resuming from the checkpoint at step %d.", state.step)
-    step = int(state.step)
+    step = int(parallel.to_host(state.step))
     if step >= total_steps:
         logging.info("The run in %s is already complete: step %d of %d.", workdir, step, total_steps)
         checkpoints.close()
@@ -85,7 +154,7 @@ def train_and_evaluate(config, workdir):
     writer = MetricWriter(workdir)
     if step == 0:
         logging.info("Parameters:\n%s", parameter_overview.get_parameter_overview(
-            jax.tree.map(lambda x: x.addressable_data(0), state.params)))
+            parallel.to_host(state.params)))
         writer.write_text("config", config.to_json_best_effort(indent=2))
     write_file(workdir, "config.json", config.to_json_best_effort(indent=2))
     logging.info("Training steps %d to %d: %d steps an epoch of batch %d, %s.", step, total_steps,
@@ -97,45 +166,57 @@ def train_and_evaluate(config, workdir):
     state = parallel.to_device_form(state)
     train_metrics, order, eval_metrics = None, None, {}
     last_log_time, last_log_step = time.perf_counter(), step
-    while step < total_steps:
-        epoch, index = divmod(step, steps_per_epoch)
-        if order is None or index == 0:
-            order = batching.epoch_permutation(config.seed, epoch, dataset.num_train)
-        batch = batching.take(dataset.train, order[index * config.batch_size:
-                                                   (index + 1) * config.batch_size])
-        state, metrics = train_step_fn(state, parallel.put_batch(batch))
-        if parallel.one_step_in_flight:
-            jax.block_until_ready(metrics)
-        step += 1
-        train_metrics = metrics if train_metrics is None else train_metrics.merge(metrics)
-        is_last = step == total_steps
+    try:
+        while step < total_steps:
+            epoch, index = divmod(step, steps_per_epoch)
+            if order is None or index == 0:
+                order = batching.epoch_permutation(config.seed, epoch, dataset.num_train)
+            batch = batching.take(dataset.train, order[index * config.batch_size:
+                                                       (index + 1) * config.batch_size])
+            state, metrics = train_step_fn(state, parallel.put_batch(batch))
+            if parallel.one_step_in_flight:
+                jax.block_until_ready(metrics)
+            step += 1
+            train_metrics = metrics if train_metrics is None else train_metrics.merge(metrics)
+            is_last = step == total_steps
 
-        if step % config.log_every_steps == 0 or is_last:
-            # Reading the metrics waits for the step to finish.
-            scalars = prefixed("train", parallel.host_metrics(train_metrics).compute())
-            now = time.perf_counter()
-            steps_per_sec = (step - last_log_step) / (now - last_log_time)
-            scalars.update(learning_rate=schedule(step - 1), steps_per_sec=steps_per_sec)
-            writer.write_scalars(step, scalars)
-            logging.info("epoch %.2f, %.1f steps/s, ETA %.0f s", step / steps_per_epoch,
-                         steps_per_sec, (total_steps - step) / steps_per_sec)
-            train_metrics, last_log_time, last_log_step = None, now, step
+            if step % config.log_every_steps == 0 or is_last:
+                # Reading the metrics waits for the step to finish.
+                scalars = prefixed("train", parallel.to_host(train_metrics).compute())
+                now = time.perf_counter()
+                steps_per_sec = (step - last_log_step) / (now - last_log_time)
+                scalars.update(learning_rate=schedule(step - 1), steps_per_sec=steps_per_sec)
+                skipped = check_finite(config, state, parallel, step, checkpoints)
+                if skipped:
+                    scalars["train/nonfinite_updates"] = skipped
+                writer.write_scalars(step, scalars)
+                logging.info("epoch %.2f, %.1f steps/s, ETA %.0f s", step / steps_per_epoch,
+                             steps_per_sec, (total_steps - step) / steps_per_sec)
+                train_metrics, last_log_time, last_log_step = None, now, step
 
-        epoch_ended = step % steps_per_epoch == 0
-        if (is_last or (config.eval_every_steps and step % config.eval_every_steps == 0)
-                or (epoch_ended and config.eval_every_epochs
-                    and (step // steps_per_epoch) % config.eval_every_epochs == 0)):
-            eval_start = time.perf_counter()
-            eval_metrics = evaluate(eval_step_fn, state, dataset.test, config.eval_batch_size,
-                                    parallel)
-            writer.write_scalars(step, prefixed("eval", eval_metrics))
-            last_log_time += time.perf_counter() - eval_start  # evaluating is not training speed
+            epoch_ended = step % steps_per_epoch == 0
+            if (is_last or (config.eval_every_steps and step % config.eval_every_steps == 0)
+                    or (epoch_ended and config.eval_every_epochs
+                        and (step // steps_per_epoch) % config.eval_every_epochs == 0)):
+                eval_start = time.perf_counter()
+                eval_metrics = evaluate(eval_step_fn, state, dataset.test,
+                                        config.eval_batch_size, parallel)
+                writer.write_scalars(step, prefixed("eval", eval_metrics))
+                last_log_time += time.perf_counter() - eval_start  # not training speed
 
-        if step % config.checkpoint_every_steps == 0 or is_last:
-            checkpoints.save(parallel.to_checkpoint_form(state))
-
-    checkpoints.wait()
-    checkpoints.close()
-    writer.close()
+            stopping = stop.received or checkpoints.reached_preemption(step)
+            if step % config.checkpoint_every_steps == 0 or is_last or stopping:
+                check_finite(config, state, parallel, step, checkpoints)
+                checkpoints.save(parallel.to_checkpoint_form(state))
+            if stopping:
+                checkpoints.wait()
+                name = signal.Signals(stop.received).name if stop.received else "preemption"
+                raise Stopped(f"Stopped by {name} at step {step}, with a checkpoint saved in "
+                              f"{checkpoints.directory}. Run the same command to resume.",
+                              stop.received or signal.SIGTERM)
+    finally:
+        checkpoints.wait()
+        checkpoints.close()
+        writer.close()
     write_file(workdir, "results.json", json.dumps({"step": step, **prefixed("eval", eval_metrics)}))
     return parallel.to_checkpoint_form(state), eval_metrics

@@ -86,11 +86,11 @@ class DataParallel:
                 x.shape[1:], self.replicated, [shard.data[0] for shard in x.addressable_shards]),
             state)
 
-    def host_metrics(self, metrics):
-        """Metrics that every device holds whole, as local arrays the host can read."""
+    def to_host(self, tree):
+        """Values every device holds whole (metrics, the state), as arrays this process can read."""
         if self.mode == "pmap":
-            return jax.tree.map(lambda x: x[0], metrics)
-        return jax.tree.map(lambda x: x.addressable_data(0), metrics)
+            return jax.tree.map(lambda x: x[0], tree)
+        return jax.tree.map(lambda x: x.addressable_data(0), tree)
 
     def compile(self, step, donate_state=False, **step_args):
         """jit or pmap of `step(state, batch, **step_args)`."""

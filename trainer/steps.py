@@ -4,6 +4,7 @@ They serve every device layout (trainer/parallel.py): under jit they see the glo
 pmap, given `axis_name`, they see one device's share and average across devices themselves.
 """
 import jax
+import jax.numpy as jnp
 
 from trainer.state import TrainState
 
@@ -34,8 +35,27 @@ def train_step(state: TrainState, batch, *, task, prepare_inputs, axis_name=None
     if axis_name:
         grads = jax.lax.pmean(grads, axis_name)
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    new_state = skip_if_nonfinite(state, new_state, [per_example_loss, grads])
     return new_state, task.compute_metrics(outputs, batch["targets"], per_example_loss,
                                            axis_name=axis_name)
+
+
+def skip_if_nonfinite(state, new_state, values):
+    """Keeps the old params, optimizer state and BatchNorm statistics where `values` hold a NaN or
+    an Inf, and counts it; the step still advances, since the batch was consumed. The loop stops
+    the run or goes on, as the config says; either way no non-finite state is ever saved."""
+    finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(values)]))
+
+    def keep(new, old):
+        return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+    return new_state.replace(
+        params=keep(new_state.params, state.params),
+        opt_state=keep(new_state.opt_state, state.opt_state),
+        batch_stats=keep(new_state.batch_stats, state.batch_stats),
+        nonfinite_updates=state.nonfinite_updates + jnp.where(finite, 0, 1),
+        first_nonfinite_step=jnp.where(finite | (state.first_nonfinite_step >= 0),
+                                       state.first_nonfinite_step, state.step))
 
 
 def eval_step(state: TrainState, batch, *, task, prepare_inputs, axis_name=None):

@@ -1,0 +1,199 @@
+"""A run killed at any moment, stopped by a signal, fed a damaged or foreign checkpoint, or hit by
+a NaN: it resumes to the run that would have happened, or stops with its checkpoints intact."""
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import poly_regression
+from conftest import REPO, run_train
+from trainer.checkpoint import Checkpoints
+from trainer.loop import train_and_evaluate
+
+CNN_ARGS = ["--config=configs/mnist_cnn.py", "--config.batch_size=32", "--config.num_steps=120",
+            "--config.eval_every_epochs=0", "--config.eval_every_steps=40",
+            "--config.log_every_steps=10", "--config.checkpoint_every_steps=20"]
+POLY = "--config=configs/poly_regression.py"
+
+
+def train_command(mnist_dir, workdir):
+    return [sys.executable, str(REPO / "scripts" / "train.py"), *CNN_ARGS,
+            f"--config.dataset.data_dir={mnist_dir}", f"--workdir={workdir}"]
+
+
+def saved_state(workdir, step):
+    return ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")
+
+
+def assert_same_state(expected_workdir, actual_workdir, step):
+    expected, actual = saved_state(expected_workdir, step), saved_state(actual_workdir, step)
+    for part in ("params", "batch_stats", "opt_state", "step", "rng"):
+        assert jax.tree.all(jax.tree.map(np.array_equal, expected[part], actual[part])), part
+
+
+def history(workdir):
+    """The logged metrics, less the wall-clock speed."""
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "steps_per_sec"} for line in lines]
+
+
+def files(folder):
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    from conftest import MNIST_DIR  # pylint: disable=import-outside-toplevel
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    subprocess.run(train_command(MNIST_DIR, workdir), check=True, capture_output=True, cwd=REPO)
+    return workdir
+
+
+def finished_steps(workdir):
+    folder = workdir / "checkpoints"
+    return sorted(int(n) for n in os.listdir(folder) if n.isdigit()) if folder.exists() else []
+
+
+KILL_POINTS = {
+    # trained a little, nothing saved yet
+    "before_first_checkpoint": lambda w: (w / "metrics.jsonl").exists() and not finished_steps(w),
+    "just_after_a_checkpoint": lambda w: bool(finished_steps(w)),
+    # the second save is under way: its temporary folder exists beside a finished checkpoint
+    "during_a_save": lambda w: bool(finished_steps(w)) and any(
+        "tmp" in n for n in os.listdir(w / "checkpoints")),
+}
+
+
+@pytest.mark.parametrize("kill_point", KILL_POINTS)
+def test_sigkill_then_resume_is_bitwise_the_uninterrupted_run(kill_point, mnist_dir, tmp_path,
+                                                              uninterrupted):
+    run = subprocess.Popen(train_command(mnist_dir, tmp_path), cwd=REPO,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while run.poll() is None and time.time() < deadline:
+        if (tmp_path / "checkpoints").exists() and KILL_POINTS[kill_point](tmp_path):
+            break
+        time.sleep(0.0005)
+    run.send_signal(signal.SIGKILL)
+    assert run.wait() == -signal.SIGKILL  # killed, not finished
+    killed_at = finished_steps(tmp_path)[-1] if finished_steps(tmp_path) else 0
+    assert killed_at < 120
+    logged_before = len(history(tmp_path)) if (tmp_path / "metrics.jsonl").exists() else 0
+
+    resumed = subprocess.run(train_command(mnist_dir, tmp_path), capture_output=True, text=True,
+                             cwd=REPO, check=True)
+    if killed_at:
+        assert f"Resuming from the checkpoint at step {killed_at}" in resumed.stderr
+    assert_same_state(uninterrupted, tmp_path, 120)
+    after_restart = history(tmp_path)[logged_before:]
+    assert after_restart == [e for e in history(uninterrupted) if e["step"] > killed_at]
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_and_stops_cleanly(signal_number, mnist_dir, tmp_path, uninterrupted):
+    run = subprocess.Popen(train_command(mnist_dir, tmp_path), cwd=REPO, text=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tmp_path / "metrics.jsonl"
+    while run.poll() is None and not (log.exists() and log.read_text()):  # training is under way
+        time.sleep(0.01)
+    run.send_signal(signal_number)
+    stderr = run.communicate(timeout=120)[1]
+    assert run.returncode == 128 + signal_number
+    stopped_at = finished_steps(tmp_path)[-1]
+    assert 10 <= stopped_at < 120
+    name = signal.Signals(signal_number).name
+    assert f"Stopped by {name} at step {stopped_at}" in stderr
+    assert "Run the same command to resume" in stderr and "Traceback" not in stderr
+    subprocess.run(train_command(mnist_dir, tmp_path), check=True, capture_output=True, cwd=REPO)
+    assert_same_state(uninterrupted, tmp_path, 120)
+
+
+def damage_truncate(step_folder):
+    for path in (step_folder / "state").rglob("*"):
+        if path.is_file() and path.parent.name == "d":
+            path.write_bytes(path.read_bytes()[:10])
+
+
+def damage_delete_metadata(step_folder):
+    (step_folder / "state" / "_METADATA").unlink()
+
+
+@pytest.mark.parametrize("damage", [damage_truncate, damage_delete_metadata])
+def test_damaged_latest_checkpoint_falls_back_to_the_one_before(damage, tmp_path):
+    whole, damaged = tmp_path / "whole", tmp_path / "damaged"
+    args = [POLY, "--config.num_epochs=300", "--config.checkpoint_every_steps=100"]
+    assert run_train(*args, f"--workdir={whole}").returncode == 0
+    assert run_train(*args[:1], "--config.num_epochs=200", "--config.checkpoint_every_steps=100",
+                     f"--workdir={damaged}").returncode == 0
+    damage(damaged / "checkpoints" / "200")
+    resumed = run_train(*args, f"--workdir={damaged}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "The checkpoint at step 200 cannot be read" in resumed.stderr
+    assert "Resuming from the checkpoint at step 100" in resumed.stderr
+    assert (damaged / "damaged_checkpoints" / "200").is_dir()  # set aside, not deleted
+    expected, actual = saved_state(whole, 300), saved_state(damaged, 300)
+    assert jax.tree.all(jax.tree.map(np.array_equal, expected["params"], actual["params"]))
+
+
+def test_checkpoint_of_another_model_is_named_and_left_alone(tmp_path):
+    assert run_train(POLY, "--config.num_epochs=50", f"--workdir={tmp_path}").returncode == 0
+    before = files(tmp_path / "checkpoints")
+    result = run_train(POLY, "--config.num_epochs=50", "--config.model.features=(64, 1)",
+                       f"--workdir={tmp_path}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "params/Dense_0/bias is (128,) there and (64,) in the config" in result.stderr
+    assert files(tmp_path / "checkpoints") == before
+
+    fresh = run_train(POLY, "--config.num_epochs=50", "--config.model.features=(64, 1)",
+                      "--config.resume=False", f"--workdir={tmp_path}")
+    assert fresh.returncode == 0, fresh.stderr
+    assert finished_steps(tmp_path / "restart_1") == [50]
+    assert files(tmp_path / "checkpoints") == before
+
+
+def test_nonfinite_loss_stops_the_run_with_its_checkpoints_intact(tmp_path):
+    assert run_train(POLY, "--config.num_epochs=100", f"--workdir={tmp_path}").returncode == 0
+    before = files(tmp_path / "checkpoints")
+    result = run_train(POLY, "--config.num_epochs=200", "--config.optimizer.learning_rate=1e30",
+                       f"--workdir={tmp_path}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "a NaN or Inf in the loss or gradients at step 10" in result.stderr
+    assert "latest: step 100" in result.stderr
+    assert files(tmp_path / "checkpoints") == before
+
+
+def test_nonfinite_updates_can_be_skipped_and_counted(tmp_path):
+    config = poly_regression.get_config()
+    config.num_epochs = 20
+    config.optimizer.learning_rate = 1e30
+    config.nonfinite = "skip"
+    state, _ = train_and_evaluate(config, str(tmp_path))
+    assert int(state.nonfinite_updates) > 0 and int(state.first_nonfinite_step) >= 0
+    assert jax.tree.all(jax.tree.map(lambda x: bool(np.isfinite(x).all()), state.params))
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert logged[-2]["train/nonfinite_updates"] == int(state.nonfinite_updates)
+
+
+def test_restoring_unpickles_nothing(tmp_path, monkeypatch):
+    config = poly_regression.get_config()
+    config.num_epochs = 5
+    state, _ = train_and_evaluate(config, str(tmp_path))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a checkpoint was unpickled")
+
+    for name in ("load", "loads", "Unpickler"):
+        monkeypatch.setattr(pickle, name, refuse)
+    monkeypatch.setattr(np, "load", refuse)
+    restored = Checkpoints(str(tmp_path), keep=1).restore(state)
+    assert jax.tree.all(jax.tree.map(np.array_equal, state.params, restored.params))
+    shutil.rmtree(tmp_path)
