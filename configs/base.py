@@ -36,6 +36,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.eval_every_steps = 0  # > 0: also every this many steps
     config.checkpoint_every_steps = 1000  # and always at the end
     config.keep_checkpoints = 3
+    config.plots = True  # PNG figures in the workdir at the end (also: scripts/plot.py)
     config.resume = True  # False: start afresh in a new subfolder of a workdir that has checkpoints
     config.nonfinite = "stop"  # a NaN or Inf in loss or gradients: "stop" the run, or "skip" the update
     return config

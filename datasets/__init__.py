@@ -31,6 +31,7 @@ class Dataset:
     train: dict[str, np.ndarray]  # {"inputs": ..., "targets": ...}, first axis = examples
     test: dict[str, np.ndarray]
     prepare_inputs: Callable = identity  # raw inputs -> model inputs; traced inside the step
+    decode_outputs: Callable = identity  # model outputs -> the targets' natural units
 
     @property
     def num_train(self) -> int:

@@ -48,7 +48,8 @@ BAD_INPUTS = [
     (["--config={root}/syntax.py"], "has a syntax error on line 1"),
     (["--config={root}/no_get_config.py"], "defines no get_config()"),
     (["--config={root}/raises.py"], "NameError: name 'undefined_name' is not defined"),
-    (["--config.batch_size=4"], "--config=FILE is required"),
+    (["--config.batch_size=4"], "give the config file first, --config=FILE"),
+    (["--workdir=runs/x"], "--config=FILE is required"),
     ([XOR, "stray"], "unexpected arguments ['stray']"),
     # unknown fields and wrong types
     ([XOR, "--config.optimizer.nam=sgd"], "--config.optimizer.nam: the config has no such field"),

@@ -99,10 +99,15 @@ def test_polynomial_is_standardised_and_follows_the_cubic():
     config = ml_collections.ConfigDict(
         {"name": "polynomial", "num_train": 1000, "num_test": 200, "seed": 0})
     data = datasets.get_dataset(config)
-    x, y = data.train["inputs"], data.train["targets"]
+    raw_x, y = data.train["inputs"], data.train["targets"]
+    assert raw_x.min() >= -10 and raw_x.max() <= 10
+    x = np.asarray(data.prepare_inputs(raw_x))
     assert x.shape == (1000, 1) and data.test["inputs"].shape == (200, 1)
     assert abs(x.mean()) < 1e-5 and x.std() == pytest.approx(1, abs=1e-5)
     assert abs(y.mean()) < 1e-5 and y.std() == pytest.approx(1, abs=1e-5)
+    # Decoded targets are the cubic plus N(0, 1) noise.
+    residual = np.asarray(data.decode_outputs(y)) - (raw_x**3 - 2 * raw_x**2 + raw_x - 2)
+    assert abs(residual.mean()) < 0.1 and residual.std() == pytest.approx(1, abs=0.1)
     # Noise N(0, 1) is tiny next to the cubic's spread: y is the cubic of x up to scale and shift.
     assert np.corrcoef(np.polyval(np.polyfit(x[:, 0], y[:, 0], 3), x[:, 0]), y[:, 0])[0, 1] > 0.9999
-    assert datasets.get_dataset(config).train["inputs"].tolist() == x.tolist()  # seeded
+    assert datasets.get_dataset(config).train["inputs"].tolist() == raw_x.tolist()  # seeded

@@ -29,13 +29,14 @@ def shapes_by_name(tree):
 
 class Checkpoints:
 
-    def __init__(self, workdir, keep):
+    def __init__(self, workdir, keep=None, read_only=False):
+        """`read_only`: for evaluation; creates and cleans up nothing."""
         self.workdir = os.path.abspath(workdir)
         self.directory = os.path.join(self.workdir, "checkpoints")
         self.manager = ocp.CheckpointManager(
             self.directory, item_handlers={"state": ocp.StandardCheckpointHandler()},
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, create=True, cleanup_tmp_directories=True))
+                max_to_keep=keep, create=not read_only, cleanup_tmp_directories=not read_only))
 
     def latest_step(self):
         return self.manager.latest_step()

@@ -15,7 +15,8 @@ from trainer.errors import USER_ERRORS, Stopped
 
 CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/mnist_cnn.py; fields are overridden with "
-    "--config.FIELD=VALUE.", lock_config=True)
+    "--config.FIELD=VALUE. Scripts that use a trained run default to the run's config.json.",
+    lock_config=True)
 DEBUG = flags.DEFINE_bool("debug", False, "Show the traceback of an error.")
 COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "Several hosts: host:port of process 0, given to every process.")
@@ -23,7 +24,6 @@ NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Several hosts: how 
 PROCESS_ID = flags.DEFINE_integer("process_id", None, "Several hosts: this process's index.")
 MULTIHOST = flags.DEFINE_bool(
     "multihost", False, "Several hosts, found from the cluster's environment (TPU pod, SLURM, ...).")
-flags.mark_flag_as_required("config")
 
 
 def fail(message):
@@ -33,7 +33,7 @@ def fail(message):
 
 def describe_config_error(error, argv):
     if not any(a.startswith("--config=") for a in argv):
-        return "--config=FILE is required, e.g. --config=configs/mnist_cnn.py."
+        return f"{str(error).split(':')[0]}: give the config file first, --config=FILE."
     if isinstance(error, flags.Error):
         return str(error)
     if isinstance(error, SyntaxError):
@@ -56,9 +56,13 @@ def describe_config_error(error, argv):
     return f"the config could not be loaded: {type(error).__name__}: {text}"
 
 
-def parse_flags(argv):
+def parse_flags(argv, config_required):
     try:
         rest = flags.FLAGS(argv)
+        if CONFIG.value is None:
+            if config_required:
+                fail("--config=FILE is required, e.g. --config=configs/mnist_cnn.py.")
+            return rest
         CONFIG.value.to_dict()  # a file that failed to load raises here, not at parsing
     except Exception as e:  # pylint: disable=broad-except
         if "--debug" in argv:
@@ -97,7 +101,7 @@ def initialize_distributed():
         logging.set_verbosity(logging.WARNING)
 
 
-def run(main):
+def run(main, config_required=True):
     """Runs main(argv) under absl; errors a user can fix print one message and exit 2."""
 
     def main_with_errors(argv):
@@ -113,4 +117,10 @@ def run(main):
             logging.warning("%s", e)
             sys.exit(e.exit_code)
 
-    app.run(main_with_errors, flags_parser=parse_flags)
+    app.run(main_with_errors, flags_parser=lambda argv: parse_flags(argv, config_required))
+
+
+def config_of_run(workdir):
+    """--config if given, else the config the run in `workdir` was trained with."""
+    from trainer import inference  # pylint: disable=g-import-not-at-top
+    return CONFIG.value if CONFIG.value is not None else inference.load_config(workdir)

@@ -53,7 +53,8 @@ def validate_config(config):
     require(config, "task", *one_of(TASKS))
     require(config, "parallelism", *one_of(MODES))
     require(config, "nonfinite", *one_of(("stop", "skip")))
-    require(config, "resume", lambda v: isinstance(v, bool), "True or False")
+    for field in ("resume", "plots"):
+        require(config, field, lambda v: isinstance(v, bool), "True or False")
     require(config, "optimizer.name", *one_of(OPTIMIZERS))
     require(config, "optimizer.schedule", *one_of(SCHEDULES))
     require(config, "model.name", lambda v: isinstance(v, str) and v, "a model name")

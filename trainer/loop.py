@@ -2,11 +2,13 @@
 
 Everything that can be wrong with the config or the data is found before the workdir is touched.
 """
+import dataclasses
 import json
 import os
 import signal
 import threading
 import time
+from typing import Callable
 
 import jax
 from absl import logging
@@ -20,10 +22,11 @@ from trainer.config_check import validate_config
 from trainer.errors import ConfigError, NonFiniteError, Stopped, WorkdirError
 from trainer.metrics import MetricWriter, prefixed
 from trainer.optim import create_optimizer
-from trainer.parallel import DataParallel
-from trainer.state import create_train_state
+from trainer.parallel import DataParallel, local_copy
+from trainer.progress import Progress
+from trainer.state import TrainState, create_train_state
 from trainer.steps import eval_step, train_step
-from trainer.tasks import TASKS
+from trainer.tasks import TASKS, Task
 
 
 def prepare_workdir(workdir):
@@ -113,14 +116,27 @@ def train_and_evaluate(config, workdir):
         return train_until_done_or_stopped(config, workdir, stop)
 
 
-def train_until_done_or_stopped(config, workdir, stop):
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What a config builds before any file is touched."""
+    parallel: DataParallel
+    dataset: datasets.Dataset
+    task: Task
+    state: TrainState  # freshly initialised, replicated over all devices
+    schedule: Callable
+    steps_per_epoch: int
+    total_steps: int
+
+
+def build(config) -> Setup:
+    """Checks the config and builds data, model, optimizer and state; raises a user error if any
+    of them cannot be built from it."""
     validate_config(config)
     parallel = DataParallel(config.parallelism)
     parallel.check_batch_size("batch_size", config.batch_size)
     parallel.check_batch_size("eval_batch_size", config.eval_batch_size)
     dataset = datasets.get_dataset(config.dataset)
     model = parallel.with_axis_name(models.get_model(config.model))
-    task = TASKS[config.task]
     steps_per_epoch = dataset.num_train // config.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(f"config.batch_size={config.batch_size} is larger than the training split "
@@ -135,7 +151,14 @@ def train_until_done_or_stopped(config, workdir, stop):
             f"config.model ({config.model.name!r}) cannot take the inputs of data set "
             f"{config.dataset.name!r}, of shape {tuple(example_inputs.shape[1:])}: "
             f"{type(e).__name__}: {str(e).splitlines()[0]}") from e
+    return Setup(parallel, dataset, TASKS[config.task], state, schedule, steps_per_epoch,
+                 total_steps)
 
+
+def train_until_done_or_stopped(config, workdir, stop):
+    setup = build(config)
+    parallel, dataset, task, state = setup.parallel, setup.dataset, setup.task, setup.state
+    schedule, steps_per_epoch, total_steps = setup.schedule, setup.steps_per_epoch, setup.total_steps
     prepare_workdir(workdir)
     if not config.resume:
         workdir = fresh_subfolder(workdir)
@@ -145,7 +168,7 @@ def train_until_done_or_stopped(config, workdir, stop):
     if restored is not None:
         state = restored
         logging.info("Resuming from the checkpoint at step %d.", state.step)
-    step = int(parallel.to_host(state.step))
+    step = int(local_copy(state.step))
     if step >= total_steps:
         logging.info("The run in %s is already complete: step %d of %d.", workdir, step, total_steps)
         checkpoints.close()
@@ -154,7 +177,7 @@ def train_until_done_or_stopped(config, workdir, stop):
     writer = MetricWriter(workdir)
     if step == 0:
         logging.info("Parameters:\n%s", parameter_overview.get_parameter_overview(
-            parallel.to_host(state.params)))
+            local_copy(state.params)))
         writer.write_text("config", config.to_json_best_effort(indent=2))
     write_file(workdir, "config.json", config.to_json_best_effort(indent=2))
     logging.info("Training steps %d to %d: %d steps an epoch of batch %d, %s.", step, total_steps,
@@ -167,56 +190,61 @@ def train_until_done_or_stopped(config, workdir, stop):
     train_metrics, order, eval_metrics = None, None, {}
     last_log_time, last_log_step = time.perf_counter(), step
     try:
-        while step < total_steps:
-            epoch, index = divmod(step, steps_per_epoch)
-            if order is None or index == 0:
-                order = batching.epoch_permutation(config.seed, epoch, dataset.num_train)
-            batch = batching.take(dataset.train, order[index * config.batch_size:
-                                                       (index + 1) * config.batch_size])
-            state, metrics = train_step_fn(state, parallel.put_batch(batch))
-            if parallel.one_step_in_flight:
-                jax.block_until_ready(metrics)
-            step += 1
-            train_metrics = metrics if train_metrics is None else train_metrics.merge(metrics)
-            is_last = step == total_steps
+        with Progress(steps_per_epoch, total_steps, jax.process_index() == 0) as progress:
+            while step < total_steps:
+                epoch, index = divmod(step, steps_per_epoch)
+                if order is None or index == 0:
+                    order = batching.epoch_permutation(config.seed, epoch, dataset.num_train)
+                batch = batching.take(dataset.train, order[index * config.batch_size:
+                                                           (index + 1) * config.batch_size])
+                state, metrics = train_step_fn(state, parallel.put_batch(batch))
+                if parallel.one_step_in_flight:
+                    jax.block_until_ready(metrics)
+                step += 1
+                progress.advance(step)
+                train_metrics = metrics if train_metrics is None else train_metrics.merge(metrics)
+                is_last = step == total_steps
 
-            if step % config.log_every_steps == 0 or is_last:
-                # Reading the metrics waits for the step to finish.
-                scalars = prefixed("train", parallel.to_host(train_metrics).compute())
-                now = time.perf_counter()
-                steps_per_sec = (step - last_log_step) / (now - last_log_time)
-                scalars.update(learning_rate=schedule(step - 1), steps_per_sec=steps_per_sec)
-                skipped = check_finite(config, state, parallel, step, checkpoints)
-                if skipped:
-                    scalars["train/nonfinite_updates"] = skipped
-                writer.write_scalars(step, scalars)
-                logging.info("epoch %.2f, %.1f steps/s, ETA %.0f s", step / steps_per_epoch,
-                             steps_per_sec, (total_steps - step) / steps_per_sec)
-                train_metrics, last_log_time, last_log_step = None, now, step
+                if step % config.log_every_steps == 0 or is_last:
+                    # Reading the metrics waits for the step to finish.
+                    scalars = prefixed("train", parallel.to_host(train_metrics).compute())
+                    now = time.perf_counter()
+                    steps_per_sec = (step - last_log_step) / (now - last_log_time)
+                    scalars.update(learning_rate=schedule(step - 1), steps_per_sec=steps_per_sec)
+                    skipped = check_finite(config, state, parallel, step, checkpoints)
+                    if skipped:
+                        scalars["train/nonfinite_updates"] = skipped
+                    writer.write_scalars(step, scalars)
+                    progress.report(step, steps_per_sec)
+                    train_metrics, last_log_time, last_log_step = None, now, step
 
-            epoch_ended = step % steps_per_epoch == 0
-            if (is_last or (config.eval_every_steps and step % config.eval_every_steps == 0)
-                    or (epoch_ended and config.eval_every_epochs
-                        and (step // steps_per_epoch) % config.eval_every_epochs == 0)):
-                eval_start = time.perf_counter()
-                eval_metrics = evaluate(eval_step_fn, state, dataset.test,
-                                        config.eval_batch_size, parallel)
-                writer.write_scalars(step, prefixed("eval", eval_metrics))
-                last_log_time += time.perf_counter() - eval_start  # not training speed
+                epoch_ended = step % steps_per_epoch == 0
+                if (is_last or (config.eval_every_steps and step % config.eval_every_steps == 0)
+                        or (epoch_ended and config.eval_every_epochs
+                            and (step // steps_per_epoch) % config.eval_every_epochs == 0)):
+                    eval_start = time.perf_counter()
+                    eval_metrics = evaluate(eval_step_fn, state, dataset.test,
+                                            config.eval_batch_size, parallel)
+                    writer.write_scalars(step, prefixed("eval", eval_metrics))
+                    last_log_time += time.perf_counter() - eval_start  # not training speed
 
-            stopping = stop.received or checkpoints.reached_preemption(step)
-            if step % config.checkpoint_every_steps == 0 or is_last or stopping:
-                check_finite(config, state, parallel, step, checkpoints)
-                checkpoints.save(parallel.to_checkpoint_form(state))
-            if stopping:
-                checkpoints.wait()
-                name = signal.Signals(stop.received).name if stop.received else "preemption"
-                raise Stopped(f"Stopped by {name} at step {step}, with a checkpoint saved in "
-                              f"{checkpoints.directory}. Run the same command to resume.",
-                              stop.received or signal.SIGTERM)
+                stopping = stop.received or checkpoints.reached_preemption(step)
+                if step % config.checkpoint_every_steps == 0 or is_last or stopping:
+                    check_finite(config, state, parallel, step, checkpoints)
+                    checkpoints.save(parallel.to_checkpoint_form(state))
+                if stopping:
+                    checkpoints.wait()
+                    name = signal.Signals(stop.received).name if stop.received else "preemption"
+                    raise Stopped(f"Stopped by {name} at step {step}, with a checkpoint saved in "
+                                  f"{checkpoints.directory}. Run the same command to resume.",
+                                  stop.received or signal.SIGTERM)
     finally:
         checkpoints.wait()
         checkpoints.close()
         writer.close()
     write_file(workdir, "results.json", json.dumps({"step": step, **prefixed("eval", eval_metrics)}))
-    return parallel.to_checkpoint_form(state), eval_metrics
+    state = parallel.to_checkpoint_form(state)
+    if config.plots and jax.process_index() == 0:
+        from trainer import plots  # pylint: disable=g-import-not-at-top  (matplotlib: only here)
+        logging.info("Figures: %s", ", ".join(plots.plot_all(setup, state, workdir, config.task)))
+    return state, eval_metrics

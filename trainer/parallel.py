@@ -23,6 +23,11 @@ AXIS = "data"
 MODES = ("jit", "pmap")
 
 
+def local_copy(tree):
+    """A tree of replicated global arrays (checkpoint form) as this process's own copy."""
+    return jax.tree.map(lambda x: x.addressable_data(0), tree)
+
+
 class DataParallel:
 
     def __init__(self, mode):
@@ -87,10 +92,11 @@ class DataParallel:
             state)
 
     def to_host(self, tree):
-        """Values every device holds whole (metrics, the state), as arrays this process can read."""
+        """Device-form values every device holds whole (metrics, the state), as arrays this
+        process can read."""
         if self.mode == "pmap":
             return jax.tree.map(lambda x: x[0], tree)
-        return jax.tree.map(lambda x: x.addressable_data(0), tree)
+        return local_copy(tree)
 
     def compile(self, step, donate_state=False, **step_args):
         """jit or pmap of `step(state, batch, **step_args)`."""

@@ -1,0 +1,147 @@
+"""Day-to-day use of a trained run: evaluate, predict, plots, progress, TensorBoard."""
+import json
+import os
+import pty
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from tensorboard.backend.event_processing import event_accumulator
+
+import datasets
+from conftest import MNIST_DIR, REPO, run_train
+
+
+def run_script(name, *args, env=None):
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / name), *args],
+                            capture_output=True, text=True, cwd=REPO,
+                            env={**os.environ, **(env or {})})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def cnn_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("cnn")
+    result = run_train("--config=configs/mnist_cnn.py", f"--config.dataset.data_dir={MNIST_DIR}",
+                       "--config.num_steps=200", "--config.eval_every_steps=100",
+                       "--config.checkpoint_every_steps=100", "--config.log_every_steps=50",
+                       f"--workdir={workdir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def poly_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("poly")
+    assert run_train("--config=configs/poly_regression.py", f"--workdir={workdir}").returncode == 0
+    return workdir
+
+
+def png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.mark.parametrize("devices", [1, 8])
+def test_evaluate_reproduces_the_accuracy_logged_at_the_end(cnn_run, devices):
+    env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    printed = json.loads(run_script("evaluate.py", f"--workdir={cnn_run}", env=env))
+    logged = json.loads((cnn_run / "results.json").read_text())
+    assert printed == logged
+    assert json.loads((cnn_run / "eval_200.json").read_text()) == printed
+
+
+def test_evaluate_an_earlier_step(cnn_run):
+    printed = json.loads(run_script("evaluate.py", f"--workdir={cnn_run}", "--step=100"))
+    logged = [json.loads(line) for line in (cnn_run / "metrics.jsonl").read_text().splitlines()]
+    at_100 = next(e for e in logged if e["step"] == 100 and "eval/accuracy" in e)
+    assert printed == at_100
+
+
+def test_predict_mnist_by_index_and_from_an_image_file(cnn_run, tmp_path):
+    indices = list(range(20))
+    lines = run_script("predict.py", f"--workdir={cnn_run}",
+                       f"--indices={','.join(map(str, indices))}").splitlines()[1:]
+    test = datasets.get_dataset(
+        __import__("ml_collections").ConfigDict({"name": "mnist", "data_dir": str(MNIST_DIR)})).test
+    predicted = [int(line.split("predicted ")[1].split()[0]) for line in lines]
+    assert len(predicted) == 20
+    assert np.mean(np.array(predicted) == test["targets"][indices]) >= 0.9
+    Image.fromarray(test["inputs"][0]).save(tmp_path / "digit.png")
+    from_file = run_script("predict.py", f"--workdir={cnn_run}", f"--images={tmp_path / 'digit.png'}")
+    assert from_file.splitlines()[1] == f"{tmp_path / 'digit.png'}: predicted {predicted[0]}"
+
+
+def test_predict_xor_prints_the_four_bits(tmp_path):
+    assert run_train("--config=configs/xor_mlp.py", f"--workdir={tmp_path}").returncode == 0
+    lines = run_script("predict.py", f"--workdir={tmp_path}").splitlines()[1:]
+    bits = {line.split(":")[0]: int(line.split("predicted bit ")[1][0]) for line in lines}
+    assert bits == {"[0. 0.]": 0, "[0. 1.]": 1, "[1. 0.]": 1, "[1. 1.]": 0}
+
+
+def test_predict_polynomial_curve_in_natural_units(poly_run):
+    lines = run_script("predict.py", f"--workdir={poly_run}", "--inputs=-10;-5;0;5;10").splitlines()
+    values = [float(line.split("predicted [")[1].rstrip("]")) for line in lines[1:]]
+    truth = [x**3 - 2 * x**2 + x - 2 for x in (-10, -5, 0, 5, 10)]  # -1212 ... 808
+    assert values == sorted(values)  # rising, like the cubic
+    assert max(abs(v - t) for v, t in zip(values, truth)) < 0.3 * (truth[-1] - truth[0])
+
+
+def test_training_writes_the_figures_and_plot_py_redraws_them(cnn_run, poly_run):
+    expected = {cnn_run / "curves.png": (1200, 400), cnn_run / "confusion_matrix.png": (700, 660),
+                cnn_run / "misclassified.png": (1000, 1100),
+                poly_run / "curves.png": (600, 400), poly_run / "predictions.png": (600, 400)}
+    for path, size in expected.items():
+        assert png_size(path) == size, path
+    for path in expected:
+        path.unlink()
+    for run in (cnn_run, poly_run):
+        run_script("plot.py", f"--workdir={run}")
+    for path, size in expected.items():
+        assert png_size(path) == size, path
+
+
+def test_tensorboard_reads_the_scalars_and_the_config(cnn_run):
+    events = event_accumulator.EventAccumulator(
+        str(cnn_run), size_guidance={event_accumulator.SCALARS: 0, event_accumulator.TENSORS: 0})
+    events.Reload()
+    tags = events.Tags()
+    for tag in ("train/loss", "train/accuracy", "eval/loss", "eval/accuracy", "learning_rate",
+                "steps_per_sec"):
+        assert tag in tags["scalars"], tag
+    assert [e.step for e in events.Scalars("train/loss")] == [50, 100, 150, 200]
+    final = json.loads((cnn_run / "results.json").read_text())["eval/accuracy"]
+    assert events.Scalars("eval/accuracy")[-1].value == pytest.approx(final)
+    config_text = events.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert json.loads(config_text)["model"]["name"] == "cnn"
+
+
+def test_progress_bar_on_a_terminal_and_lines_elsewhere(tmp_path):
+    args = [sys.executable, str(REPO / "scripts" / "train.py"), "--config=configs/xor_mlp.py",
+            "--config.num_epochs=300", "--config.log_every_steps=100", "--config.plots=False"]
+    controller, terminal = pty.openpty()
+    run = subprocess.Popen([*args, f"--workdir={tmp_path / 'tty'}"], cwd=REPO,
+                           stdout=subprocess.DEVNULL, stderr=terminal)
+    os.close(terminal)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        shown += chunk
+    assert run.wait() == 0
+    screen = shown.decode(errors="replace")
+    assert "epoch 300/300" in screen and "step/s" in screen and "\r" in screen
+    assert "steps/s, ETA" not in screen  # the bar shows it
+
+    plain = run_train(*args[2:], f"--workdir={tmp_path / 'plain'}")
+    assert "epoch 100.00, " in plain.stderr and "steps/s, ETA" in plain.stderr
+    assert "step/s]" not in plain.stderr
