@@ -14,6 +14,7 @@ class CNN(nn.Module):
     num_classes: int = 10
     dropout_rate: float = 0.0
     axis_name: str | None = None  # set by the trainer under pmap: BatchNorm statistics over devices
+    dtype: str = "float32"  # computation; parameters stay float32 (set by config.dtype)
 
     def __post_init__(self):
         sizes = (*self.conv_features, *self.dense_features, self.num_classes, self.kernel_size)
@@ -28,22 +29,22 @@ class CNN(nn.Module):
 
     @nn.compact
     def __call__(self, inputs, train: bool = False):
-        x = inputs.astype(jnp.float32)
+        x = inputs.astype(self.dtype)
         if x.ndim == 3:  # (batch, height, width) images get a channel axis
             x = x[..., None]
         pool = nn.avg_pool if self.pool == "avg" else nn.max_pool
         for features in self.conv_features:
             x = nn.Conv(features, (self.kernel_size, self.kernel_size),
-                        use_bias=not self.batch_norm)(x)
-            if self.batch_norm:
-                x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                                 axis_name=self.axis_name)(x)
+                        use_bias=not self.batch_norm, dtype=self.dtype)(x)
+            if self.batch_norm:  # in float32 whatever the dtype: bfloat16 statistics cost accuracy
+                x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=jnp.float32,
+                                 axis_name=self.axis_name)(x).astype(self.dtype)
             x = pool(nn.relu(x), (2, 2), strides=(2, 2))
         x = x.reshape(x.shape[0], -1)
         for features in self.dense_features:
-            x = nn.relu(nn.Dense(features)(x))
+            x = nn.relu(nn.Dense(features, dtype=self.dtype)(x))
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return nn.Dense(self.num_classes)(x)
+        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
 
 Model = CNN

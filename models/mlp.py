@@ -16,6 +16,7 @@ class MLP(nn.Module):
     features: Sequence[int] = (512, 512, 10)
     activation: str = "relu"
     init_gain: float = 0.0
+    dtype: str = "float32"  # computation; parameters stay float32 (set by config.dtype)
 
     def __post_init__(self):
         if not all(isinstance(f, int) and f > 0 for f in self.features):
@@ -29,12 +30,12 @@ class MLP(nn.Module):
         del train  # no dropout or BatchNorm here
         kernel_init = (nn.initializers.variance_scaling(self.init_gain**2, "fan_in", "normal")
                        if self.init_gain else nn.linear.default_kernel_init)
-        x = inputs.reshape(inputs.shape[0], -1).astype(jnp.float32)
+        x = inputs.reshape(inputs.shape[0], -1).astype(self.dtype)
         for i, size in enumerate(self.features):
-            x = nn.Dense(size, kernel_init=kernel_init)(x)
+            x = nn.Dense(size, kernel_init=kernel_init, dtype=self.dtype)(x)
             if i < len(self.features) - 1:
                 x = ACTIVATIONS[self.activation](x)
-        return x
+        return x.astype(jnp.float32)  # the loss in float32
 
 
 Model = MLP

@@ -31,14 +31,22 @@ def logged(workdir):
     return losses, [e["eval/accuracy"] for e in entries if "eval/accuracy" in e]
 
 
+@pytest.fixture(scope="module")
+def one_device_run(tmp_path_factory):
+    from conftest import MNIST_DIR  # pylint: disable=import-outside-toplevel
+    workdir = tmp_path_factory.mktemp("one_device")
+    train(workdir, MNIST_DIR, 1, "--config.num_steps=20", "--config.steps=per_step")
+    return logged(workdir)
+
+
 @pytest.mark.parametrize("mode", ["jit", "pmap"])
-def test_eight_devices_learn_what_one_learns(mode, mnist_dir, tmp_path):
-    for n in (1, 8):
-        result = train(tmp_path / str(n), mnist_dir, n, "--config.num_steps=20",
-                       f"--config.parallelism={mode}")
-        assert f"{mode} over {n} cpu device(s)" in result.stderr
-    one_losses, one_accuracy = logged(tmp_path / "1")
-    eight_losses, eight_accuracy = logged(tmp_path / "8")
+@pytest.mark.parametrize("steps", ["per_step", "fused"])
+def test_eight_devices_learn_what_one_learns(mode, steps, mnist_dir, tmp_path, one_device_run):
+    result = train(tmp_path, mnist_dir, 8, "--config.num_steps=20", f"--config.parallelism={mode}",
+                   f"--config.steps={steps}")
+    assert f"{mode} over 8 cpu device(s)" in result.stderr
+    one_losses, one_accuracy = one_device_run
+    eight_losses, eight_accuracy = logged(tmp_path)
     assert len(one_losses) == len(eight_losses) == 20
     for a, b in zip(one_losses, eight_losses):
         assert abs(a - b) <= 1e-5 * abs(a)

@@ -5,6 +5,7 @@ file, a missing get_config, an unknown field in an override) and reports a missi
 first use; `parse_flags` turns each into one line naming what is wrong and exits 2.
 """
 import logging as std_logging
+import os
 import re
 import sys
 
@@ -87,6 +88,16 @@ def quiet_logging():
         handler.addFilter(lambda record: not is_noise(record))
 
 
+def enable_compilation_cache():
+    """JAX's persistent compilation cache, on by default: a later run of the same config skips
+    most of its compile. JAX_COMPILATION_CACHE_DIR, where set, chooses the folder."""
+    import jax  # pylint: disable=g-import-not-at-top
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        cache_home = os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache"))
+        jax.config.update("jax_compilation_cache_dir", os.path.join(cache_home, "flaxfit", "jax"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
 def initialize_distributed():
     """Joins the processes of a multi-host run; only process 0 logs below warnings."""
     if COORDINATOR.value:
@@ -106,6 +117,7 @@ def run(main, config_required=True):
 
     def main_with_errors(argv):
         quiet_logging()
+        enable_compilation_cache()
         initialize_distributed()
         try:
             main(argv)

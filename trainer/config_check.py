@@ -53,6 +53,8 @@ def validate_config(config):
     require(config, "task", *one_of(TASKS))
     require(config, "parallelism", *one_of(MODES))
     require(config, "nonfinite", *one_of(("stop", "skip")))
+    require(config, "steps", *one_of(("auto", "fused", "per_step")))
+    require(config, "dtype", *one_of(("float32", "bfloat16")))
     for field in ("resume", "plots"):
         require(config, field, lambda v: isinstance(v, bool), "True or False")
     require(config, "optimizer.name", *one_of(OPTIMIZERS))

@@ -128,6 +128,16 @@ class Setup:
     total_steps: int
 
 
+def with_dtype(model, dtype):
+    """config.dtype: the model computes in it; parameters and optimizer state stay float32."""
+    if "dtype" in getattr(model, "__dataclass_fields__", {}):
+        return model.clone(dtype=dtype)
+    if dtype != "float32":
+        raise ConfigError(f"config.dtype={dtype!r} needs a model with a dtype field, and "
+                          f"{type(model).__name__} has none. Add one, or use float32.")
+    return model
+
+
 def build(config) -> Setup:
     """Checks the config and builds data, model, optimizer and state; raises a user error if any
     of them cannot be built from it."""
@@ -136,7 +146,7 @@ def build(config) -> Setup:
     parallel.check_batch_size("batch_size", config.batch_size)
     parallel.check_batch_size("eval_batch_size", config.eval_batch_size)
     dataset = datasets.get_dataset(config.dataset)
-    model = parallel.with_axis_name(models.get_model(config.model))
+    model = parallel.with_axis_name(with_dtype(models.get_model(config.model), config.dtype))
     steps_per_epoch = dataset.num_train // config.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(f"config.batch_size={config.batch_size} is larger than the training split "
@@ -153,6 +163,57 @@ def build(config) -> Setup:
             f"{type(e).__name__}: {str(e).splitlines()[0]}") from e
     return Setup(parallel, dataset, TASKS[config.task], state, schedule, steps_per_epoch,
                  total_steps)
+
+
+def next_boundary(config, setup, step):
+    """The first step after `step` at which the loop must look: a log, eval or checkpoint step, an
+    epoch's end (the data order changes there) or the end."""
+    intervals = (config.log_every_steps, config.checkpoint_every_steps, config.eval_every_steps,
+                 setup.steps_per_epoch)
+    return min([setup.total_steps] + [(step // k + 1) * k for k in intervals if k])
+
+
+def fits_on_device(split):
+    """Whether a training split takes under a quarter of a device's memory (unknown: assume so)."""
+    limit = (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")
+    return limit is None or sum(a.nbytes for a in split.values()) < limit // 4
+
+
+def use_fused_steps(config, dataset):
+    if config.steps != "auto":
+        return config.steps == "fused"
+    # Measured (README, scripts/benchmark.py): on the CPU a jitted step per batch is faster.
+    return jax.default_backend() != "cpu" and fits_on_device(dataset.train)
+
+
+def step_runner(config, setup, start_step):
+    """Returns (run, description); run(state, step, boundary) does steps from `step`, at most up
+    to `boundary`, and returns (state, their merged metrics, how many it did)."""
+    parallel, dataset, task = setup.parallel, setup.dataset, setup.task
+    if use_fused_steps(config, dataset):
+        data = parallel.put_replicated(dataset.train)
+        empty_metrics = parallel.empty_metrics(task.metrics)
+        fused_steps = parallel.compile_fused(
+            seed=config.seed, steps_per_epoch=setup.steps_per_epoch, batch_size=config.batch_size,
+            task=task, prepare_inputs=dataset.prepare_inputs)
+
+        def run_fused(state, step, boundary):
+            state, metrics = fused_steps(state, data, empty_metrics, step, boundary - step)
+            return state, metrics, boundary - step
+
+        return run_fused, "fused: the training split in device memory, many steps a call"
+
+    batches = batching.prefetch(
+        batching.train_batches(dataset.train, config.seed, config.batch_size, start_step,
+                               setup.total_steps), parallel.put_batch)
+    one_step = parallel.compile(train_step, donate_state=True, task=task,
+                                prepare_inputs=dataset.prepare_inputs)
+
+    def run_one(state, step, boundary):
+        del step, boundary
+        return (*one_step(state, next(batches)), 1)
+
+    return run_one, "a call per step, batches from the host (2 prefetched to the device)"
 
 
 def train_until_done_or_stopped(config, workdir, stop):
@@ -183,30 +244,25 @@ def train_until_done_or_stopped(config, workdir, stop):
     logging.info("Training steps %d to %d: %d steps an epoch of batch %d, %s.", step, total_steps,
                  steps_per_epoch, config.batch_size, parallel.describe())
 
-    step_args = dict(task=task, prepare_inputs=dataset.prepare_inputs)
-    train_step_fn = parallel.compile(train_step, donate_state=True, **step_args)
-    eval_step_fn = parallel.compile(eval_step, **step_args)
+    run_steps, how = step_runner(config, setup, step)
+    eval_step_fn = parallel.compile(eval_step, task=task, prepare_inputs=dataset.prepare_inputs)
+    logging.info("Steps run %s.", how)
     state = parallel.to_device_form(state)
-    train_metrics, order, eval_metrics = None, None, {}
+    train_metrics, eval_metrics = None, {}
     last_log_time, last_log_step = time.perf_counter(), step
     try:
         with Progress(steps_per_epoch, total_steps, jax.process_index() == 0) as progress:
             while step < total_steps:
-                epoch, index = divmod(step, steps_per_epoch)
-                if order is None or index == 0:
-                    order = batching.epoch_permutation(config.seed, epoch, dataset.num_train)
-                batch = batching.take(dataset.train, order[index * config.batch_size:
-                                                           (index + 1) * config.batch_size])
-                state, metrics = train_step_fn(state, parallel.put_batch(batch))
+                state, metrics, done = run_steps(state, step, next_boundary(config, setup, step))
                 if parallel.one_step_in_flight:
                     jax.block_until_ready(metrics)
-                step += 1
-                progress.advance(step)
+                step += done
+                progress.advance(step, done)
                 train_metrics = metrics if train_metrics is None else train_metrics.merge(metrics)
                 is_last = step == total_steps
 
                 if step % config.log_every_steps == 0 or is_last:
-                    # Reading the metrics waits for the step to finish.
+                    # Reading the metrics waits for the steps to finish.
                     scalars = prefixed("train", parallel.to_host(train_metrics).compute())
                     now = time.perf_counter()
                     steps_per_sec = (step - last_log_step) / (now - last_log_time)

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from trainer import fused
 from trainer.errors import ConfigError
 
 AXIS = "data"
@@ -83,6 +84,11 @@ class DataParallel:
 
         return jax.tree.map(stack, state)
 
+    def put_replicated(self, tree):
+        """Host arrays (the same in every process) on every device, in device form."""
+        return self.to_device_form(jax.tree.map(
+            lambda a: jax.make_array_from_process_local_data(self.replicated, np.asarray(a)), tree))
+
     def to_checkpoint_form(self, state):
         if self.mode == "jit":
             return state
@@ -97,6 +103,21 @@ class DataParallel:
         if self.mode == "pmap":
             return jax.tree.map(lambda x: x[0], tree)
         return local_copy(tree)
+
+    def compile_fused(self, **step_args):
+        """fused.train_steps(state, data, metrics, start_step, num_steps), data on the device."""
+        if self.mode == "pmap":
+            return jax.pmap(functools.partial(fused.train_steps, axis_name=AXIS, **step_args),
+                            axis_name=AXIS, in_axes=(0, 0, 0, None, None), donate_argnums=(0,))
+        return jax.jit(functools.partial(fused.train_steps, batch_sharding=self.split, **step_args),
+                       donate_argnums=(0,))
+
+    def empty_metrics(self, collection):
+        """An empty metrics collection in device form, to accumulate into on the device."""
+        empty = collection.empty()
+        if self.mode == "pmap":
+            return jax.tree.map(lambda x: np.stack([x] * jax.local_device_count()), empty)
+        return empty
 
     def compile(self, step, donate_state=False, **step_args):
         """jit or pmap of `step(state, batch, **step_args)`."""

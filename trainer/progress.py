@@ -38,21 +38,22 @@ class Progress:
         if self.log_stream is not None:
             logging.get_absl_handler().python_handler.stream = self.log_stream
 
-    def advance(self, step):
-        """Called after each step, `step` counting the steps done."""
+    def advance(self, step, count):
+        """Called after `count` steps that end at `step` (steps done), all within one epoch."""
         if not self.interactive:
             return
-        epoch, done = divmod(step - 1, self.steps_per_epoch)
+        epoch, done = divmod(step - count, self.steps_per_epoch)
         if self.bar is None or done == 0:
             if self.bar is not None:
                 self.bar.close()
             epochs = -(-self.total_steps // self.steps_per_epoch)
             # A terminal that reports no size (some pseudo-terminals) gets 80x24, not a blank bar.
             columns, lines = shutil.get_terminal_size()
-            self.bar = tqdm.tqdm(total=min(self.steps_per_epoch, self.total_steps - step + 1 + done),
+            self.bar = tqdm.tqdm(total=min(self.steps_per_epoch,
+                                           self.total_steps - epoch * self.steps_per_epoch),
                                  initial=done, desc=f"epoch {epoch + 1}/{epochs}", unit="step",
                                  file=sys.stderr, ncols=columns, nrows=lines)
-        self.bar.update(1)
+        self.bar.update(count)
 
     def report(self, step, steps_per_sec):
         """A plain progress line, where no bar shows it."""
