@@ -21,3 +21,8 @@ def run_train(*args, env=None, timeout=300):
     return subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), *args],
                           capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})}, cwd=REPO)
+
+
+def files(folder):
+    """Every file under `folder` with its bytes, to show that nothing was touched."""
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}

@@ -7,15 +7,11 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import run_train
+from conftest import files, run_train
 from test_datasets import write_idx
 
 XOR = "--config=configs/xor_mlp.py"
 MNIST = "--config=configs/mnist_cnn.py"
-
-
-def files(folder):
-    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
 @pytest.fixture(scope="module")

@@ -262,8 +262,9 @@ def train_until_done_or_stopped(config, workdir, stop):
                 is_last = step == total_steps
 
                 if step % config.log_every_steps == 0 or is_last:
-                    # Reading the metrics waits for the steps to finish.
-                    scalars = prefixed("train", parallel.to_host(train_metrics).compute())
+                    # Reading the metrics waits for the steps to finish: only then is the time taken.
+                    scalars = {name: float(value) for name, value in prefixed(
+                        "train", parallel.to_host(train_metrics).compute()).items()}
                     now = time.perf_counter()
                     steps_per_sec = (step - last_log_step) / (now - last_log_time)
                     scalars.update(learning_rate=schedule(step - 1), steps_per_sec=steps_per_sec)
