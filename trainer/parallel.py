@@ -90,6 +90,7 @@ class DataParallel:
             lambda a: jax.make_array_from_process_local_data(self.replicated, np.asarray(a)), tree))
 
     def to_checkpoint_form(self, state):
+        """The replicated global form, which checkpoints hold whatever the device count."""
         if self.mode == "jit":
             return state
         return jax.tree.map(
