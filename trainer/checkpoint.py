@@ -71,14 +71,11 @@ class Checkpoints:
         deleted) to workdir/damaged_checkpoints; a checkpoint of another model is an error."""
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
-                self.manager.item_metadata(step)["state"].tree  # pylint: disable=expression-not-assigned
-            except Exception as e:  # pylint: disable=broad-except
-                self.set_aside(step, e)
-                continue
-            self.check_fits(step, like_state)
-            try:
+                self.check_fits(step, like_state)
                 return self.restore(like_state, step)
-            except Exception as e:  # pylint: disable=broad-except
+            except WorkdirError:
+                raise
+            except Exception as e:  # pylint: disable=broad-except  (unreadable: damaged)
                 self.set_aside(step, e)
         return None
 

@@ -9,6 +9,7 @@ import os
 import re
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -91,7 +92,6 @@ def quiet_logging():
 def enable_compilation_cache():
     """JAX's persistent compilation cache, on by default: a later run of the same config skips
     most of its compile. JAX_COMPILATION_CACHE_DIR, where set, chooses the folder."""
-    import jax  # pylint: disable=g-import-not-at-top
     if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         cache_home = os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache"))
         jax.config.update("jax_compilation_cache_dir", os.path.join(cache_home, "flaxfit", "jax"))
@@ -101,10 +101,8 @@ def enable_compilation_cache():
 def initialize_distributed():
     """Joins the processes of a multi-host run; only process 0 logs below warnings."""
     if COORDINATOR.value:
-        import jax  # pylint: disable=g-import-not-at-top
         jax.distributed.initialize(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value)
     elif MULTIHOST.value:
-        import jax  # pylint: disable=g-import-not-at-top
         jax.distributed.initialize()
     else:
         return
