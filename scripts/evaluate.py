@@ -10,6 +10,10 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # this checkout first
 
+from trainer import host_memory  # pylint: disable=wrong-import-position
+
+host_memory.restart_with_reusing_malloc()  # before JAX allocates anything
+
 from absl import flags  # pylint: disable=wrong-import-position
 
 from trainer import cli, inference  # pylint: disable=wrong-import-position

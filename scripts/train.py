@@ -8,6 +8,10 @@ import sys
 # This checkout's packages come first, so `datasets` is ours even where Hugging Face's is installed.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from trainer import host_memory  # pylint: disable=wrong-import-position
+
+host_memory.restart_with_reusing_malloc()  # before JAX allocates anything
+
 from absl import flags  # pylint: disable=wrong-import-position
 
 from trainer import cli, loop  # pylint: disable=wrong-import-position

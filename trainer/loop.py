@@ -25,7 +25,7 @@ from trainer.optim import create_optimizer
 from trainer.parallel import DataParallel, local_copy
 from trainer.progress import Progress
 from trainer.state import TrainState, create_train_state
-from trainer.steps import eval_step, train_step
+from trainer.steps import eval_step, train_step_into
 from trainer.tasks import TASKS, Task
 
 
@@ -187,31 +187,30 @@ def use_fused_steps(config, dataset):
 
 
 def step_runner(config, setup, start_step):
-    """Returns (run, description); run(state, step, boundary) does steps from `step`, at most up
-    to `boundary`, and returns (state, their merged metrics, how many it did)."""
+    """Returns (run, description); run(state, metrics, step, boundary) does steps from `step`, at
+    most up to `boundary`, merging their metrics into `metrics` on the device, and returns
+    (state, metrics, how many steps it did)."""
     parallel, dataset, task = setup.parallel, setup.dataset, setup.task
     if use_fused_steps(config, dataset):
         data = parallel.put_replicated(dataset.train)
-        empty_metrics = parallel.empty_metrics(task.metrics)
         fused_steps = parallel.compile_fused(
             seed=config.seed, steps_per_epoch=setup.steps_per_epoch, batch_size=config.batch_size,
             task=task, prepare_inputs=dataset.prepare_inputs)
 
-        def run_fused(state, step, boundary):
-            state, metrics = fused_steps(state, data, empty_metrics, step, boundary - step)
-            return state, metrics, boundary - step
+        def run_fused(state, metrics, step, boundary):
+            return (*fused_steps(state, data, metrics, step, boundary - step), boundary - step)
 
         return run_fused, "fused: the training split in device memory, many steps a call"
 
     batches = batching.prefetch(
         batching.train_batches(dataset.train, config.seed, config.batch_size, start_step,
                                setup.total_steps), parallel.put_batch)
-    one_step = parallel.compile(train_step, donate_state=True, task=task,
+    one_step = parallel.compile(train_step_into, donate_state=True, task=task,
                                 prepare_inputs=dataset.prepare_inputs)
 
-    def run_one(state, step, boundary):
+    def run_one(state, metrics, step, boundary):
         del step, boundary
-        return (*one_step(state, next(batches)), 1)
+        return (*one_step(state, metrics, next(batches)), 1)
 
     return run_one, "a call per step, batches from the host (2 prefetched to the device)"
 
@@ -248,17 +247,17 @@ def train_until_done_or_stopped(config, workdir, stop):
     eval_step_fn = parallel.compile(eval_step, task=task, prepare_inputs=dataset.prepare_inputs)
     logging.info("Steps run %s.", how)
     state = parallel.to_device_form(state)
-    train_metrics, eval_metrics = None, {}
+    train_metrics, eval_metrics = parallel.empty_metrics(task.metrics), {}
     last_log_time, last_log_step = time.perf_counter(), step
     try:
         with Progress(steps_per_epoch, total_steps, jax.process_index() == 0) as progress:
             while step < total_steps:
-                state, metrics, done = run_steps(state, step, next_boundary(config, setup, step))
+                state, train_metrics, done = run_steps(state, train_metrics, step,
+                                                       next_boundary(config, setup, step))
                 if parallel.one_step_in_flight:
-                    jax.block_until_ready(metrics)
+                    jax.block_until_ready(train_metrics)
                 step += done
                 progress.advance(step, done)
-                train_metrics = metrics if train_metrics is None else train_metrics.merge(metrics)
                 is_last = step == total_steps
 
                 if step % config.log_every_steps == 0 or is_last:
@@ -273,7 +272,8 @@ def train_until_done_or_stopped(config, workdir, stop):
                         scalars["train/nonfinite_updates"] = skipped
                     writer.write_scalars(step, scalars)
                     progress.report(step, steps_per_sec)
-                    train_metrics, last_log_time, last_log_step = None, now, step
+                    train_metrics = parallel.empty_metrics(task.metrics)
+                    last_log_time, last_log_step = now, step
 
                 epoch_ended = step % steps_per_epoch == 0
                 if (is_last or (config.eval_every_steps and step % config.eval_every_steps == 0)

@@ -121,7 +121,7 @@ class DataParallel:
         return empty
 
     def compile(self, step, donate_state=False, **step_args):
-        """jit or pmap of `step(state, batch, **step_args)`."""
+        """jit or pmap of `step(state, ..., **step_args)`, every argument in device form."""
         if self.mode == "pmap":
             return jax.pmap(functools.partial(step, axis_name=AXIS, **step_args), axis_name=AXIS,
                             donate_argnums=(0,) if donate_state else ())

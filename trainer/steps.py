@@ -40,6 +40,13 @@ def train_step(state: TrainState, batch, *, task, prepare_inputs, axis_name=None
                                            axis_name=axis_name)
 
 
+def train_step_into(state: TrainState, metrics, batch, **step_args):
+    """train_step, its metrics merged into the running `metrics` inside the same jitted call: the
+    per-step path dispatches one call per step and nothing else."""
+    state, step_metrics = train_step(state, batch, **step_args)
+    return state, metrics.merge(step_metrics)
+
+
 def skip_if_nonfinite(state, new_state, values):
     """Keeps the old params, optimizer state and BatchNorm statistics where `values` hold a NaN or
     an Inf, and counts it; the step still advances, since the batch was consumed. The loop stops
