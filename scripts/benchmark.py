@@ -34,6 +34,7 @@ host_memory.restart_with_reusing_malloc()  # before JAX allocates anything
 import jax  # pylint: disable=wrong-import-position
 from absl import flags  # pylint: disable=wrong-import-position
 
+import datasets  # pylint: disable=wrong-import-position
 import hand_loop  # pylint: disable=wrong-import-position  (scripts/, this file's folder)
 from trainer import cli  # pylint: disable=wrong-import-position
 from trainer.loop import train_and_evaluate  # pylint: disable=wrong-import-position
@@ -43,6 +44,9 @@ EPOCHS = flags.DEFINE_integer("epochs", 2, "Epochs each way; the first, which co
                               "timed in the in_process section.", lower_bound=2)
 COMMAND_EPOCHS = flags.DEFINE_integer("command_epochs", 1, "Epochs of each whole command.")
 REPEATS = flags.DEFINE_integer("repeats", 3, "Whole commands run this many times each.")
+WAYS = flags.DEFINE_multi_enum(
+    "ways", ["hand_loop", "per_step", "fused"], ["hand_loop", "per_step", "fused"],
+    "In-process: which ways to run (the fused CNN on a CPU takes ~8 min an epoch).")
 SECTIONS = flags.DEFINE_list("sections", ["in_process", "command"], "What to measure.")
 OUT = flags.DEFINE_string("out", None, "Write the JSON here too.")
 
@@ -81,21 +85,24 @@ def summary(name, steps_per_epoch, batch_size, steady_step_seconds, compile_seco
             "peak_device_bytes": peak_memory(), "test_accuracy": round(accuracy, 4)}
 
 
-def in_process(config, epochs):
+def in_process(config, epochs, ways):
     rows = []
-    COMPILE_SECONDS.clear()
-    start = time.perf_counter()
-    hand = hand_loop.train_and_evaluate(config, epochs)
-    wall = time.perf_counter() - start
-    spe, compile_seconds = hand["steps_per_epoch"], sum(COMPILE_SECONDS)
-    rows.append(summary("hand-written loop", spe, config.batch_size,
-                        statistics.median(hand["epoch_seconds"][1:]) / spe, compile_seconds,
-                        hand["accuracy"], wall))
-    for steps in ("per_step", "fused"):
+    steps_per_epoch = datasets.get_dataset(config.dataset).num_train // config.batch_size
+    if "hand_loop" in ways:
         COMPILE_SECONDS.clear()
-        wall, rates, accuracy = framework_run(config, epochs, steps, spe)
-        rows.append(summary(f"framework, {steps}", spe, config.batch_size,
-                            1 / statistics.median(rates[1:]), sum(COMPILE_SECONDS), accuracy, wall))
+        start = time.perf_counter()
+        hand = hand_loop.train_and_evaluate(config, epochs)
+        wall = time.perf_counter() - start
+        rows.append(summary("hand-written loop", steps_per_epoch, config.batch_size,
+                            statistics.median(hand["epoch_seconds"][1:]) / steps_per_epoch,
+                            sum(COMPILE_SECONDS), hand["accuracy"], wall))
+    for steps in ("per_step", "fused"):
+        if steps in ways:
+            COMPILE_SECONDS.clear()
+            wall, rates, accuracy = framework_run(config, epochs, steps, steps_per_epoch)
+            rows.append(summary(f"framework, {steps}", steps_per_epoch, config.batch_size,
+                                1 / statistics.median(rates[1:]), sum(COMPILE_SECONDS), accuracy,
+                                wall))
     return rows
 
 
@@ -147,7 +154,7 @@ def main(argv):
         "backend": jax.default_backend(), "devices": [d.device_kind for d in jax.devices()],
         "cpu_count": os.cpu_count(), "jax": jax.__version__}}
     if "in_process" in SECTIONS.value:
-        results["in_process"] = in_process(config, EPOCHS.value)
+        results["in_process"] = in_process(config, EPOCHS.value, WAYS.value)
         columns = list(results["in_process"][0])
         print(" | ".join(columns))
         for row in results["in_process"]:

@@ -179,11 +179,22 @@ def fits_on_device(split):
     return limit is None or sum(a.nbytes for a in split.values()) < limit // 4
 
 
-def use_fused_steps(config, dataset):
+def has_convolution(setup):
+    """Whether the model's forward pass has a convolution (traced, not run)."""
+    state, dataset = setup.state, setup.dataset
+    forward = jax.make_jaxpr(lambda variables, inputs: state.apply_fn(variables, inputs, train=False))
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    return "conv_general_dilated" in str(forward(variables, dataset.prepare_inputs(
+        dataset.train["inputs"][:1])))
+
+
+def use_fused_steps(config, setup):
     if config.steps != "auto":
         return config.steps == "fused"
-    # Measured (README, scripts/benchmark.py): on the CPU a jitted step per batch is faster.
-    return jax.default_backend() != "cpu" and fits_on_device(dataset.train)
+    # Measured (README, Speed): fused is the faster path everywhere but for convolutions on the
+    # CPU, which XLA runs about 10x slower inside a loop than alone (jax-ml/jax#12868).
+    return fits_on_device(setup.dataset.train) and not (
+        jax.default_backend() == "cpu" and has_convolution(setup))
 
 
 def step_runner(config, setup, start_step):
@@ -191,7 +202,7 @@ def step_runner(config, setup, start_step):
     most up to `boundary`, merging their metrics into `metrics` on the device, and returns
     (state, metrics, how many steps it did)."""
     parallel, dataset, task = setup.parallel, setup.dataset, setup.task
-    if use_fused_steps(config, dataset):
+    if use_fused_steps(config, setup):
         data = parallel.put_replicated(dataset.train)
         fused_steps = parallel.compile_fused(
             seed=config.seed, steps_per_epoch=setup.steps_per_epoch, batch_size=config.batch_size,
