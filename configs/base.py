@@ -11,7 +11,7 @@ def get_base_config() -> ml_collections.ConfigDict:
 
     config.parallelism = "jit"  # jit (one program over a device mesh) | pmap
     # fused: the training split in device memory, many steps a call; per_step: a call per batch
-    # from the host. auto: fused on GPU and TPU when the split fits, per_step on the CPU (faster).
+    # from the host. auto: fused when the split fits, but per_step for convolutions on the CPU.
     config.steps = "auto"
     config.dtype = "float32"  # computation: float32 | bfloat16 (parameters stay float32)
 

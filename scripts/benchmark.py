@@ -4,11 +4,12 @@
         --out=benchmark.json
 
 For a classification config. Two measurements, each a JSON section and a table:
-  in_process  the same model, optimizer, batches and epochs three ways in this process (which runs
-              with the framework's malloc settings): the hand-written loop of
-              scripts/hand_loop.py, the framework's per-step path and its fused path. Examples/s is the median over the epochs after the first; compile seconds
-              come from JAX's own compile events (the persistent cache is off here); peak device
-              memory where the backend reports it.
+  in_process  the same model, optimizer, batches and epochs, up to three ways (--ways), one after
+              the other in this process, which runs with the framework's malloc settings: the
+              hand-written loop of scripts/hand_loop.py, the framework's per-step path and its
+              fused path. Examples/s is the median over the epochs after the first; compile
+              seconds come from JAX's own compile events (the persistent cache is off here);
+              peak device memory where the backend reports it.
   command     whole commands as a user runs them, start-up, data loading and compile included,
               --command_epochs of training and the test evaluation, alternating, --repeats times
               each: scripts/train.py (its first run with an empty compilation cache, the others
@@ -46,7 +47,8 @@ COMMAND_EPOCHS = flags.DEFINE_integer("command_epochs", 1, "Epochs of each whole
 REPEATS = flags.DEFINE_integer("repeats", 3, "Whole commands run this many times each.")
 WAYS = flags.DEFINE_multi_enum(
     "ways", ["hand_loop", "per_step", "fused"], ["hand_loop", "per_step", "fused"],
-    "In-process: which ways to run (the fused CNN on a CPU takes ~8 min an epoch).")
+    "In-process: which ways to run, in this order (the fused CNN on a CPU takes ~8 min an "
+    "epoch).")
 SECTIONS = flags.DEFINE_list("sections", ["in_process", "command"], "What to measure.")
 OUT = flags.DEFINE_string("out", None, "Write the JSON here too.")
 
@@ -67,13 +69,11 @@ def framework_run(config, epochs, steps, steps_per_epoch):
     config.plots, config.log_every_steps = False, steps_per_epoch  # each epoch's log times it
     config.checkpoint_every_steps = 10**9  # at the end only
     with tempfile.TemporaryDirectory() as workdir:
-        start = time.perf_counter()
         _, metrics = train_and_evaluate(config, workdir)
-        seconds = time.perf_counter() - start
         with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
             logged = [json.loads(line) for line in f]
     rates = [e["steps_per_sec"] for e in logged if "steps_per_sec" in e]
-    return seconds, rates, metrics["accuracy"]
+    return rates, metrics["accuracy"]
 
 
 def summary(name, steps_per_epoch, batch_size, steady_step_seconds, compile_seconds, accuracy,
@@ -86,23 +86,21 @@ def summary(name, steps_per_epoch, batch_size, steady_step_seconds, compile_seco
 
 
 def in_process(config, epochs, ways):
+    """Each way of `ways`, in that order."""
     rows = []
     steps_per_epoch = datasets.get_dataset(config.dataset).num_train // config.batch_size
-    if "hand_loop" in ways:
+    for way in ways:
         COMPILE_SECONDS.clear()
         start = time.perf_counter()
-        hand = hand_loop.train_and_evaluate(config, epochs)
-        wall = time.perf_counter() - start
-        rows.append(summary("hand-written loop", steps_per_epoch, config.batch_size,
-                            statistics.median(hand["epoch_seconds"][1:]) / steps_per_epoch,
-                            sum(COMPILE_SECONDS), hand["accuracy"], wall))
-    for steps in ("per_step", "fused"):
-        if steps in ways:
-            COMPILE_SECONDS.clear()
-            wall, rates, accuracy = framework_run(config, epochs, steps, steps_per_epoch)
-            rows.append(summary(f"framework, {steps}", steps_per_epoch, config.batch_size,
-                                1 / statistics.median(rates[1:]), sum(COMPILE_SECONDS), accuracy,
-                                wall))
+        if way == "hand_loop":
+            hand = hand_loop.train_and_evaluate(config, epochs)
+            step_seconds = statistics.median(hand["epoch_seconds"][1:]) / steps_per_epoch
+            name, accuracy = "hand-written loop", hand["accuracy"]
+        else:
+            rates, accuracy = framework_run(config, epochs, way, steps_per_epoch)
+            step_seconds, name = 1 / statistics.median(rates[1:]), f"framework, {way}"
+        rows.append(summary(name, steps_per_epoch, config.batch_size, step_seconds,
+                            sum(COMPILE_SECONDS), accuracy, time.perf_counter() - start))
     return rows
 
 
