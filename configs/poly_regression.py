@@ -6,7 +6,7 @@ with learning rate 0.01 for 1000 epochs on 1000 points.
     python scripts/train.py --config=configs/poly_regression.py --workdir=runs/poly
 
 Reaches: standardised MSE 0.0428 on an independent test draw (train 0.0472 over the last
-100 epochs) in 4.8 s on the 2-core CPU of the project's machines (seed 0; seeds 0-2 gave test
+100 epochs) in 5.5-5.9 s on the 2-core CPU of the project's machines (seed 0; seeds 0-2 gave test
 0.037-0.043).
 """
 import ml_collections
