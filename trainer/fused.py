@@ -1,14 +1,14 @@
 """Many train steps in one jitted call, on a training split held in device memory.
 
-The same train_step as the per-step path, on the same batches (batching.epoch_order drawn on the
-device), inside a lax.fori_loop whose trip count is an argument: one compile serves every chunk
-length, and the host is visited only at log, eval and checkpoint boundaries.
+The same step as the per-step path (train_step_into), on the same batches (batching.epoch_order
+drawn on the device), inside a lax.fori_loop whose trip count is an argument: one compile serves
+every chunk length, and the host is visited only at log, eval and checkpoint boundaries.
 """
 import jax
 from jax import lax
 
 from trainer import batching
-from trainer.steps import train_step
+from trainer.steps import train_step_into
 
 
 def train_steps(state, data, metrics, start_step, num_steps, *, seed, steps_per_epoch, batch_size,
@@ -31,8 +31,7 @@ def train_steps(state, data, metrics, start_step, num_steps, *, seed, steps_per_
         batch = batching.take(data, rows)
         if batch_sharding is not None:
             batch = lax.with_sharding_constraint(batch, batch_sharding)
-        state, step_metrics = train_step(state, batch, task=task, prepare_inputs=prepare_inputs,
-                                         axis_name=axis_name)
-        return state, metrics.merge(step_metrics)
+        return train_step_into(state, metrics, batch, task=task, prepare_inputs=prepare_inputs,
+                               axis_name=axis_name)
 
     return lax.fori_loop(0, num_steps, one_step, (state, metrics))
