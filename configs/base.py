@@ -1,13 +1,31 @@
 """Defaults every config starts from; each field is described in the README."""
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def get_base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0  # parameters, dropout and the data order all follow from it
+    # Parts are found by name: one that ships, or "module:name" of your own (README, "Your own parts").
     config.task = "classification"  # classification | regression | binary_regression
     config.model = ml_collections.ConfigDict({"name": "mlp"})  # other fields go to the constructor
-    config.dataset = ml_collections.ConfigDict({"name": "mnist", "data_dir": "", "tfds_data_dir": ""})
+    # A field that is None is not given to the part: its own default applies. These are declared
+    # so that the command line can set them (docs/data.md says which data set takes which).
+    config.dataset = ml_collections.ConfigDict(dict(
+        name="mnist", data_dir=placeholder(str), tfds_data_dir=placeholder(str),
+        train_split=placeholder(str), test_split=placeholder(str), image_size=placeholder(tuple)))
+    # Streamed splits (TFDS, ArrayRecord, image folders) and augmented ones are read by workers.
+    config.pipeline = ml_collections.ConfigDict(dict(
+        workers=-1,  # processes that read, decode, augment (-1: a core each but one, at most 8)
+        buffer=2,  # batches each worker prepares ahead
+    ))
+    config.augment = ml_collections.ConfigDict(dict(  # training images, on the host; none by default
+        crop_padding=0,  # > 0: pad by this many pixels and crop back at random
+        flip=False,  # random horizontal flips
+        transform=placeholder(str),  # "module:function" of your own, (example, rng) -> example
+        mean=(), std=(),  # per channel, in [0, 1] units: (x - mean) / std on the device
+    ))
+    config.writers = ("tensorboard", "jsonl")  # where metrics go, besides the console
 
     config.parallelism = "jit"  # jit (one program over a device mesh) | pmap
     # fused: the training split in device memory, many steps a call; per_step: a call per batch
@@ -21,18 +39,20 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.num_steps = 0  # > 0: train this many steps instead of num_epochs
 
     config.optimizer = ml_collections.ConfigDict(dict(
-        name="adam",  # sgd | adam | adamw
-        learning_rate=1e-3,
-        momentum=0.0,  # sgd
-        nesterov=False,  # sgd
-        b1=0.9,  # adam, adamw
-        b2=0.999,  # adam, adamw
-        weight_decay=0.0,  # decoupled for adamw, added to the gradient otherwise
+        name="adam",  # any Optax optimizer: sgd | adam | adamw | lamb | lion | ...
+        learning_rate=1e-3,  # peak; the schedule below shapes it
+        weight_decay=0.0,  # to optimizers that take it (adamw: decoupled), else added to the gradient
         grad_clip_norm=0.0,  # > 0: clip gradients to this global norm
         schedule="constant",  # constant | cosine | warmup_cosine | step
         warmup_steps=0,  # warmup_cosine
         decay_every_epochs=1,  # step
         decay_rate=1.0,  # step: the factor applied every decay_every_epochs
+        # Any other field is a keyword argument of the optimizer; None leaves Optax's default.
+        # These few are declared so that the command line can set them.
+        momentum=placeholder(float),  # sgd
+        nesterov=placeholder(bool),  # sgd
+        b1=placeholder(float),  # adam, adamw, lamb, lion, ...
+        b2=placeholder(float),
     ))
 
     config.log_every_steps = 100

@@ -1,53 +1,80 @@
-"""Data sets, found by name: `get_dataset(config.dataset)`.
+"""Data sets. A data set module exposes `load(**fields) -> Dataset`, the fields of `config.dataset`
+(all but `name`) as keyword arguments; the trainer finds it by name (trainer/parts.py).
 
-A data set module exposes `load(config) -> Dataset`. Splits are in-memory NumPy arrays in their raw
-form (MNIST stays uint8); `prepare_inputs` turns raw inputs into model inputs and runs inside the
-jitted step, on the device, so raw arrays are what crosses to the device.
+A split is either in-memory NumPy arrays, {"inputs": ..., "targets": ...} with examples along the
+first axis (MNIST, XOR, the polynomial: the fused on-device path needs these), or a `Source`,
+read example by example by the streaming pipeline (TFDS, ArrayRecord, image folders). Either way
+examples are in their raw form (images NHWC uint8); `prepare_inputs` turns raw inputs into model
+inputs inside the jitted step, on the device.
 """
 import dataclasses
-import importlib
-from typing import Callable
+from typing import Callable, Protocol, Union
 
 import numpy as np
-
-# Short names for the data sets that ship with the project; anything else is "module:function".
-REGISTRY = {
-    "mnist": "datasets.mnist:load",
-    "xor": "datasets.synthetic:load_xor",
-    "polynomial": "datasets.synthetic:load_polynomial",
-}
 
 
 class DataError(Exception):
     """Data that cannot be found or read; the message says which files and how to fix it."""
 
 
+class Source(Protocol):
+    """Random access to a split, example by example. It is pickled into the pipeline's worker
+    processes: open files lazily there, not in __init__."""
+
+    def __len__(self) -> int:
+        ...
+
+    def __getitem__(self, index: int) -> dict:
+        """{"inputs": array, "targets": array or number} of example `index`, decoded."""
+
+
+Split = Union[dict, Source]
+
+
 def identity(inputs):
     return inputs
 
 
+def scale_to_unit(images):
+    """uint8 images to float32 in [0, 1]; traced inside the step, so it runs on the device."""
+    return images.astype(np.float32) / 255.0
+
+
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    train: dict[str, np.ndarray]  # {"inputs": ..., "targets": ...}, first axis = examples
-    test: dict[str, np.ndarray]
+    train: Split
+    test: Split
     prepare_inputs: Callable = identity  # raw inputs -> model inputs; traced inside the step
-    decode_outputs: Callable = identity  # model outputs -> the targets' natural units
+    decode_outputs: Callable = identity  # model outputs (and targets) -> natural units
 
     @property
     def num_train(self) -> int:
-        return len(self.train["targets"])
+        return num_examples(self.train)
 
 
-def get_dataset(config) -> Dataset:
-    name = config.name
-    target = REGISTRY.get(name, name)
-    if ":" not in target:
-        raise DataError(
-            f"config.dataset.name={name!r} is not a known data set. Use one of "
-            f"{sorted(REGISTRY)}, or 'package.module:function' for your own loader.")
-    module_name, function_name = target.split(":", 1)
-    try:
-        loader = getattr(importlib.import_module(module_name), function_name)
-    except (ImportError, AttributeError) as e:
-        raise DataError(f"config.dataset.name={name!r}: cannot import {target!r} ({e}).") from e
-    return loader(config)
+def in_memory(split) -> bool:
+    return isinstance(split, dict)
+
+
+def num_examples(split) -> int:
+    return len(split["targets"]) if in_memory(split) else len(split)
+
+
+def examples(split, indices) -> dict:
+    """The examples at `indices` as arrays, {"inputs": (n, ...), "targets": (n, ...)}."""
+    if in_memory(split):
+        return {name: array[np.asarray(indices)] for name, array in split.items()}
+    read = [split[int(i)] for i in indices]
+    return {name: np.stack([np.asarray(e[name]) for e in read]) for name in ("inputs", "targets")}
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraySource:
+    """In-memory arrays read example by example, for the pipeline (augmentation on the host)."""
+    split: dict
+
+    def __len__(self):
+        return num_examples(self.split)
+
+    def __getitem__(self, index):
+        return {name: array[index] for name, array in self.split.items()}

@@ -1,21 +1,21 @@
 """MNIST from a folder of the four IDX files, else from TensorFlow Datasets.
 
 Resolution order, first that applies:
-  1. `config.data_dir`: a folder with the four standard IDX files (gzip-compressed or not).
-  2. A TFDS `mnist` already prepared in `config.tfds_data_dir` (or TFDS's default folder), read
+  1. `data_dir`: a folder with the four standard IDX files (gzip-compressed or not).
+  2. A TFDS `mnist` already prepared in `tfds_data_dir` (or TFDS's default folder), read
      with `tfds.data_source`, which needs no TensorFlow.
   3. Where TensorFlow is installed: TFDS downloads and prepares it (needs the network).
-Images stay uint8 (47 MB for the training split); `prepare_inputs` scales them to [0, 1] on the
-device.
+Images are NHWC, (N, 28, 28, 1), and stay uint8 (47 MB for the training split); `prepare_inputs`
+scales them to [0, 1] on the device.
 """
 import gzip
 import importlib.util
 import os
 
-import jax.numpy as jnp
 import numpy as np
 
-from datasets import DataError, Dataset
+from datasets import DataError, Dataset, scale_to_unit
+from datasets.tfds import prepared_builder
 
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -24,15 +24,11 @@ FILES = {
 IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049  # IDX: uint8 data with 3 dimensions / 1 dimension
 
 
-def scale_to_unit(images):
-    return images.astype(jnp.float32) / 255.0
-
-
-def load(config) -> Dataset:
-    if config.data_dir:
-        splits = {name: read_idx_split(config.data_dir, *files) for name, files in FILES.items()}
+def load(data_dir="", tfds_data_dir="") -> Dataset:
+    if data_dir:
+        splits = {name: read_idx_split(data_dir, *files) for name, files in FILES.items()}
     else:
-        splits = read_tfds(config.tfds_data_dir or None)
+        splits = read_tfds(tfds_data_dir or None)
     return Dataset(train=splits["train"], test=splits["test"], prepare_inputs=scale_to_unit)
 
 
@@ -76,32 +72,30 @@ def read_idx_split(folder, images_stem, labels_stem):
     if len(images) != len(labels):
         raise DataError(f"{images_stem} has {len(images)} images but {labels_stem} has "
                         f"{len(labels)} labels in {folder}. Replace them with a matching pair.")
-    return {"inputs": images, "targets": labels.astype(np.int32)}
+    return {"inputs": images[..., None], "targets": labels.astype(np.int32)}  # NHWC, as TFDS has it
 
 
 def read_tfds(tfds_data_dir):
-    no_data = DataError(
-        "MNIST was not found. Give it one of three ways: (1) --config.dataset.data_dir=FOLDER with "
-        "the four IDX files (train-images-idx3-ubyte.gz, ...); (2) a TFDS 'mnist' already prepared "
-        "in array_record format under --config.dataset.tfds_data_dir (or TFDS's default folder); "
-        "(3) install TensorFlow (pip install -e .[tf]) on a machine with internet access, so TFDS "
-        "can download and prepare it.")
-    if importlib.util.find_spec("tensorflow_datasets") is None:
-        raise no_data
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    can_download = importlib.util.find_spec("tensorflow") is not None
+    ways = ("Give it one of three ways: (1) --config.dataset.data_dir=FOLDER with the four IDX "
+            "files (train-images-idx3-ubyte.gz, ...); (2) a TFDS 'mnist' already prepared in "
+            "array_record format under --config.dataset.tfds_data_dir (or TFDS's default folder); "
+            "(3) install TensorFlow (pip install -e .[tf]) on a machine with internet access, so "
+            "TFDS can download and prepare it.")
     try:
-        sources = tfds.data_source("mnist", data_dir=tfds_data_dir, download=False)
-    except Exception as e:  # TFDS raises several kinds for "not prepared here"
-        if not can_download:
-            raise no_data from e
-        sources = tfds.data_source("mnist", data_dir=tfds_data_dir, download=True,
-                                   builder_kwargs={"file_format": "array_record"})
+        prepared_builder("mnist", tfds_data_dir, ways)
+    except DataError:
+        if importlib.util.find_spec("tensorflow") is None:
+            raise
+        import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+        tfds.builder("mnist", data_dir=tfds_data_dir).download_and_prepare(
+            file_format="array_record")
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    sources = tfds.data_source("mnist", data_dir=tfds_data_dir, download=False)
     return {split: records_to_arrays(sources[split]) for split in ("train", "test")}
 
 
 def records_to_arrays(source):
     records = [source[i] for i in range(len(source))]
-    images = np.stack([np.asarray(r["image"], np.uint8).reshape(28, 28) for r in records])
+    images = np.stack([np.asarray(r["image"], np.uint8).reshape(28, 28, 1) for r in records])
     labels = np.array([r["label"] for r in records], np.int32)
     return {"inputs": images, "targets": labels}

@@ -29,9 +29,7 @@ class CNN(nn.Module):
 
     @nn.compact
     def __call__(self, inputs, train: bool = False):
-        x = inputs.astype(self.dtype)
-        if x.ndim == 3:  # (batch, height, width) images get a channel axis
-            x = x[..., None]
+        x = inputs.astype(self.dtype)  # (batch, height, width, channels)
         pool = nn.avg_pool if self.pool == "avg" else nn.max_pool
         for features in self.conv_features:
             x = nn.Conv(features, (self.kernel_size, self.kernel_size),

@@ -3,13 +3,19 @@
     python scripts/benchmark.py --config=configs/mnist_cnn.py --config.dataset.data_dir=DIR \
         --out=benchmark.json
 
-For a classification config. Two measurements, each a JSON section and a table:
-  in_process  the same model, optimizer, batches and epochs, up to three ways (--ways), one after
+For a classification config. Three measurements, each a JSON section and a table:
+  in_process  the same model, optimizer, batches and epochs, up to four ways (--ways), one after
               the other in this process, which runs with the framework's malloc settings: the
               hand-written loop of scripts/hand_loop.py, the framework's per-step path and its
-              fused path. Examples/s is the median over the epochs after the first; compile
-              seconds come from JAX's own compile events (the persistent cache is off here);
-              peak device memory where the backend reports it.
+              fused path on the in-memory arrays, and `streaming`, the per-step path on the same
+              data streamed from ArrayRecord shards (--records, written by
+              scripts/prepare_data.py) and decoded in the pipeline's workers. Examples/s is the
+              median over the epochs after the first; compile seconds come from JAX's own
+              compile events (the persistent cache is off here); peak device memory where the
+              backend reports it.
+  pipeline    the streaming pipeline alone, no model: host examples/s by worker count
+              (--pipeline_workers), over --records and over 32x32x3 PNG records with random crop
+              and flip (the shape of CIFAR; made here, random pixels).
   command     whole commands as a user runs them, start-up, data loading and compile included,
               --command_epochs of training and the test evaluation, alternating, --repeats times
               each: scripts/train.py (its first run with an empty compilation cache, the others
@@ -33,12 +39,17 @@ from trainer import host_memory  # pylint: disable=wrong-import-position
 host_memory.restart_with_reusing_malloc()  # before JAX allocates anything
 
 import jax  # pylint: disable=wrong-import-position
+import ml_collections  # pylint: disable=wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
 from absl import flags  # pylint: disable=wrong-import-position
+from array_record.python.array_record_module import ArrayRecordWriter  # pylint: disable=wrong-import-position
 
-import datasets  # pylint: disable=wrong-import-position
 import hand_loop  # pylint: disable=wrong-import-position  (scripts/, this file's folder)
-from trainer import cli  # pylint: disable=wrong-import-position
+from datasets import array_record, images  # pylint: disable=wrong-import-position
+from datasets.augment import Augment  # pylint: disable=wrong-import-position
+from trainer import cli, input_pipeline  # pylint: disable=wrong-import-position
 from trainer.loop import train_and_evaluate  # pylint: disable=wrong-import-position
+from trainer.setup import build_dataset  # pylint: disable=wrong-import-position
 
 SCRIPTS = pathlib.Path(__file__).resolve().parent
 EPOCHS = flags.DEFINE_integer("epochs", 2, "Epochs each way; the first, which compiles, is not "
@@ -46,10 +57,16 @@ EPOCHS = flags.DEFINE_integer("epochs", 2, "Epochs each way; the first, which co
 COMMAND_EPOCHS = flags.DEFINE_integer("command_epochs", 1, "Epochs of each whole command.")
 REPEATS = flags.DEFINE_integer("repeats", 3, "Whole commands run this many times each.")
 WAYS = flags.DEFINE_multi_enum(
-    "ways", ["hand_loop", "per_step", "fused"], ["hand_loop", "per_step", "fused"],
+    "ways", ["hand_loop", "per_step", "fused"], ["hand_loop", "per_step", "fused", "streaming"],
     "In-process: which ways to run, in this order (the fused CNN on a CPU takes ~8 min an "
-    "epoch).")
-SECTIONS = flags.DEFINE_list("sections", ["in_process", "command"], "What to measure.")
+    "epoch; streaming needs --records).")
+SECTIONS = flags.DEFINE_list("sections", ["in_process", "command"],
+                             "What to measure: in_process, command, pipeline.")
+RECORDS = flags.DEFINE_string("records", None, "ArrayRecord shards of the config's data set "
+                              "(scripts/prepare_data.py), for `streaming` and `pipeline`.")
+PIPELINE_WORKERS = flags.DEFINE_list("pipeline_workers", ["0", "1", "2"],
+                                     "pipeline: the worker counts to measure.")
+PIPELINE_STEPS = flags.DEFINE_integer("pipeline_steps", 200, "pipeline: batches timed each way.")
 OUT = flags.DEFINE_string("out", None, "Write the JSON here too.")
 
 COMPILE_SECONDS = []
@@ -65,6 +82,10 @@ def peak_memory():
 
 def framework_run(config, epochs, steps, steps_per_epoch):
     config = config.copy_and_resolve_references()
+    if steps == "streaming":
+        config.dataset = ml_collections.ConfigDict(dict(name="array_record",
+                                                        data_dir=RECORDS.value))
+        steps = "per_step"
     config.steps, config.num_epochs, config.num_steps = steps, epochs, 0
     config.plots, config.log_every_steps = False, steps_per_epoch  # each epoch's log times it
     config.checkpoint_every_steps = 10**9  # at the end only
@@ -88,7 +109,7 @@ def summary(name, steps_per_epoch, batch_size, steady_step_seconds, compile_seco
 def in_process(config, epochs, ways):
     """Each way of `ways`, in that order."""
     rows = []
-    steps_per_epoch = datasets.get_dataset(config.dataset).num_train // config.batch_size
+    steps_per_epoch = build_dataset(config.dataset).num_train // config.batch_size
     for way in ways:
         COMPILE_SECONDS.clear()
         start = time.perf_counter()
@@ -101,6 +122,48 @@ def in_process(config, epochs, ways):
             step_seconds, name = 1 / statistics.median(rates[1:]), f"framework, {way}"
         rows.append(summary(name, steps_per_epoch, config.batch_size, step_seconds,
                             sum(COMPILE_SECONDS), accuracy, time.perf_counter() - start))
+    return rows
+
+
+def pipeline_rate(source, augment, batch_size, workers, steps):
+    """Examples/s of the streaming pipeline alone, after its first batches (worker start-up)."""
+    order = dict(seed=0, batch_size=batch_size, steps_per_epoch=len(source) // batch_size,
+                 process_index=0, process_count=1)
+    batches = input_pipeline.train_batches(source, 0, steps + 10, augment=augment,
+                                           workers=workers, buffer=2, **order)
+    for _ in range(10):
+        next(batches)
+    start = time.perf_counter()
+    for _ in range(steps):
+        next(batches)
+    seconds = time.perf_counter() - start
+    batches.close()
+    return round(steps * batch_size / seconds, 1)
+
+
+def cifar_shaped_records(folder, count=10000):
+    """32x32x3 PNG records of random pixels (decoding cost does not depend on the content much)."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        writer = ArrayRecordWriter(os.path.join(folder, f"{split}-00000-of-00001.array_record"),
+                                   "group_size:1")
+        for label in range(count if split == "train" else 10):
+            writer.write(array_record.encode(images.encode_png(
+                rng.integers(0, 255, (32, 32, 3)).astype(np.uint8)), label % 10))
+        writer.close()
+
+
+def pipeline(batch_size, worker_counts, steps):
+    """{data: {workers: examples/s}}, MNIST records plain and CIFAR-shaped ones with crop+flip."""
+    rows = {}
+    with tempfile.TemporaryDirectory() as folder:
+        cifar_shaped_records(folder)
+        cases = {"mnist 28x28x1": (RECORDS.value, None),
+                 "32x32x3, crop+flip": (folder, Augment(crop_padding=4, flip=True))}
+        for name, (records, augment) in cases.items():
+            source = array_record.load(records).train
+            rows[name] = {workers: pipeline_rate(source, augment, batch_size, int(workers), steps)
+                          for workers in worker_counts}
     return rows
 
 
@@ -142,7 +205,7 @@ def whole_commands(config_args, epochs, repeats):
 
 def main(argv):
     del argv
-    config = cli.CONFIG.value
+    config = cli.config()
     if config.task != "classification":
         cli.fail(f"the benchmark's hand-written loop is a classifier's, and this config's task is "
                  f"{config.task!r}. Give a classification config, e.g. configs/mnist_cnn.py.")
@@ -151,12 +214,24 @@ def main(argv):
                "command_epochs": COMMAND_EPOCHS.value, "machine": {
         "backend": jax.default_backend(), "devices": [d.device_kind for d in jax.devices()],
         "cpu_count": os.cpu_count(), "jax": jax.__version__}}
+    if "streaming" in WAYS.value and not RECORDS.value:
+        cli.fail("--ways=streaming needs --records=FOLDER of ArrayRecord shards of the config's "
+                 "data (scripts/prepare_data.py --from_mnist=... --out=FOLDER).")
     if "in_process" in SECTIONS.value:
         results["in_process"] = in_process(config, EPOCHS.value, WAYS.value)
         columns = list(results["in_process"][0])
         print(" | ".join(columns))
         for row in results["in_process"]:
             print(" | ".join(str(row[c]) for c in columns))
+    if "pipeline" in SECTIONS.value:
+        if not RECORDS.value:
+            cli.fail("--sections=pipeline needs --records=FOLDER of ArrayRecord shards "
+                     "(scripts/prepare_data.py --from_mnist=... --out=FOLDER).")
+        results["pipeline"] = pipeline(config.batch_size, PIPELINE_WORKERS.value,
+                                       PIPELINE_STEPS.value)
+        for name, rates in results["pipeline"].items():
+            print(f"pipeline, {name}: " + ", ".join(f"{w} workers {r} examples/s"
+                                                     for w, r in rates.items()))
     if "command" in SECTIONS.value:
         config_args = [a for a in sys.argv[1:] if a.startswith("--config")]
         results["command"] = whole_commands(config_args, COMMAND_EPOCHS.value, REPEATS.value)

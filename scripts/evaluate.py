@@ -24,7 +24,7 @@ STEP = flags.DEFINE_integer("step", None, "The checkpoint's step (default: the l
 
 def main(argv):
     del argv
-    results = inference.evaluate_checkpoint(cli.config_of_run(WORKDIR.value), WORKDIR.value,
+    results = inference.evaluate_checkpoint(cli.config(), WORKDIR.value,
                                             STEP.value)
     print(json.dumps(results))
     with open(os.path.join(WORKDIR.value, f"eval_{results['step']}.json"), "w",
@@ -33,4 +33,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main, config_required=False)
+    cli.run(main, config_required=False, reads_a_run=True)

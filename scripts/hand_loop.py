@@ -20,9 +20,8 @@ import numpy as np  # pylint: disable=wrong-import-position
 import optax  # pylint: disable=wrong-import-position
 from flax.training import train_state  # pylint: disable=wrong-import-position
 
-import datasets  # pylint: disable=wrong-import-position
-import models  # pylint: disable=wrong-import-position
 from trainer.optim import create_optimizer  # pylint: disable=wrong-import-position
+from trainer.setup import build_dataset, build_model  # pylint: disable=wrong-import-position
 
 
 class HandState(train_state.TrainState):
@@ -31,8 +30,8 @@ class HandState(train_state.TrainState):
 
 def train_and_evaluate(config, epochs):
     """Returns {"epoch_seconds": [...], "accuracy": test accuracy, "steps_per_epoch": ...}."""
-    data = datasets.get_dataset(config.dataset)
-    model = models.get_model(config.model)
+    data = build_dataset(config.dataset)
+    model = build_model(config.model)
     steps_per_epoch = data.num_train // config.batch_size
     tx, _ = create_optimizer(config.optimizer, steps_per_epoch, epochs * steps_per_epoch)
     images = data.prepare_inputs

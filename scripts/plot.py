@@ -10,7 +10,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # this che
 
 from absl import flags  # pylint: disable=wrong-import-position
 
-from trainer import cli, inference, plots  # pylint: disable=wrong-import-position
+from trainer import cli, inference  # pylint: disable=wrong-import-position
 
 WORKDIR = flags.DEFINE_string("workdir", None, "The training run's folder.", required=True)
 STEP = flags.DEFINE_integer("step", None, "The checkpoint's step (default: the latest).")
@@ -18,11 +18,11 @@ STEP = flags.DEFINE_integer("step", None, "The checkpoint's step (default: the l
 
 def main(argv):
     del argv
-    config = cli.config_of_run(WORKDIR.value)
+    config = cli.config()
     setup, state, _ = inference.restore(config, WORKDIR.value, STEP.value)
-    for path in plots.plot_all(setup, state, WORKDIR.value, config.task):
+    for path in inference.write_figures(setup, state, WORKDIR.value):
         print(path)
 
 
 if __name__ == "__main__":
-    cli.run(main, config_required=False)
+    cli.run(main, config_required=False, reads_a_run=True)

@@ -3,6 +3,7 @@
     python scripts/predict.py --workdir=runs/xor                      # the test split (XOR: 4 points)
     python scripts/predict.py --workdir=runs/poly --inputs="-10;0;10" # the curve at these x
     python scripts/predict.py --workdir=runs/mnist --indices=0,1,2    # test images by index
+    python scripts/predict.py --workdir=runs/mnist                    # the first 10 test images
     python scripts/predict.py --workdir=runs/mnist --images=digit.png # 28x28 grey, white on black
 
 Inputs are in the data set's natural units (the polynomial's x in [-10, 10]); rows of --inputs
@@ -16,22 +17,33 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # this che
 import numpy as np  # pylint: disable=wrong-import-position
 from absl import flags  # pylint: disable=wrong-import-position
 
+import datasets  # pylint: disable=wrong-import-position
 from trainer import cli, inference  # pylint: disable=wrong-import-position
 from trainer.errors import ConfigError  # pylint: disable=wrong-import-position
+
+DEFAULT_COUNT = 10  # test examples shown when none are asked for
 
 WORKDIR = flags.DEFINE_string("workdir", None, "The training run's folder.", required=True)
 STEP = flags.DEFINE_integer("step", None, "The checkpoint's step (default: the latest).")
 INPUTS = flags.DEFINE_string("inputs", None, "Input rows: values split by ',', rows by ';'.")
-INDICES = flags.DEFINE_list("indices", None, "Indices of test examples.")
-IMAGES = flags.DEFINE_list("images", None, "Image files (read as greyscale, resized to fit).")
+INDICES = flags.DEFINE_list("indices", None, "Indices of test examples (default: the first "
+                            f"{DEFAULT_COUNT}).")
+IMAGES = flags.DEFINE_list("images", None, "Image files (resized to the data set's images).")
 
 
 def read_images(paths, shape):
+    """Image files as the data set stores its images: (height, width, channels) uint8."""
     from PIL import Image  # pylint: disable=g-import-not-at-top
+    if len(shape) != 3:
+        raise ConfigError(f"--images needs a run on image data; this run's inputs have shape "
+                          f"{shape}. Give them with --inputs.")
+    height, width, channels = shape
     try:
-        return np.stack([np.asarray(Image.open(p).convert("L").resize(shape[::-1])) for p in paths])
+        images = [Image.open(p).convert("L" if channels == 1 else "RGB").resize((width, height))
+                  for p in paths]
     except OSError as e:
         raise ConfigError(f"--images: {e}") from e
+    return np.stack([np.asarray(image).reshape(shape) for image in images])
 
 
 def parse_rows(text, width):
@@ -45,39 +57,64 @@ def parse_rows(text, width):
     return rows
 
 
+def parse_indices(values, count):
+    try:
+        indices = [int(i) for i in values]
+    except ValueError as e:
+        raise ConfigError(f"--indices={','.join(values)}: write the indices of test examples as "
+                          f"integers, e.g. --indices=0,1,2.") from e
+    if not all(0 <= i < count for i in indices):
+        raise ConfigError(f"--indices must lie in [0, {count}).")
+    return indices
+
+
+def value_text(value, classes):
+    """A class label as an integer, values to 4 digits."""
+    value = np.asarray(value)
+    if classes:
+        value = value.astype(int)
+        return str(value.item()) if value.size == 1 else np.array2string(value)
+    return np.array2string(value, precision=4)
+
+
 def main(argv):
     del argv
-    config = cli.config_of_run(WORKDIR.value)
+    config = cli.config()
     setup, state, step = inference.restore(config, WORKDIR.value, STEP.value)
     test = setup.dataset.test
+    count = datasets.num_examples(test)
+    example_shape = datasets.examples(test, [0])["inputs"].shape[1:]
     labels, names = None, None
+    print(f"# {config.model.name} at step {step}, task {config.task}")
     if IMAGES.value:
-        inputs, names = read_images(IMAGES.value, test["inputs"].shape[1:]), IMAGES.value
+        inputs, names = read_images(IMAGES.value, example_shape), IMAGES.value
     elif INPUTS.value:
-        inputs = parse_rows(INPUTS.value, int(np.prod(test["inputs"].shape[1:])))
+        inputs = parse_rows(INPUTS.value, int(np.prod(example_shape)))
     else:
-        indices = [int(i) for i in INDICES.value] if INDICES.value else range(len(test["targets"]))
-        if not all(0 <= i < len(test["targets"]) for i in indices):
-            raise ConfigError(f"--indices must lie in [0, {len(test['targets'])}).")
-        inputs, labels = test["inputs"][list(indices)], test["targets"][list(indices)]
+        if INDICES.value:
+            indices = parse_indices(INDICES.value, count)
+        else:
+            indices = list(range(min(count, DEFAULT_COUNT)))
+            if count > DEFAULT_COUNT:
+                print(f"# test examples 0 to {DEFAULT_COUNT - 1} of {count}; --indices=... for "
+                      f"others")
+        chosen = datasets.examples(test, indices)
+        inputs = chosen["inputs"]
+        labels = np.asarray(setup.dataset.decode_outputs(chosen["targets"]))
         names = [f"test #{i}" if inputs[0].size > 8 else np.array2string(inputs[n], precision=4)
                  for n, i in enumerate(indices)]
-        if config.task == "regression":
-            labels = setup.dataset.decode_outputs(labels)
+    task = setup.task
     outputs = inference.predict(setup, state, inputs)
-    print(f"# {config.model.name} at step {step}, task {config.task}")
+    predictions = np.asarray(task.predict(outputs))
     for i, output in enumerate(outputs):
         name = names[i] if names else np.array2string(inputs[i], precision=4)
-        if config.task == "classification":
-            line = f"{name}: predicted {output.argmax()}"
-        elif config.task == "binary_regression":
-            line = f"{name}: output {output[0]:.4f}, predicted bit {int(output[0] > 0.5)}"
-        else:
-            line = f"{name}: predicted {np.array2string(output, precision=4)}"
+        shown = [f"predicted {value_text(predictions[i], task.classes)}"]
+        if task.classes and output.size <= 4:  # a few raw outputs say how sure it is
+            shown.append(f"output {np.array2string(output, precision=4)}")
         if labels is not None:
-            line += f" (target {np.array2string(np.asarray(labels[i]), precision=4)})"
-        print(line)
+            shown.append(f"target {value_text(labels[i], task.classes)}")
+        print(f"{name}: {', '.join(shown)}")
 
 
 if __name__ == "__main__":
-    cli.run(main, config_required=False)
+    cli.run(main, config_required=False, reads_a_run=True)

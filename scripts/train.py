@@ -23,11 +23,11 @@ SHOW_CONFIG = flags.DEFINE_bool("show_config", False, "Print the resolved config
 def main(argv):
     del argv
     if SHOW_CONFIG.value:
-        print(cli.CONFIG.value)
+        print(cli.config())
         return
     if not WORKDIR.value:
         cli.fail("--workdir is required: the folder for checkpoints, metrics and TensorBoard.")
-    loop.train_and_evaluate(cli.CONFIG.value, WORKDIR.value)
+    loop.train_and_evaluate(cli.config(), WORKDIR.value)
 
 
 if __name__ == "__main__":

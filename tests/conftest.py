@@ -4,6 +4,10 @@ import subprocess
 import sys
 
 import pytest
+from absl import flags
+
+# In-process tests use libraries that read absl flags (Grain) without a command line to parse.
+flags.FLAGS.mark_as_parsed()
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MNIST_DIR = REPO.parent / "shared" / "data" / "mnist"

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import files, run_train
+from conftest import REPO, files, run_train
 from test_datasets import write_idx
 
 XOR = "--config=configs/xor_mlp.py"
@@ -32,6 +32,8 @@ def inputs(tmp_path_factory):
     labels.write_bytes(gzip.compress(gzip.decompress(labels.read_bytes())[:-5]))
     write_idx(root / "wrong_magic" / "t10k-images-idx3-ubyte.gz", 2049, np.zeros((10, 28, 28)))
     (root / "missing" / "t10k-labels-idx1-ubyte.gz").unlink()
+    (root / "interrupted_tfds" / "mnist" / "3.0.1").mkdir(parents=True)  # a download cut short
+    (root / "empty_tfds").mkdir()
     workdir = root / "run"
     assert run_train(XOR, f"--workdir={workdir}", "--config.num_epochs=10").returncode == 0
     return root
@@ -44,6 +46,7 @@ BAD_INPUTS = [
     (["--config={root}/syntax.py"], "has a syntax error on line 1"),
     (["--config={root}/no_get_config.py"], "defines no get_config()"),
     (["--config={root}/raises.py"], "NameError: name 'undefined_name' is not defined"),
+    (["--config=configs/mnist_cnn.py:something"], "configs/mnist_cnn.py takes no argument"),
     (["--config.batch_size=4"], "give the config file first, --config=FILE"),
     (["--workdir=runs/x"], "--config=FILE is required"),
     ([XOR, "stray"], "unexpected arguments ['stray']"),
@@ -72,20 +75,26 @@ BAD_INPUTS = [
     # unknown names
     ([XOR, "--config.model.name=transformer"], "config.model.name='transformer' is not a model"),
     ([XOR, "--config.model.activation=swish"], "activation='swish'"),
-    ([XOR, "--config.model.name=cnn"], "config.model.activation is not a field of CNN"),
+    ([XOR, "--config.model.name=cnn"], "config.model.activation is not an argument of model 'cnn'"),
     ([MNIST, "--config.dataset.name=xor", "--config.batch_size=4"],
      "config.model ('cnn') cannot take the inputs of data set"),
-    ([XOR, "--config.optimizer.name=adagrad"], "config.optimizer.name='adagrad' is invalid"),
+    ([XOR, "--config.optimizer.name=adagrid"], "config.optimizer.name='adagrid' is not an optimizer"),
     ([XOR, "--config.optimizer.schedule=linear"], "config.optimizer.schedule='linear' is invalid"),
-    ([XOR, "--config.task=ranking"], "config.task='ranking' is invalid"),
+    ([XOR, "--config.task=ranking"], "config.task='ranking' is not a task"),
     ([XOR, "--config.parallelism=gpu"], "config.parallelism='gpu' is invalid"),
     ([XOR, "--config.nonfinite=ignore"], "config.nonfinite='ignore' is invalid"),
-    ([XOR, "--config.dataset.name=cifar"], "config.dataset.name='cifar' is not a known data set"),
+    ([XOR, "--config.dataset.name=cifar"], "config.dataset.name='cifar' is not a data set"),
     # data
     ([MNIST, "--config.dataset.data_dir=/no/such/folder"], "is not a folder"),
     ([MNIST, "--config.dataset.data_dir={root}/truncated"], "train-labels-idx1-ubyte.gz is truncated"),
     ([MNIST, "--config.dataset.data_dir={root}/wrong_magic"], "is not an IDX file"),
     ([MNIST, "--config.dataset.data_dir={root}/missing"], "t10k-labels-idx1-ubyte.gz (or"),
+    # no data_dir, and no prepared TFDS copy: one message naming the three ways (and the folder)
+    ([MNIST, "--config.dataset.tfds_data_dir={root}/empty_tfds"],
+     "mnist was not found: mnist is not prepared in {root}/empty_tfds/mnist/3.0.1. Give it one of "
+     "three ways"),
+    ([MNIST, "--config.dataset.tfds_data_dir={root}/interrupted_tfds"],
+     "{root}/interrupted_tfds/mnist/3.0.1 holds an incomplete copy"),
     # the workdir
     ([XOR, "--workdir={root}/a_file"], "is a file, not a folder"),
     ([XOR, "--workdir={root}/a_file/run"], "cannot create --workdir"),
@@ -101,8 +110,9 @@ def test_bad_input_gives_one_clear_message_and_touches_nothing(args, message, in
     before = files(inputs)
     result = run_train(*args)
     assert result.returncode == 2, result.stderr
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
+    assert message.format(root=inputs) in result.stderr
+    assert result.stderr.strip().splitlines() == [  # one line, nothing before it
+        line for line in result.stderr.strip().splitlines() if line.startswith("error: ")]
     assert files(inputs) == before  # checkpoints, config files and data byte-identical
 
 
@@ -111,14 +121,26 @@ def test_the_catalogue_is_long_enough():
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    result = run_train(XOR, "--config.optimizer.name=adagrad", "--debug", f"--workdir={tmp_path}")
+    result = run_train(XOR, "--config.optimizer.name=adagrid", "--debug", f"--workdir={tmp_path}")
     assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+@pytest.mark.parametrize("script", ["train.py", "evaluate.py"])
+def test_help_shows_every_flag_a_user_needs(script):
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / script), "--help"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0
+    for flag in ("--config", "--workdir", "--[no]debug", "--coordinator_address", "--config.FIELD"):
+        assert flag in result.stdout, flag
+    assert ("show_config" in result.stdout) is (script == "train.py")
 
 
 def test_show_config_prints_the_resolved_config():
     result = run_train(XOR, "--config.optimizer.learning_rate=0.5", "--show_config")
     assert result.returncode == 0
     assert "learning_rate: 0.5" in result.stdout and "name: xor" in result.stdout
+    relative = run_train(MNIST, "--config.dataset.data_dir=../shared/data/mnist", "--show_config")
+    assert f"data_dir: {REPO.parent / 'shared' / 'data' / 'mnist'}" in relative.stdout  # absolute
 
 
 def test_our_datasets_package_wins_over_hugging_faces(tmp_path):

@@ -6,6 +6,8 @@ import pytest
 
 import datasets
 from datasets import mnist
+from trainer.errors import ConfigError
+from trainer.setup import build_dataset
 
 # Published per-class counts of the MNIST splits.
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -34,10 +36,10 @@ def tiny_mnist(tmp_path):
 
 
 def test_real_mnist_from_idx_folder(mnist_dir):
-    data = datasets.get_dataset(mnist_config(data_dir=mnist_dir))
-    assert data.train["inputs"].shape == (60000, 28, 28)
+    data = build_dataset(mnist_config(data_dir=mnist_dir))
+    assert data.train["inputs"].shape == (60000, 28, 28, 1)  # NHWC
     assert data.train["inputs"].dtype == np.uint8  # scaled on the device, not here
-    assert data.test["inputs"].shape == (10000, 28, 28)
+    assert data.test["inputs"].shape == (10000, 28, 28, 1)
     assert np.bincount(data.train["targets"]).tolist() == TRAIN_COUNTS
     assert np.bincount(data.test["targets"]).tolist() == TEST_COUNTS
     assert data.train["inputs"].mean() == pytest.approx(33.318, abs=1e-3)
@@ -46,7 +48,7 @@ def test_real_mnist_from_idx_folder(mnist_dir):
 
 
 def test_tiny_idx_folder_reads(tiny_mnist):
-    data = datasets.get_dataset(mnist_config(data_dir=str(tiny_mnist)))
+    data = build_dataset(mnist_config(data_dir=str(tiny_mnist)))
     assert data.num_train == 20 and len(data.test["targets"]) == 10
 
 
@@ -68,29 +70,29 @@ def test_damaged_idx_files_give_clear_errors(tiny_mnist, damage, expected):
     else:
         path.write_bytes(b"this is not gzip data at all")
     with pytest.raises(datasets.DataError, match=expected) as info:
-        datasets.get_dataset(mnist_config(data_dir=str(tiny_mnist)))
+        build_dataset(mnist_config(data_dir=str(tiny_mnist)))
     assert "train-images-idx3-ubyte" in str(info.value)
 
 
 def test_missing_folder_is_named(tmp_path):
     with pytest.raises(datasets.DataError, match="not a folder"):
-        datasets.get_dataset(mnist_config(data_dir=str(tmp_path / "nowhere")))
+        build_dataset(mnist_config(data_dir=str(tmp_path / "nowhere")))
 
 
 def test_no_data_anywhere_names_the_three_ways(tmp_path):
     with pytest.raises(datasets.DataError) as info:
-        mnist.load(mnist_config(tfds_data_dir=str(tmp_path)))
+        mnist.load(tfds_data_dir=str(tmp_path))
     message = str(info.value)
     assert "data_dir" in message and "tfds_data_dir" in message and "TensorFlow" in message
 
 
 def test_unknown_dataset_name():
-    with pytest.raises(datasets.DataError, match="not a known data set"):
-        datasets.get_dataset(ml_collections.ConfigDict({"name": "imagenet"}))
+    with pytest.raises(ConfigError, match="is not a data set"):
+        build_dataset(ml_collections.ConfigDict({"name": "imagenet"}))
 
 
 def test_xor_points():
-    data = datasets.get_dataset(ml_collections.ConfigDict({"name": "xor"}))
+    data = build_dataset(ml_collections.ConfigDict({"name": "xor"}))
     assert data.train["inputs"].tolist() == [[0, 0], [0, 1], [1, 0], [1, 1]]
     assert data.train["targets"].ravel().tolist() == [0, 1, 1, 0]
 
@@ -98,7 +100,7 @@ def test_xor_points():
 def test_polynomial_is_standardised_and_follows_the_cubic():
     config = ml_collections.ConfigDict(
         {"name": "polynomial", "num_train": 1000, "num_test": 200, "seed": 0})
-    data = datasets.get_dataset(config)
+    data = build_dataset(config)
     raw_x, y = data.train["inputs"], data.train["targets"]
     assert raw_x.min() >= -10 and raw_x.max() <= 10
     x = np.asarray(data.prepare_inputs(raw_x))
@@ -110,4 +112,4 @@ def test_polynomial_is_standardised_and_follows_the_cubic():
     assert abs(residual.mean()) < 0.1 and residual.std() == pytest.approx(1, abs=0.1)
     # Noise N(0, 1) is tiny next to the cubic's spread: y is the cubic of x up to scale and shift.
     assert np.corrcoef(np.polyval(np.polyfit(x[:, 0], y[:, 0], 3), x[:, 0]), y[:, 0])[0, 1] > 0.9999
-    assert datasets.get_dataset(config).train["inputs"].tolist() == raw_x.tolist()  # seeded
+    assert build_dataset(config).train["inputs"].tolist() == raw_x.tolist()  # seeded

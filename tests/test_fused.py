@@ -8,7 +8,8 @@ import pytest
 
 from configs import mnist_cnn
 from trainer import batching
-from trainer.loop import next_boundary, train_and_evaluate
+from trainer.loop import train_and_evaluate
+from trainer.timetable import Timetable
 
 
 def short_cnn(mnist_dir, steps, **fields):
@@ -29,7 +30,7 @@ def test_fused_steps_compute_what_per_step_computes(mnist_dir, tmp_path):
         runs[steps] = state, metrics, [(e["step"], e["train/loss"]) for e in logged
                                        if "train/loss" in e]
     (per_step, per_step_eval, per_step_log), (fused, fused_eval, fused_log) = runs.values()
-    for part in ("params", "batch_stats", "opt_state"):  # same batches, same updates
+    for part in ("params", "model_state", "opt_state"):  # same batches, same updates
         close = jax.tree.map(lambda a, b: np.allclose(a, b, rtol=1e-4, atol=1e-5),
                              getattr(per_step, part), getattr(fused, part))
         assert jax.tree.all(close), part
@@ -41,10 +42,11 @@ def test_fused_steps_compute_what_per_step_computes(mnist_dir, tmp_path):
 
 def test_fused_chunks_stop_at_every_boundary(mnist_dir):
     config = short_cnn(mnist_dir, "fused", num_steps=1000, eval_every_steps=30)
-    setup = type("Setup", (), {"steps_per_epoch": 468, "total_steps": 1000})
+    timetable = Timetable.from_config(config, steps_per_epoch=468, total_steps=1000)
     visited, step = [], 0
     while step < 1000:
-        step = next_boundary(config, setup, step)
+        step = timetable.next_boundary(step)
+        assert timetable.events_at(step), step  # the loop has something to do at each boundary
         visited.append(step)
     assert visited == [25, 30, 40, 50, 60, 75, 80, 90, 100, 120, 125, 150] + visited[12:]
     assert 468 in visited and 936 in visited and visited[-1] == 1000
@@ -54,12 +56,12 @@ def test_bfloat16_computes_in_bf16_with_float32_parameters(mnist_dir, tmp_path):
     config = short_cnn(mnist_dir, "per_step", dtype="bfloat16", num_steps=200)
     state, metrics = train_and_evaluate(config, str(tmp_path))
     assert metrics["accuracy"] > 0.9
-    dtypes = {x.dtype for x in jax.tree.leaves((state.params, state.opt_state, state.batch_stats))
+    dtypes = {x.dtype for x in jax.tree.leaves((state.params, state.opt_state, state.model_state))
               if x.ndim}
     assert dtypes == {np.dtype("float32")}
     outputs = jax.eval_shape(
-        lambda p: state.apply_fn({"params": p, "batch_stats": state.batch_stats},
-                                 np.zeros((2, 28, 28), np.float32), train=False,
+        lambda p: state.apply_fn({"params": p, **state.model_state},
+                                 np.zeros((2, 28, 28, 1), np.float32), train=False,
                                  capture_intermediates=True), state.params)
     conv_output = outputs[1]["intermediates"]["Conv_0"]["__call__"][0]
     assert conv_output.dtype == jax.numpy.bfloat16

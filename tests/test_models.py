@@ -5,16 +5,17 @@ import jax.numpy as jnp
 import ml_collections
 import pytest
 
-import models
+from trainer.errors import ConfigError
+from trainer.setup import build_model
 
 
 def build(**fields):
-    return models.get_model(ml_collections.ConfigDict(fields))
+    return build_model(ml_collections.ConfigDict(fields))
 
 
 def test_cnn_with_batchnorm_and_dropout():
     model = build(name="cnn", conv_features=(4, 8), dense_features=(16,), dropout_rate=0.5)
-    images = jnp.ones((2, 28, 28))
+    images = jnp.ones((2, 28, 28, 1))
     variables = model.init(jax.random.PRNGKey(0), images, train=False)
     assert set(variables) == {"params", "batch_stats"}
     logits = model.apply(variables, images, train=False)
@@ -50,11 +51,11 @@ def test_model_from_a_module_path(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("fields, message", [
     ({"name": "resnet9000"}, "not a model"),
-    ({"name": "mlp", "depth": 3}, "config.model.depth is not a field of MLP"),
+    ({"name": "mlp", "depth": 3}, "config.model.depth is not an argument of model 'mlp'"),
     ({"name": "mlp", "activation": "swish"}, "activation='swish'"),
     ({"name": "cnn", "pool": "median"}, "pool='median'"),
     ({"name": "cnn", "dropout_rate": 1.5}, "dropout_rate"),
 ])
 def test_bad_model_configs(fields, message):
-    with pytest.raises(models.ModelError, match=message):
+    with pytest.raises(ConfigError, match=message):
         build(**fields)

@@ -14,6 +14,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from tensorboard.backend.event_processing import event_accumulator
 
 from configs import poly_regression
 from conftest import REPO, files, run_train
@@ -37,7 +38,7 @@ def saved_state(workdir, step):
 
 def assert_same_state(expected_workdir, actual_workdir, step):
     expected, actual = saved_state(expected_workdir, step), saved_state(actual_workdir, step)
-    for part in ("params", "batch_stats", "opt_state", "step", "rng"):
+    for part in ("params", "model_state", "opt_state", "step", "rng"):
         assert jax.tree.all(jax.tree.map(np.array_equal, expected[part], actual[part])), part
 
 
@@ -45,6 +46,20 @@ def history(workdir):
     """The logged metrics, less the wall-clock speed."""
     lines = (workdir / "metrics.jsonl").read_text().splitlines()
     return [{k: v for k, v in json.loads(line).items() if k != "steps_per_sec"} for line in lines]
+
+
+def tensorboard_scalars(workdir):
+    """Every scalar TensorBoard shows, as {tag: [(step, value)]}, less the wall-clock speed."""
+    events = event_accumulator.EventAccumulator(str(workdir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
+            for tag in events.Tags()["scalars"] if tag != "steps_per_sec"}
+
+
+def config_texts(workdir):
+    events = event_accumulator.EventAccumulator(str(workdir), size_guidance={"tensors": 0})
+    events.Reload()
+    return events.Tensors("config/text_summary")
 
 
 def refused(workdir, *args):
@@ -94,15 +109,16 @@ def test_sigkill_then_resume_is_bitwise_the_uninterrupted_run(kill_point, mnist_
     assert run.wait() == -signal.SIGKILL  # killed, not finished
     killed_at = finished_steps(tmp_path)[-1] if finished_steps(tmp_path) else 0
     assert killed_at < 120
-    logged_before = len(history(tmp_path)) if (tmp_path / "metrics.jsonl").exists() else 0
 
     resumed = subprocess.run(train_command(mnist_dir, tmp_path), capture_output=True, text=True,
                              cwd=REPO, check=True)
     if killed_at:
         assert f"Resuming from the checkpoint at step {killed_at}" in resumed.stderr
     assert_same_state(uninterrupted, tmp_path, 120)
-    after_restart = history(tmp_path)[logged_before:]
-    assert after_restart == [e for e in history(uninterrupted) if e["step"] > killed_at]
+    # What was logged past the restored step is dropped: the history reads as one run's.
+    assert history(tmp_path) == history(uninterrupted)
+    assert tensorboard_scalars(tmp_path) == tensorboard_scalars(uninterrupted)
+    assert config_texts(tmp_path)  # written on every start
 
 
 @pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
@@ -134,6 +150,37 @@ def damage_delete_metadata(step_folder):
     (step_folder / "state" / "_METADATA").unlink()
 
 
+MLP_FUSED = ["--config=configs/mnist_mlp.py", "--config.num_epochs=8", "--config.eval_every_epochs=0",
+             "--config.log_every_steps=4000", "--config.checkpoint_every_steps=4000",
+             "--config.steps=fused", "--config.plots=False"]
+
+
+@pytest.mark.parametrize("signals", [1, 2])
+def test_a_stop_is_prompt_and_a_second_signal_ends_the_run_at_once(signals, mnist_dir, tmp_path):
+    """The fused path runs thousands of steps a call: a stop must still come within about a second
+    of device work, not at the next log or checkpoint (3744 steps here, about 15 s)."""
+    run = subprocess.Popen([sys.executable, str(REPO / "scripts" / "train.py"), *MLP_FUSED,
+                            f"--config.dataset.data_dir={mnist_dir}", f"--workdir={tmp_path}"],
+                           cwd=REPO, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    for line in run.stderr:
+        if "Steps run fused" in line:
+            break
+    time.sleep(4)  # past the compile, into the steps
+    sent = time.time()
+    run.send_signal(signal.SIGINT)
+    if signals == 2:
+        time.sleep(0.05)
+        run.send_signal(signal.SIGINT)
+    stderr = run.communicate(timeout=60)[1]
+    seconds = time.time() - sent
+    if signals == 1:
+        assert run.returncode == 130 and seconds < 5, (run.returncode, seconds, stderr[-2000:])
+        stopped_at = int(re.search(r"Stopped by SIGINT at step (\d+)", stderr)[1])
+        assert finished_steps(tmp_path) == [stopped_at] and stopped_at < 3744
+    else:  # the default action of SIGINT: the process ends, killed by the signal
+        assert run.returncode == -signal.SIGINT and seconds < 3, (run.returncode, seconds)
+
+
 @pytest.mark.parametrize("damage", [damage_truncate, damage_delete_metadata])
 def test_damaged_latest_checkpoint_falls_back_to_the_one_before(damage, tmp_path):
     whole, damaged = tmp_path / "whole", tmp_path / "damaged"
@@ -145,6 +192,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_one_before(damage, tmp_path
     resumed = run_train(*args, f"--workdir={damaged}")
     assert resumed.returncode == 0, resumed.stderr
     assert "The checkpoint at step 200 cannot be read" in resumed.stderr
+    assert "Traceback" not in resumed.stderr  # one warning, whatever the reads left unfinished
     assert "Resuming from the checkpoint at step 100" in resumed.stderr
     assert (damaged / "damaged_checkpoints" / "200").is_dir()  # set aside, not deleted
     expected, actual = saved_state(whole, 300), saved_state(damaged, 300)
@@ -173,16 +221,33 @@ def test_nonfinite_loss_stops_the_run_with_its_checkpoints_intact(tmp_path):
     assert "latest: step 100" in message
 
 
+def test_nonfinite_before_any_checkpoint_says_so(tmp_path):
+    result = run_train(POLY, "--config.optimizer.learning_rate=1e30", f"--workdir={tmp_path}")
+    assert result.returncode == 2
+    assert "the run stopped there without applying it, and no checkpoint had been saved yet" in (
+        result.stderr)
+    assert "None" not in result.stderr and not finished_steps(tmp_path)
+
+
+def strict_json(text):
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
 def test_nonfinite_updates_can_be_skipped_and_counted(tmp_path):
-    config = poly_regression.get_config()
-    config.num_epochs = 20
-    config.optimizer.learning_rate = 1e30
-    config.nonfinite = "skip"
-    state, _ = train_and_evaluate(config, str(tmp_path))
-    assert int(state.nonfinite_updates) > 0 and int(state.first_nonfinite_step) >= 0
-    assert jax.tree.all(jax.tree.map(lambda x: bool(np.isfinite(x).all()), state.params))
-    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert logged[-2]["train/nonfinite_updates"] == int(state.nonfinite_updates)
+    result = run_train(POLY, "--config.num_epochs=20", "--config.optimizer.learning_rate=1e30",
+                       "--config.nonfinite=skip", f"--workdir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = saved_state(tmp_path, 20)
+    assert int(state["nonfinite_updates"]) > 0 and int(state["first_nonfinite_step"]) >= 0
+    assert jax.tree.all(jax.tree.map(lambda x: bool(np.isfinite(x).all()), state["params"]))
+    logged = [strict_json(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert logged[-2]["train/nonfinite_updates"] == int(state["nonfinite_updates"])
+    # The one finite but huge update made the outputs overflow: no Infinity in the JSON files.
+    assert strict_json((tmp_path / "results.json").read_text())["eval/loss"] is None
+    assert "eval/loss is inf at the end; results.json holds null for it." in result.stderr
+    assert "NaN or Inf found in input tensor" not in result.stderr
 
 
 def test_restoring_unpickles_nothing(tmp_path, monkeypatch):

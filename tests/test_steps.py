@@ -6,16 +6,15 @@ import ml_collections
 import numpy as np
 import pytest
 
-import models
 from configs.base import get_base_config
 from trainer import batching
 from trainer.checkpoint import Checkpoints
-from trainer.loop import evaluate
 from trainer.optim import create_optimizer
 from trainer.parallel import DataParallel
 from trainer.state import create_train_state
-from trainer.steps import eval_step, train_step
-from trainer.tasks import TASKS
+from trainer.steps import eval_step, evaluate, train_step
+from trainer.setup import build_model
+from trainer.tasks import classification
 
 
 def scale(images):
@@ -23,19 +22,19 @@ def scale(images):
 
 
 def make_state(seed=0, dropout_rate=0.0):
-    model = models.get_model(ml_collections.ConfigDict(dict(
+    model = build_model(ml_collections.ConfigDict(dict(
         name="cnn", conv_features=(4, 8), dense_features=(16,), dropout_rate=dropout_rate)))
     tx, _ = create_optimizer(get_base_config().optimizer, steps_per_epoch=10, total_steps=100)
-    return create_train_state(model, tx, jnp.zeros((1, 28, 28)), seed)
+    return create_train_state(model, tx, jnp.zeros((1, 28, 28, 1)), seed)
 
 
 def fake_batch(n=32, seed=0):
     rng = np.random.default_rng(seed)
-    return {"inputs": rng.integers(0, 256, (n, 28, 28)).astype(np.uint8),
+    return {"inputs": rng.integers(0, 256, (n, 28, 28, 1)).astype(np.uint8),
             "targets": rng.integers(0, 10, (n,)).astype(np.int32)}
 
 
-STEP_FNS = dict(task=TASKS["classification"], prepare_inputs=scale)
+STEP_FNS = dict(task=classification, prepare_inputs=scale)
 train = jax.jit(functools.partial(train_step, **STEP_FNS))
 evaluate_batch = jax.jit(functools.partial(eval_step, **STEP_FNS))
 
@@ -49,7 +48,7 @@ def test_train_step_learns_and_updates_batch_stats():
         state = new_state
     assert int(state.step) == 30
     assert float(metrics.compute()["loss"]) < 0.7 * first_loss
-    assert not np.allclose(state.batch_stats["BatchNorm_0"]["mean"], 0)
+    assert not np.allclose(state.model_state["batch_stats"]["BatchNorm_0"]["mean"], 0)
 
 
 def test_train_step_is_reproducible_with_dropout():
@@ -61,14 +60,15 @@ def test_train_step_is_reproducible_with_dropout():
 
 def test_eval_counts_every_example_once_with_padding():
     state, split = make_state(), fake_batch(n=10, seed=1)
-    outputs = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+    outputs = state.apply_fn({"params": state.params, **state.model_state},
                              scale(split["inputs"]), train=False)
     expected_accuracy = float(np.mean(np.argmax(outputs, -1) == split["targets"]))
     batches = list(batching.eval_batches(split, 4))
     assert [int(b["mask"].sum()) for b in batches] == [4, 4, 2]
-    metrics = evaluate(evaluate_batch, state, split, 4, DataParallel("jit"))
+    parallel = DataParallel("jit")
+    metrics = evaluate(evaluate_batch, state, batching.eval_batches(split, 4), parallel)
     assert metrics["accuracy"] == pytest.approx(expected_accuracy)
-    assert metrics == evaluate(evaluate_batch, state, split, 10, DataParallel("jit"))
+    assert metrics == evaluate(evaluate_batch, state, batching.eval_batches(split, 10), parallel)
 
 
 def test_epoch_order_is_a_seeded_permutation():
@@ -89,7 +89,7 @@ def test_checkpoint_round_trip_and_retention(tmp_path):
     assert checkpoints.latest_step() == 3
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2", "3"]
     restored = Checkpoints(str(tmp_path), keep=2).restore(make_state(seed=1))
-    for name in ("params", "opt_state", "batch_stats", "step", "rng"):
+    for name in ("params", "opt_state", "model_state", "step", "rng"):
         same = jax.tree.map(lambda x, y: bool(jnp.array_equal(x, y)),
                             getattr(state, name), getattr(restored, name))
         assert jax.tree.all(same), name

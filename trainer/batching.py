@@ -1,31 +1,55 @@
-"""Batches from in-memory splits. The training order is a function of (seed, epoch) alone, so a
-resumed run sees exactly the batches the uninterrupted run would have seen, and the per-step (host)
-and fused (device) paths see the same batches."""
-import collections
+"""Which examples make each batch, and this process's share of it.
 
-import jax
+The training order is a permutation drawn from (seed, epoch) alone and the data position is the
+step, so a resumed run sees exactly the batches an uninterrupted one would, and every path (fused
+on the device, host batches of in-memory arrays, the streaming pipeline) sees the same ones. Each
+process takes its own rows of every global batch. NumPy only: Grain's worker processes run it.
+"""
+import collections
+import functools
+
 import numpy as np
 
 
+@functools.lru_cache(maxsize=2)
 def epoch_order(seed, epoch, num_examples):
-    """The permutation of the training split in `epoch`; traceable, so the fused path draws it on
-    the device."""
-    return jax.random.permutation(jax.random.fold_in(jax.random.PRNGKey(seed), epoch), num_examples)
+    """The permutation of the training split in `epoch`."""
+    return np.random.default_rng([seed, epoch]).permutation(num_examples).astype(np.int32)
+
+
+def train_indices(step, *, seed, num_examples, batch_size, steps_per_epoch, process_index=0,
+                  process_count=1):
+    """(epoch, the indices of this process's rows of the global batch of `step`)."""
+    epoch, step_in_epoch = divmod(step, steps_per_epoch)
+    rows = batch_size // process_count
+    start = step_in_epoch * batch_size + process_index * rows
+    return epoch, epoch_order(seed, epoch, num_examples)[start:start + rows]
+
+
+def eval_indices(num_examples, batch_size, process_index=0, process_count=1):
+    """Every example exactly once: for each global batch, this process's (indices, mask); the last
+    batch is padded with the last example, masked out."""
+    rows = batch_size // process_count
+    for start in range(0, num_examples, batch_size):
+        positions = np.arange(start + process_index * rows, start + (process_index + 1) * rows)
+        yield np.minimum(positions, num_examples - 1), positions < num_examples
 
 
 def take(split, indices):
     return {name: array[indices] for name, array in split.items()}
 
 
-def train_batches(split, seed, batch_size, start_step, end_step):
-    """Host batches for steps [start_step, end_step); the last partial batch of an epoch is dropped."""
-    steps_per_epoch = len(split["targets"]) // batch_size
-    order = None
+def train_batches(split, start_step, end_step, **order):
+    """This process's rows of the batches of steps [start_step, end_step) of in-memory arrays; the
+    last partial batch of an epoch is dropped. `order`: train_indices' keywords."""
     for step in range(start_step, end_step):
-        epoch, index = divmod(step, steps_per_epoch)
-        if order is None or index == 0:
-            order = np.asarray(epoch_order(seed, epoch, len(split["targets"])))
-        yield take(split, order[index * batch_size:(index + 1) * batch_size])
+        yield take(split, train_indices(step, num_examples=len(split["targets"]), **order)[1])
+
+
+def eval_batches(split, batch_size, process_index=0, process_count=1):
+    for indices, mask in eval_indices(len(split["targets"]), batch_size, process_index,
+                                      process_count):
+        yield {**take(split, indices), "mask": mask}
 
 
 def prefetch(batches, put, size=2):
@@ -38,13 +62,3 @@ def prefetch(batches, put, size=2):
             yield queue.popleft()
     while queue:
         yield queue.popleft()
-
-
-def eval_batches(split, batch_size):
-    """Every example exactly once; the last batch is padded to full size and masked."""
-    num_examples = len(split["targets"])
-    for start in range(0, num_examples, batch_size):
-        indices = np.arange(start, start + batch_size)
-        batch = take(split, np.minimum(indices, num_examples - 1))
-        batch["mask"] = indices < num_examples
-        yield batch

@@ -8,6 +8,7 @@ newer one is complete. Checkpoints are arrays and JSON metadata: restoring unpic
 """
 import os
 import shutil
+import sys
 
 import jax
 import orbax.checkpoint as ocp
@@ -27,10 +28,27 @@ def shapes_by_name(tree):
     return {path_name(path): tuple(leaf.shape) for path, leaf in leaves}
 
 
+def ignore_reads_left_after_a_failed_restore():
+    """A failed restore ends Orbax's asyncio loop while TensorStore still finishes the other reads
+    of that checkpoint; their callbacks then meet the closed loop, and Python would print a
+    traceback for each. A damaged checkpoint is reported once, by set_aside; only that error is
+    dropped."""
+    if sys.unraisablehook is not drop_closed_loop_errors:
+        drop_closed_loop_errors.previous = sys.unraisablehook
+        sys.unraisablehook = drop_closed_loop_errors
+
+
+def drop_closed_loop_errors(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"):
+        drop_closed_loop_errors.previous(unraisable)
+
+
 class Checkpoints:
 
     def __init__(self, workdir, keep=None, read_only=False):
         """`read_only`: for evaluation; creates and cleans up nothing."""
+        ignore_reads_left_after_a_failed_restore()
         self.workdir = os.path.abspath(workdir)
         self.directory = os.path.join(self.workdir, "checkpoints")
         self.manager = ocp.CheckpointManager(

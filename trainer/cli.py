@@ -1,24 +1,29 @@
-"""What the scripts share: the --config flag and one clear message for every bad input.
+"""What the scripts share: the --config flag, --help, and one clear message for every bad input.
 
 ml_collections' config flag raises raw exceptions while flags are parsed (a syntax error in the
 file, a missing get_config, an unknown field in an override) and reports a missing file only at
 first use; `parse_flags` turns each into one line naming what is wrong and exits 2.
+
+Scripts that use a trained run (evaluate.py, predict.py, plot.py) take the run's own config.json
+as the config when no --config is given; --config.FIELD=VALUE overrides fields of either.
 """
+import json
 import logging as std_logging
 import os
 import re
 import sys
 
 import jax
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from trainer.errors import USER_ERRORS, Stopped
+from trainer.errors import USER_ERRORS, Stopped, WorkdirError
 
-CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, e.g. configs/mnist_cnn.py; fields are overridden with "
-    "--config.FIELD=VALUE. Scripts that use a trained run default to the run's config.json.",
-    lock_config=True)
+CONFIG_HELP = ("Config file, e.g. configs/mnist_cnn.py; override any field with "
+               "--config.FIELD=VALUE (e.g. --config.num_epochs=2).")
+RUN_CONFIG_HELP = ("Config file; by default the run's own config.json. Override any field with "
+                   "--config.FIELD=VALUE (e.g. --config.dataset.data_dir=DIR).")
 DEBUG = flags.DEFINE_bool("debug", False, "Show the traceback of an error.")
 COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "Several hosts: host:port of process 0, given to every process.")
@@ -26,6 +31,9 @@ NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Several hosts: how 
 PROCESS_ID = flags.DEFINE_integer("process_id", None, "Several hosts: this process's index.")
 MULTIHOST = flags.DEFINE_bool(
     "multihost", False, "Several hosts, found from the cluster's environment (TPU pod, SLURM, ...).")
+HELP_FLAGS = ("--help", "-h", "-?", "--helpshort")
+
+_config = {}  # the --config flag (defined by run()) and where it came from
 
 
 def fail(message):
@@ -33,11 +41,80 @@ def fail(message):
     sys.exit(2)
 
 
+def tuples(value):
+    """JSON lists back to the tuples configs use (linen modules must be hashable)."""
+    if isinstance(value, dict):
+        return {k: tuples(v) for k, v in value.items()}
+    return tuple(tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def flag_value(argv, name):
+    """The value of --name=VALUE or --name VALUE in argv, before the flags are parsed."""
+    for i, arg in enumerate(argv):
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1]
+        if arg == f"--{name}" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def run_config_path(argv):
+    workdir = flag_value(argv, "workdir")
+    return os.path.join(workdir, "config.json") if workdir else None
+
+
+def define_config_flag(argv, reads_a_run):
+    """--config: a config file; for a script that reads a run, the run's config.json by default."""
+    path = run_config_path(argv) if reads_a_run and flag_value(argv, "config") is None else None
+    if path and os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                run_config = ml_collections.ConfigDict(tuples(json.load(f)))
+        except ValueError as e:
+            fail(f"{path} is not a readable config ({e}). Give the config with --config=FILE.")
+        _config["flag"] = config_flags.DEFINE_config_dict("config", run_config, RUN_CONFIG_HELP,
+                                                          lock_config=True)
+        _config["from_run"] = True
+    else:
+        _config["flag"] = config_flags.DEFINE_config_file(
+            "config", None, RUN_CONFIG_HELP if reads_a_run else CONFIG_HELP, lock_config=True)
+        _config["from_run"] = False
+    _config["run_config_path"] = path
+
+
+def config():
+    """The parsed config, its path fields made absolute."""
+    value = _config["flag"].value
+    if value is None:
+        raise WorkdirError(f"{_config['run_config_path']} does not exist: --workdir is not the "
+                           f"folder of a training run (or give --config=FILE).")
+    return value
+
+
+def resolve_paths(config_dict):
+    """Fields named *_dir or *_path hold paths: stored absolute, so that a run's config.json reads
+    the same from any folder."""
+    for name, value in config_dict.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            resolve_paths(value)
+        elif isinstance(value, str) and value and name.endswith(("_dir", "_path")):
+            config_dict[name] = os.path.abspath(os.path.expanduser(value))
+
+
 def describe_config_error(error, argv):
-    if not any(a.startswith("--config=") for a in argv):
+    if flag_value(argv, "config") is None and not _config["from_run"]:
         return f"{str(error).split(':')[0]}: give the config file first, --config=FILE."
     if isinstance(error, flags.Error):
-        return str(error)
+        if "Traceback" not in str(error):
+            return str(error)
+        # An exception while get_config() ran, reported with its traceback: keep the cause.
+        cause = str(error).strip().splitlines()[-1]
+        config_arg = flag_value(argv, "config")
+        if "get_config() takes 0 positional arguments" in cause:
+            path, _, argument = config_arg.partition(":")
+            return (f"--config={config_arg}: {path} takes no argument (its get_config() has no "
+                    f"parameter), so ':{argument}' cannot go to it. Drop ':{argument}'.")
+        return f"the config file {config_arg} could not be loaded: {cause}"
     if isinstance(error, SyntaxError):
         return (f"the config file {error.filename} has a syntax error on line {error.lineno}: "
                 f"{error.msg}. Fix the file.")
@@ -58,27 +135,47 @@ def describe_config_error(error, argv):
     return f"the config could not be loaded: {type(error).__name__}: {text}"
 
 
+def print_help():
+    """The script's docstring and every flag it takes (absl's --help shows only the script's own
+    flags and exits 1)."""
+    main = sys.modules["__main__"]
+    print((main.__doc__ or "").strip() + "\n")
+    print(flags.FLAGS.module_help(main).replace("__main__:", f"{os.path.basename(sys.argv[0])}:", 1))
+    print(flags.FLAGS.module_help(sys.modules[__name__]))
+    print("\nAny config field: --config.FIELD=VALUE (nested: --config.optimizer.learning_rate=3e-4)."
+          "\nAll of absl's flags: --helpfull.")
+
+
 def parse_flags(argv, config_required):
+    if any(a in HELP_FLAGS for a in argv[1:]):
+        print_help()
+        sys.exit(0)
     try:
         rest = flags.FLAGS(argv)
-        if CONFIG.value is None:
+        if _config["flag"].value is None:
             if config_required:
                 fail("--config=FILE is required, e.g. --config=configs/mnist_cnn.py.")
             return rest
-        CONFIG.value.to_dict()  # a file that failed to load raises here, not at parsing
+        _config["flag"].value.to_dict()  # a file that failed to load raises here, not at parsing
     except Exception as e:  # pylint: disable=broad-except
         if "--debug" in argv:
             raise
         fail(describe_config_error(e, argv))
+    resolve_paths(_config["flag"].value)
     if len(rest) > 1:
         fail(f"unexpected arguments {rest[1:]}; flags are written --name=value.")
     return rest
 
 
 def is_noise(record):
-    """Orbax's INFO lines (several per save), and JAX's note that it found no TPU library."""
-    return ((record.levelno < std_logging.WARNING and "orbax" in record.pathname)
-            or record.getMessage().startswith("Unable to initialize backend"))
+    """Orbax's and TFDS's INFO lines (several per save, per data set opened), JAX's note that it
+    found no TPU library, and TFDS's warning of a missing data set folder (the data error names the
+    folder itself)."""
+    message = record.getMessage()
+    return ((record.levelno < std_logging.WARNING
+             and ("orbax" in record.pathname or "tensorflow_datasets" in record.pathname))
+            or message.startswith("Unable to initialize backend")
+            or (message.startswith("Variant folder") and "has no dataset_info.json" in message))
 
 
 def quiet_logging():
@@ -110,8 +207,12 @@ def initialize_distributed():
         logging.set_verbosity(logging.WARNING)
 
 
-def run(main, config_required=True):
-    """Runs main(argv) under absl; errors a user can fix print one message and exit 2."""
+def run(main, config_required=True, reads_a_run=False):
+    """Runs main(argv) under absl; errors a user can fix print one message and exit 2.
+
+    `reads_a_run`: the script uses the run in --workdir, whose config.json is the default config.
+    """
+    define_config_flag(sys.argv, reads_a_run)
 
     def main_with_errors(argv):
         quiet_logging()
@@ -128,9 +229,3 @@ def run(main, config_required=True):
             sys.exit(e.exit_code)
 
     app.run(main_with_errors, flags_parser=lambda argv: parse_flags(argv, config_required))
-
-
-def config_of_run(workdir):
-    """--config if given, else the config the run in `workdir` was trained with."""
-    from trainer import inference  # pylint: disable=g-import-not-at-top
-    return CONFIG.value if CONFIG.value is not None else inference.load_config(workdir)

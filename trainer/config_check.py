@@ -1,8 +1,7 @@
 """Checks a config before anything is built or written, so a bad value costs nothing."""
 from trainer.errors import ConfigError
-from trainer.optim import OPTIMIZERS, SCHEDULES
+from trainer.optim import SCHEDULES
 from trainer.parallel import MODES
-from trainer.tasks import TASKS
 
 
 def lookup(config, field):
@@ -44,20 +43,25 @@ def validate_config(config):
         raise ConfigError("config.num_epochs and config.num_steps are both 0: set one of them to "
                           "the length of training (num_steps wins when both are set).")
     require(config, "optimizer.learning_rate", lambda v: is_number(v) and v > 0, "a number > 0")
-    require(config, "optimizer.momentum", lambda v: is_number(v) and 0 <= v < 1, "in [0, 1)")
+    require(config, "optimizer.momentum", lambda v: v is None or is_number(v) and 0 <= v < 1,
+            "in [0, 1)")
     for field in ("optimizer.weight_decay", "optimizer.grad_clip_norm"):
         require(config, field, lambda v: is_number(v) and v >= 0, "a number >= 0 (0 turns it off)")
     require(config, "optimizer.decay_every_epochs", lambda v: is_int(v) and v > 0,
             "a positive integer")
     require(config, "optimizer.decay_rate", lambda v: is_number(v) and 0 < v <= 1, "in (0, 1]")
-    require(config, "task", *one_of(TASKS))
     require(config, "parallelism", *one_of(MODES))
     require(config, "nonfinite", *one_of(("stop", "skip")))
     require(config, "steps", *one_of(("auto", "fused", "per_step")))
     require(config, "dtype", *one_of(("float32", "bfloat16")))
-    for field in ("resume", "plots"):
+    require(config, "augment.crop_padding", lambda v: is_int(v) and v >= 0, "an integer >= 0")
+    require(config, "pipeline.workers", lambda v: is_int(v) and v >= -1,
+            "an integer >= 0, or -1 (a worker a core but one)")
+    require(config, "pipeline.buffer", lambda v: is_int(v) and v > 0, "a positive integer")
+    for field in ("resume", "plots", "augment.flip"):
         require(config, field, lambda v: isinstance(v, bool), "True or False")
-    require(config, "optimizer.name", *one_of(OPTIMIZERS))
     require(config, "optimizer.schedule", *one_of(SCHEDULES))
-    require(config, "model.name", lambda v: isinstance(v, str) and v, "a model name")
-    require(config, "dataset.name", lambda v: isinstance(v, str) and v, "a data set name")
+    for field in ("task", "model.name", "dataset.name", "optimizer.name"):
+        require(config, field, lambda v: isinstance(v, str) and v, "a name (see the README)")
+    require(config, "writers", lambda v: isinstance(v, (tuple, list)) and all(
+        isinstance(w, str) for w in v), "a tuple of writer names, e.g. ('tensorboard', 'jsonl')")

@@ -1,6 +1,5 @@
 """Errors a user can fix. The scripts print their message and exit non-zero, without a traceback."""
 from datasets import DataError
-from models import ModelError
 
 
 class ConfigError(Exception):
@@ -23,4 +22,4 @@ class Stopped(Exception):
         self.exit_code = 128 + signal_number  # the shell's convention for "ended by a signal"
 
 
-USER_ERRORS = (ConfigError, WorkdirError, DataError, ModelError, NonFiniteError)
+USER_ERRORS = (ConfigError, WorkdirError, DataError, NonFiniteError)

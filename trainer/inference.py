@@ -1,33 +1,16 @@
-"""Using a trained run: restore a checkpoint, evaluate it, run the model on inputs."""
-import json
-import os
-
+"""Using a trained run: restore a checkpoint, evaluate it, run the model on inputs, draw figures."""
 import jax
-import ml_collections
 import numpy as np
 
+import datasets
 from trainer.checkpoint import Checkpoints
 from trainer.errors import WorkdirError
-from trainer.loop import build, evaluate
-from trainer.metrics import prefixed
 from trainer.parallel import local_copy
-from trainer.steps import apply_model, eval_step
+from trainer.setup import build
+from trainer.steps import apply_model, eval_step, evaluate
+from trainer.writers import prefixed
 
-
-def tuples(value):
-    """JSON lists back to the tuples configs use (linen modules must be hashable)."""
-    if isinstance(value, dict):
-        return {k: tuples(v) for k, v in value.items()}
-    return tuple(tuples(v) for v in value) if isinstance(value, list) else value
-
-
-def load_config(workdir):
-    """The config a run in `workdir` was trained with (train.py writes it to config.json)."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        raise WorkdirError(f"{path} does not exist: --workdir is not the folder of a training run.")
-    with open(path, encoding="utf-8") as f:
-        return ml_collections.ConfigDict(tuples(json.load(f)))
+FIGURE_EXAMPLES = 10000  # of the test split, read into memory for the figures
 
 
 def restore(config, workdir, step=None):
@@ -48,15 +31,22 @@ def restore(config, workdir, step=None):
     return setup, state, step
 
 
-def evaluate_checkpoint(config, workdir, step=None):
-    """{"step": ..., "eval/loss": ..., ...} on the test split, on all devices JAX sees."""
-    setup, state, step = restore(config, workdir, step)
+def compile_eval(setup):
+    return setup.parallel.compile(eval_step, task=setup.task,
+                                  prepare_inputs=setup.dataset.prepare_inputs)
+
+
+def evaluate_state(setup, state):
+    """Test metrics of a state in checkpoint form, on all devices JAX sees."""
     parallel = setup.parallel
-    eval_fn = parallel.compile(eval_step, task=setup.task,
-                               prepare_inputs=setup.dataset.prepare_inputs)
-    metrics = evaluate(eval_fn, parallel.to_device_form(state), setup.dataset.test,
-                       config.eval_batch_size, parallel)
-    return {"step": step, **prefixed("eval", metrics)}
+    return evaluate(compile_eval(setup), parallel.to_device_form(state), setup.eval_batches(),
+                    parallel)
+
+
+def evaluate_checkpoint(config, workdir, step=None):
+    """{"step": ..., "eval/loss": ..., ...} on the test split."""
+    setup, state, step = restore(config, workdir, step)
+    return {"step": step, **prefixed("eval", evaluate_state(setup, state))}
 
 
 def predict(setup, state, inputs, chunk=1000):
@@ -72,3 +62,13 @@ def predict(setup, state, inputs, chunk=1000):
     inputs = np.asarray(inputs)
     return np.concatenate([np.asarray(outputs_of(local_state, inputs[i:i + chunk]))
                            for i in range(0, len(inputs), chunk)])
+
+
+def write_figures(setup, state, workdir):
+    """The PNG figures of the model on the test split, its first FIGURE_EXAMPLES examples
+    (trainer/plots.py); returns their paths."""
+    from trainer import plots  # pylint: disable=g-import-not-at-top  (matplotlib: only here)
+    test = setup.dataset.test
+    test = datasets.examples(test, range(min(datasets.num_examples(test), FIGURE_EXAMPLES)))
+    return plots.plot_all(workdir, setup.task, test, predict(setup, state, test["inputs"]),
+                          setup.dataset.decode_outputs)

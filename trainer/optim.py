@@ -1,8 +1,18 @@
-"""The Optax optimizer and learning-rate schedule named by `config.optimizer`."""
+"""The optimizer and learning-rate schedule of `config.optimizer`.
+
+`name` is any Optax optimizer (`sgd`, `adam`, `adamw`, `lamb`, `lion`, ...) or 'module:function' of
+your own; the fields below are the trainer's, and every other field that is not None is a keyword
+argument of the optimizer (`momentum` for sgd, `b1` for adam, ...), checked against its signature.
+"""
 import optax
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+from trainer import parts
+from trainer.errors import ConfigError
+
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "step")
+# The trainer's own fields of config.optimizer; the rest go to the optimizer.
+TRAINER_FIELDS = ("name", "learning_rate", "schedule", "warmup_steps", "decay_every_epochs",
+                  "decay_rate", "grad_clip_norm", "weight_decay")
 
 
 def create_schedule(config, steps_per_epoch, total_steps):
@@ -22,16 +32,23 @@ def create_schedule(config, steps_per_epoch, total_steps):
 def create_optimizer(config, steps_per_epoch, total_steps):
     """Returns (optax transformation, learning-rate schedule) for `config.optimizer`."""
     schedule = create_schedule(config, steps_per_epoch, total_steps)
-    if config.name == "sgd":
-        optimizer = optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov)
-    elif config.name == "adam":
-        optimizer = optax.adam(schedule, b1=config.b1, b2=config.b2)
-    else:
-        optimizer = optax.adamw(schedule, b1=config.b1, b2=config.b2,
-                                weight_decay=config.weight_decay)
+    factory = parts.find(parts.OPTIMIZER, config.name)
+    fields = {"learning_rate": schedule, **{name: value for name, value in config.items()
+                                            if name not in TRAINER_FIELDS and value is not None}}
+    signature = parts.signature_of(factory)
+    # An optimizer with its own weight decay applies it its way (decoupled for adamw); for the
+    # others it is added to the gradient.
+    decays_itself = signature is not None and "weight_decay" in signature.parameters
+    if decays_itself:
+        fields["weight_decay"] = config.weight_decay
+    optimizer = parts.call_with_fields(factory, fields, "config.optimizer",
+                                       parts.OPTIMIZER.described(config.name))
+    if not isinstance(optimizer, optax.GradientTransformation):
+        raise ConfigError(f"config.optimizer.name={config.name!r} gave a {type(optimizer).__name__}, "
+                          f"not an Optax GradientTransformation.")
     chain = []
     if config.grad_clip_norm:
         chain.append(optax.clip_by_global_norm(config.grad_clip_norm))
-    if config.weight_decay and config.name != "adamw":  # adamw decays its own way (decoupled)
+    if config.weight_decay and not decays_itself:
         chain.append(optax.add_decayed_weights(config.weight_decay))
     return optax.chain(*chain, optimizer), schedule

@@ -56,14 +56,8 @@ class DataParallel:
             return model.clone(axis_name=AXIS)
         return model
 
-    def local_rows(self, batch):
-        """The rows of a global batch (host arrays) that this process feeds to its devices."""
-        rows = len(next(iter(batch.values()))) // jax.process_count()
-        start = jax.process_index() * rows
-        return {name: array[start:start + rows] for name, array in batch.items()}
-
-    def put_batch(self, global_batch):
-        local = self.local_rows(global_batch)
+    def put_batch(self, local):
+        """This process's rows of a global batch (host arrays) on its devices, in device form."""
         if self.mode == "pmap":
             n = jax.local_device_count()
             return {name: a.reshape(n, a.shape[0] // n, *a.shape[1:]) for name, a in local.items()}
@@ -106,10 +100,11 @@ class DataParallel:
         return local_copy(tree)
 
     def compile_fused(self, **step_args):
-        """fused.train_steps(state, data, metrics, start_step, num_steps), data on the device."""
+        """fused.train_steps(state, data, order, metrics, start_step, num_steps), data and order on
+        the device."""
         if self.mode == "pmap":
             return jax.pmap(functools.partial(fused.train_steps, axis_name=AXIS, **step_args),
-                            axis_name=AXIS, in_axes=(0, 0, 0, None, None), donate_argnums=(0,))
+                            axis_name=AXIS, in_axes=(0, 0, 0, 0, None, None), donate_argnums=(0,))
         return jax.jit(functools.partial(fused.train_steps, batch_sharding=self.split, **step_args),
                        donate_argnums=(0,))
 

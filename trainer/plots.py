@@ -1,9 +1,9 @@
 """PNG figures in the workdir: training curves, and what the model predicts on the test split.
 
-    curves.png            train and eval loss (and accuracy) against steps
-    predictions.png       regression with one input: predictions over the ground truth
-    confusion_matrix.png  classification (and binary_regression): true against predicted class
-    misclassified.png     image classification: a grid of misclassified test images
+    curves.png            train and eval loss (and accuracy) against steps (from metrics.jsonl)
+    predictions.png       a task of values with one input: predictions over the ground truth
+    confusion_matrix.png  a task of classes: true against predicted class
+    misclassified.png     classes of images: a grid of misclassified test images
 """
 import json
 import os
@@ -13,8 +13,6 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
-
-from trainer.inference import predict  # pylint: disable=wrong-import-position
 
 
 def save(figure, workdir, name):
@@ -72,43 +70,41 @@ def plot_confusion_matrix(workdir, labels, predicted, num_classes):
 
 
 def plot_misclassified(workdir, images, labels, predicted, count=25, columns=5):
-    """The first `count` misclassified images, tiled into one picture with a caption above each
-    (an axes per image took seconds of layout)."""
+    """The first `count` misclassified images (NHWC, grey or colour), tiled into one picture with a
+    caption above each (an axes per image took seconds of layout)."""
     wrong = np.flatnonzero(labels != predicted)[:count]
     rows = max(1, -(-len(wrong) // columns))
-    height, width = images.shape[1:3]
+    height, width, channels = images.shape[1:]
     caption, gap = height // 2, width // 8
     cell_height, cell_width = height + caption, width + gap
-    tiles = np.full((rows * cell_height, columns * cell_width), np.nan)  # NaN: left blank
+    low, high = float(images.min()), float(images.max())
+    tiles = np.ones((rows * cell_height, columns * cell_width, channels))  # white between images
     figure = plt.figure(figsize=(2 * columns, 2.2 * rows))
     axis = figure.add_axes((0.01, 0.01, 0.98, 0.93))
     axis.axis("off")
     for k, index in enumerate(wrong):
         top, left = (k // columns) * cell_height + caption, (k % columns) * cell_width
-        tiles[top:top + height, left:left + width] = images[index]
+        tiles[top:top + height, left:left + width] = (images[index] - low) / max(high - low, 1e-12)
         axis.text(left + width / 2, top - 1, f"#{index}: {predicted[index]} (true {labels[index]})",
                   ha="center", va="bottom", fontsize=9)
-    axis.imshow(tiles, cmap="gray", vmin=images.min(), vmax=images.max())
+    axis.imshow(tiles[..., 0] if channels == 1 else tiles, cmap="gray", vmin=0, vmax=1)
     figure.suptitle(f"Misclassified test images ({len(wrong)} shown)")
     return save(figure, workdir, "misclassified.png")
 
 
-def plot_all(setup, state, workdir, task_name):
-    """Every figure that fits the run's task; returns the paths written."""
-    paths = [plot_curves(workdir)]
-    test = setup.dataset.test
-    outputs = predict(setup, state, test["inputs"])
-    if task_name == "regression" and test["inputs"].ndim == 2 and test["inputs"].shape[1] == 1:
-        targets = np.asarray(setup.dataset.decode_outputs(test["targets"]))
-        paths.append(plot_regression(workdir, test["inputs"], targets, outputs))
-    elif task_name in ("classification", "binary_regression"):
-        if task_name == "classification":
-            labels, predicted = test["targets"], outputs.argmax(-1)
-            num_classes = outputs.shape[-1]
-        else:
-            labels = (test["targets"][:, 0] > 0.5).astype(int)
-            predicted, num_classes = (outputs[:, 0] > 0.5).astype(int), 2
+def plot_all(workdir, task, test, outputs, decode_outputs):
+    """Every figure that fits the run's task, given the test split and the model's `outputs` on it
+    (in natural units); returns the paths written."""
+    paths = [plot_curves(workdir)] if os.path.exists(os.path.join(workdir, "metrics.jsonl")) else []
+    inputs, targets = test["inputs"], np.asarray(decode_outputs(test["targets"]))
+    count = len(targets)
+    if task.classes and targets.reshape(count, -1).shape[1] == 1:  # one class label an example
+        labels = targets.reshape(count).astype(int)
+        predicted = np.asarray(task.predict(outputs)).reshape(count).astype(int)
+        num_classes = max(outputs.shape[-1], 2, labels.max() + 1, predicted.max() + 1)
         paths.append(plot_confusion_matrix(workdir, labels, predicted, num_classes))
-        if test["inputs"].ndim == 3:  # images
-            paths.append(plot_misclassified(workdir, test["inputs"], labels, predicted))
+        if inputs.ndim == 4:  # images, NHWC
+            paths.append(plot_misclassified(workdir, inputs, labels, predicted))
+    elif not task.classes and inputs.ndim == 2 and inputs.shape[1] == 1 and targets.ndim == 2:
+        paths.append(plot_regression(workdir, inputs, targets, outputs))
     return paths

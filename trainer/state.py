@@ -1,18 +1,52 @@
-"""The training state: params, optimizer state, BatchNorm statistics, step and RNG key."""
+"""The training state, and how the trainer calls a model.
+
+TrainState: params, optimizer state, the model's other variables (BatchNorm statistics, or any
+mutable collection it keeps), step, RNG key and the non-finite counters.
+"""
+import dataclasses
 import functools
+import inspect
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax.training import train_state
 
+# How a linen module's __call__ is told whether it trains, in the order looked for.
+MODE_ARGUMENTS = ("train", "training", "deterministic")
+
 
 class TrainState(train_state.TrainState):
-    batch_stats: Any = flax.struct.field(default_factory=dict)
+    model_state: Any = flax.struct.field(default_factory=dict)  # every collection but "params"
     rng: jax.Array = None  # dropout keys are folded from it and the step: reproducible on resume
     nonfinite_updates: jax.Array = None  # updates skipped for a non-finite loss or gradient
     first_nonfinite_step: jax.Array = None  # the step of the first one, -1 if none
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # compared by identity: a model may hold lists
+class ModelApply:
+    """`model.apply`, called as (variables, inputs, train, **apply_kwargs) whatever the model's own
+    convention: `train=`, `training=`, `deterministic=` (negated), or none (a model that behaves
+    the same in training and evaluation)."""
+    model: nn.Module
+
+    @functools.cached_property
+    def mode_argument(self):
+        parameters = inspect.signature(type(self.model).__call__).parameters
+        return next((name for name in MODE_ARGUMENTS if name in parameters), None)
+
+    def mode(self, train):
+        if self.mode_argument is None:
+            return {}
+        return {self.mode_argument: (not train) if self.mode_argument == "deterministic" else train}
+
+    def __call__(self, variables, inputs, train, **kwargs):
+        return self.model.apply(variables, inputs, **self.mode(train), **kwargs)
+
+    def init(self, rngs, inputs):
+        return self.model.init(rngs, inputs, **self.mode(False))
 
 
 def create_train_state(model, tx, example_inputs, seed, sharding=None) -> TrainState:
@@ -20,15 +54,15 @@ def create_train_state(model, tx, example_inputs, seed, sharding=None) -> TrainS
 
     Jitted, since Flax's eager init compiles dozens of small programs.
     """
+    apply = ModelApply(model)
 
     @functools.partial(jax.jit, out_shardings=sharding)
     def init(key):
         params_key, dropout_key, state_key = jax.random.split(key, 3)
-        variables = model.init({"params": params_key, "dropout": dropout_key}, example_inputs,
-                               train=False)
-        return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                                 batch_stats=variables.get("batch_stats", {}), rng=state_key,
-                                 nonfinite_updates=jnp.zeros((), jnp.int32),
+        variables = dict(apply.init({"params": params_key, "dropout": dropout_key}, example_inputs))
+        params = variables.pop("params", {})
+        return TrainState.create(apply_fn=apply, params=params, tx=tx, model_state=variables,
+                                 rng=state_key, nonfinite_updates=jnp.zeros((), jnp.int32),
                                  first_nonfinite_step=jnp.full((), -1, jnp.int32))
 
     return init(jax.random.PRNGKey(seed))

@@ -10,32 +10,41 @@ from trainer.state import TrainState
 
 
 def apply_model(state: TrainState, params, inputs, train: bool, dropout_key=None):
-    """Returns (outputs, new batch_stats)."""
-    variables = {"params": params, "batch_stats": state.batch_stats}
+    """Returns (outputs, new model_state): in training every collection besides the parameters is
+    mutable (BatchNorm statistics, or whatever state the model keeps)."""
+    variables = {"params": params, **state.model_state}
     if not train:
-        return state.apply_fn(variables, inputs, train=False), state.batch_stats
+        return state.apply_fn(variables, inputs, train=False), state.model_state
     outputs, updates = state.apply_fn(variables, inputs, train=True, rngs={"dropout": dropout_key},
-                                      mutable=["batch_stats"])
-    return outputs, updates.get("batch_stats", state.batch_stats)
+                                      mutable=list(state.model_state))
+    return outputs, {**state.model_state, **updates}
 
 
-def train_step(state: TrainState, batch, *, task, prepare_inputs, axis_name=None):
-    """One gradient update on `batch` ({"inputs", "targets"}); returns (new state, metrics)."""
+def train_step(state: TrainState, batch, *, task, prepare_inputs, nonfinite="stop", axis_name=None):
+    """One gradient update on `batch` ({"inputs", "targets"}); returns (new state, metrics).
+
+    `nonfinite` (config.nonfinite): an update with a NaN or an Inf is never applied; with "stop"
+    no later one is applied either, since the run stops at the first."""
     inputs = prepare_inputs(batch["inputs"])
     dropout_key = jax.random.fold_in(state.rng, state.step)
     if axis_name:  # each device drops out its own share of the batch
         dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
 
     def loss_fn(params):
-        outputs, batch_stats = apply_model(state, params, inputs, True, dropout_key)
-        per_example_loss = task.per_example_loss(outputs, batch["targets"])
-        return per_example_loss.mean(), (outputs, per_example_loss, batch_stats)
+        outputs, model_state = apply_model(state, params, inputs, True, dropout_key)
+        per_example_loss = task.loss(outputs, batch["targets"])
+        return per_example_loss.mean(), (outputs, per_example_loss, model_state)
 
-    grads, (outputs, per_example_loss, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    grads, (outputs, per_example_loss, model_state) = jax.grad(loss_fn, has_aux=True)(state.params)
     if axis_name:
         grads = jax.lax.pmean(grads, axis_name)
-    new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    new_state = skip_if_nonfinite(state, new_state, [per_example_loss, grads])
+        # Each device updated its statistics from its own share of the batch (unless the model
+        # reduces them over `axis_name` itself): their mean keeps the state replicated.
+        model_state = jax.tree.map(
+            lambda x: jax.lax.pmean(x, axis_name) if jnp.issubdtype(x.dtype, jnp.inexact) else x,
+            model_state)
+    new_state = state.apply_gradients(grads=grads, model_state=model_state)
+    new_state = skip_if_nonfinite(state, new_state, [per_example_loss, grads], nonfinite)
     return new_state, task.compute_metrics(outputs, batch["targets"], per_example_loss,
                                            axis_name=axis_name)
 
@@ -47,19 +56,20 @@ def train_step_into(state: TrainState, metrics, batch, **step_args):
     return state, metrics.merge(step_metrics)
 
 
-def skip_if_nonfinite(state, new_state, values):
-    """Keeps the old params, optimizer state and BatchNorm statistics where `values` hold a NaN or
+def skip_if_nonfinite(state, new_state, values, nonfinite):
+    """Keeps the old params, optimizer state and model state where `values` hold a NaN or
     an Inf, and counts it; the step still advances, since the batch was consumed. The loop stops
-    the run or goes on, as the config says; either way no non-finite state is ever saved."""
+    the run or goes on, as `nonfinite` says; either way no non-finite state is ever saved."""
     finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(values)]))
+    apply = finite & (state.nonfinite_updates == 0) if nonfinite == "stop" else finite
 
     def keep(new, old):
-        return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        return jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
 
     return new_state.replace(
         params=keep(new_state.params, state.params),
         opt_state=keep(new_state.opt_state, state.opt_state),
-        batch_stats=keep(new_state.batch_stats, state.batch_stats),
+        model_state=keep(new_state.model_state, state.model_state),
         nonfinite_updates=state.nonfinite_updates + jnp.where(finite, 0, 1),
         first_nonfinite_step=jnp.where(finite | (state.first_nonfinite_step >= 0),
                                        state.first_nonfinite_step, state.step))
@@ -68,6 +78,16 @@ def skip_if_nonfinite(state, new_state, values):
 def eval_step(state: TrainState, batch, *, task, prepare_inputs, axis_name=None):
     """Metrics on `batch`; examples whose batch["mask"] is 0 are padding and do not count."""
     outputs, _ = apply_model(state, state.params, prepare_inputs(batch["inputs"]), False)
-    per_example_loss = task.per_example_loss(outputs, batch["targets"])
+    per_example_loss = task.loss(outputs, batch["targets"])
     return task.compute_metrics(outputs, batch["targets"], per_example_loss, mask=batch["mask"],
                                 axis_name=axis_name)
+
+
+def evaluate(eval_fn, state, batches, parallel):
+    """eval_fn (eval_step compiled by `parallel`) over `batches` (this process's rows of each,
+    padded and masked); returns the metrics as floats."""
+    total = None
+    for batch in batches:
+        metrics = parallel.to_host(eval_fn(state, parallel.put_batch(batch)))
+        total = metrics if total is None else total.merge(metrics)
+    return {name: float(value) for name, value in total.compute().items()}

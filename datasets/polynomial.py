@@ -1,37 +1,28 @@
-"""Generated data sets of the classic small systems: XOR and a noisy cubic polynomial."""
+"""A noisy cubic: y = x^3 - 2x^2 + x - 2 + N(0, 1) for x uniform on [-10, 10]."""
 import numpy as np
 
 from datasets import Dataset
-
-
-def load_xor(config) -> Dataset:
-    """The four XOR points; train and test are the same four."""
-    del config
-    inputs = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32)
-    targets = np.array([[0], [1], [1], [0]], np.float32)
-    split = {"inputs": inputs, "targets": targets}
-    return Dataset(train=split, test=split)
 
 
 def cubic(x):
     return x**3 - 2 * x**2 + x - 2
 
 
-def load_polynomial(config) -> Dataset:
-    """y = x^3 - 2x^2 + x - 2 + N(0, 1) for x uniform on [-10, 10].
+def load(num_train=1000, num_test=1000, seed=0) -> Dataset:
+    """`num_train` and `num_test` points drawn with `seed`.
 
     Inputs are kept in their natural units and standardised on the device; targets are stored
     standardised (the loss is in those units) and `decode_outputs` maps predictions back. The
     statistics are the training split's; the test split is an independent draw.
     """
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(seed)
 
     def draw(n):
         x = rng.uniform(-10, 10, size=(n, 1))
         return x, cubic(x) + rng.normal(0, 1, size=(n, 1))
 
-    x_train, y_train = draw(config.num_train)
-    x_test, y_test = draw(config.num_test)
+    x_train, y_train = draw(num_train)
+    x_test, y_test = draw(num_test)
     x_mean, x_std = np.float32(x_train.mean()), np.float32(x_train.std())
     y_mean, y_std = y_train.mean(), y_train.std()
 

@@ -1,0 +1,92 @@
+"""Any prepared TFDS data set with image and label features, by name: `tfds:cifar10`,
+`tfds:fashion_mnist`, ... (a name after the colon is looked up here, see __getattr__).
+
+Read with `tfds.data_source` (ArrayRecord, random access): no TensorFlow. Splits take TFDS's
+syntax (`train[:90%]`). The data set must be prepared in array_record format in `tfds_data_dir`
+(or TFDS's default folder); preparing one needs TensorFlow and, for most, the network.
+"""
+import dataclasses
+import functools
+import importlib.util
+import os
+
+import numpy as np
+
+from datasets import DataError, Dataset, scale_to_unit
+
+
+def prepared_builder(name, tfds_data_dir, ways=""):
+    """TFDS's builder of a data set prepared in `tfds_data_dir`, or a DataError naming the folder
+    looked in; `ways` says what else would do."""
+    if importlib.util.find_spec("tensorflow_datasets") is None:
+        raise DataError(f"{name} was not found: tensorflow_datasets is not installed. {ways}")
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    try:
+        builder = tfds.builder(name, data_dir=tfds_data_dir)
+    except Exception as e:  # pylint: disable=broad-except  (TFDS: not a known name)
+        raise DataError(f"{name} is not a TFDS data set known here ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0]}). Check the name, or prepare it in "
+                        f"--config.dataset.tfds_data_dir. {ways}") from e
+    if not builder.is_prepared():
+        found = (f"{builder.data_dir} holds an incomplete copy (no dataset_info.json: a download "
+                 f"cut short?); delete it." if os.path.isdir(builder.data_dir)
+                 else f"{name} is not prepared in {builder.data_dir}.")
+        raise DataError(f"{name} was not found: {found} {ways}".strip())
+    return builder
+
+
+@dataclasses.dataclass
+class TfdsSource:
+    """One split of a prepared TFDS data set; each process opens its own data source."""
+    name: str
+    split: str
+    tfds_data_dir: str | None
+    image_key: str
+    label_key: str
+    length: int = 0
+
+    def __post_init__(self):
+        self.source = None
+        self.length = len(self.open())
+
+    def open(self):
+        if self.source is None:
+            import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+            self.source = tfds.data_source(self.name, split=self.split,
+                                           data_dir=self.tfds_data_dir, download=False)
+        return self.source
+
+    def __getstate__(self):
+        return {**self.__dict__, "source": None}
+
+    def __len__(self):
+        return self.length
+
+    def __getitem__(self, index):
+        example = self.open()[index]
+        return {"inputs": np.asarray(example[self.image_key], np.uint8),
+                "targets": np.int32(example[self.label_key])}
+
+
+def load(name, train_split="train", test_split="test", tfds_data_dir=None, image_key="image",
+         label_key="label") -> Dataset:
+    builder = prepared_builder(name, tfds_data_dir)
+    features = builder.info.features
+    for key in (image_key, label_key):
+        if key not in features:
+            raise DataError(f"the TFDS data set {name} has no feature {key!r}; its features are "
+                            f"{sorted(features)}. Name them with config.dataset.image_key and "
+                            f"label_key.")
+    try:
+        train, test = (TfdsSource(name, split, tfds_data_dir, image_key, label_key)
+                       for split in (train_split, test_split))
+    except ValueError as e:  # TFDS: "Unknown split 'validation'. Should be one of [...]"
+        raise DataError(f"config.dataset (tfds:{name}): {e}") from e
+    return Dataset(train=train, test=test, prepare_inputs=scale_to_unit)
+
+
+def __getattr__(name):
+    """`tfds:NAME` names the loader of the TFDS data set NAME."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    return functools.partial(load, name)

@@ -1,0 +1,333 @@
+"""The streaming pipeline: ArrayRecord shards, image folders and a TFDS data set, made here from the
+real MNIST, train through Grain workers on the batches the in-memory path sees, resume bitwise
+after SIGKILL whatever the worker count, and each process reads only its own rows."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from PIL import Image
+
+from conftest import MNIST_DIR, REPO, files, run_train
+from datasets import ArraySource, array_record, augment, image_folder, mnist
+from trainer import batching, input_pipeline
+
+MLP = ["--config=configs/mnist_mlp.py", "--config.model.features=(32, 10)", "--config.plots=False",
+       "--config.steps=per_step"]
+SUBSET = {"train": 2000, "test": 500}  # of MNIST, for the image folder and the TFDS data set
+
+
+def state_at(workdir, step):
+    return ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")
+
+
+def assert_same_params(a, b, step):
+    same = jax.tree.map(np.array_equal, state_at(a, step)["params"], state_at(b, step)["params"])
+    assert jax.tree.all(same)
+
+
+def accuracy(workdir):
+    return json.loads((workdir / "results.json").read_text())["eval/accuracy"]
+
+
+def prepare(*args):
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "prepare_data.py"), *args],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def mnist_records(tmp_path_factory):
+    """All of MNIST as ArrayRecord shards, written by scripts/prepare_data.py."""
+    out = tmp_path_factory.mktemp("records") / "mnist"
+    prepare(f"--from_mnist={MNIST_DIR}", f"--out={out}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def mnist_folder(tmp_path_factory):
+    """The first images of each MNIST split as PNG files, <split>/<label>/<index>.png."""
+    root = tmp_path_factory.mktemp("images")
+    data = mnist.load(data_dir=str(MNIST_DIR))
+    for split, arrays in (("train", data.train), ("test", data.test)):
+        for i in range(SUBSET[split]):
+            folder = root / split / str(arrays["targets"][i])
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arrays["inputs"][i, ..., 0]).save(folder / f"{i:05d}.png")
+    return root
+
+
+def test_streamed_records_are_the_in_memory_batches(mnist_records, tmp_path):
+    """ArrayRecord through Grain workers against the IDX files in memory: the same batches, so the
+    same parameters to the bit, and the same accuracy."""
+    common = [*MLP, "--config.num_steps=200", "--config.checkpoint_every_steps=200"]
+    in_memory, streamed = tmp_path / "in_memory", tmp_path / "streamed"
+    assert run_train(*common, f"--config.dataset.data_dir={MNIST_DIR}",
+                     f"--workdir={in_memory}").returncode == 0
+    result = run_train(*common, "--config.dataset.name=array_record",
+                       f"--config.dataset.data_dir={mnist_records}", "--config.pipeline.workers=2",
+                       f"--workdir={streamed}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_params(in_memory, streamed, 200)
+    assert accuracy(in_memory) == accuracy(streamed) > 0.85
+
+
+def test_an_image_folder_trains_and_converts_to_the_same_records(mnist_folder, tmp_path):
+    common = [*MLP, "--config.num_steps=150", "--config.batch_size=32",
+              "--config.checkpoint_every_steps=150"]
+    records = tmp_path / "records"
+    prepare(f"--from_images={mnist_folder}", f"--out={records}", "--shards=2")
+    for name, data in (("image_folder", mnist_folder), ("array_record", records)):
+        result = run_train(*common, f"--config.dataset.name={name}",
+                           f"--config.dataset.data_dir={data}", f"--workdir={tmp_path / name}")
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_params(tmp_path / "image_folder", tmp_path / "array_record", 150)
+    assert accuracy(tmp_path / "image_folder") > 0.8
+
+
+BUILDER = """
+    import io
+    import numpy as np
+    import tensorflow_datasets as tfds
+    from PIL import Image
+
+    def png(image):
+        buffer = io.BytesIO()
+        Image.fromarray(image[..., 0]).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    class MnistSample(tfds.core.GeneratorBasedBuilder):
+        '''The first images of MNIST in TFDS's own format. TFDS encodes Image features with
+        TensorFlow, so they are handed over already encoded, by Pillow: no TensorFlow.'''
+        VERSION = tfds.core.Version("1.0.0")
+
+        def __init__(self, arrays, **kwargs):
+            self.arrays = arrays
+            super().__init__(**kwargs)
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(28, 28, 1)),
+                "label": tfds.features.ClassLabel(num_classes=10)}))
+
+        def _split_generators(self, dl_manager):
+            return {split: self._generate_examples(split) for split in self.arrays}
+
+        def _generate_examples(self, split):
+            images, labels = self.arrays[split]
+            for i, (image, label) in enumerate(zip(images, labels)):
+                yield i, {"image": png(image), "label": int(label)}
+"""
+
+
+@pytest.fixture(scope="module")
+def tfds_folder(tmp_path_factory):
+    """A prepared TFDS data set, `mnist_sample`, written by TFDS's builder."""
+    root = tmp_path_factory.mktemp("tfds")
+    (root / "builder.py").write_text(textwrap.dedent(BUILDER))
+    data = mnist.load(data_dir=str(MNIST_DIR))
+    arrays = {split: (getattr(data, split)["inputs"][:n], getattr(data, split)["targets"][:n])
+              for split, n in SUBSET.items()}
+    sys.path.insert(0, str(root))
+    try:
+        import builder  # pylint: disable=import-outside-toplevel,import-error
+        builder.MnistSample(arrays, data_dir=str(root / "data"),
+                            file_format="array_record").download_and_prepare()
+    finally:
+        sys.path.remove(str(root))
+    return root / "data"
+
+
+def test_a_prepared_tfds_data_set_by_name_with_split_syntax(tfds_folder, tmp_path):
+    result = run_train(*MLP, "--config.dataset.name=tfds:mnist_sample", "--config.batch_size=32",
+                       f"--config.dataset.tfds_data_dir={tfds_folder}", "--config.num_epochs=3",
+                       "--config.dataset.train_split=train[:90%]", f"--workdir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "56 steps an epoch of batch 32" in result.stderr  # 1800 of the 2000 examples
+    assert accuracy(tmp_path) > 0.8
+
+
+AUGMENTED = [*MLP, "--config.dataset.name=array_record", "--config.augment.crop_padding=2",
+             "--config.augment.flip=True", "--config.num_steps=60", "--config.log_every_steps=10",
+             "--config.checkpoint_every_steps=20", "--config.eval_every_epochs=0"]
+
+
+@pytest.fixture(scope="module")
+def augmented_run(mnist_records, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("augmented")
+    result = run_train(*AUGMENTED, f"--config.dataset.data_dir={mnist_records}",
+                       "--config.pipeline.workers=2", f"--workdir={workdir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+@pytest.mark.parametrize("resumed_workers", [2, 0])
+def test_sigkill_while_streaming_then_resume_is_bitwise(resumed_workers, mnist_records,
+                                                        augmented_run, tmp_path):
+    """Augmentation is drawn from (seed, epoch, index): neither the restart nor the number of
+    workers changes a bit."""
+    command = [sys.executable, str(REPO / "scripts" / "train.py"), *AUGMENTED,
+               f"--config.dataset.data_dir={mnist_records}", f"--workdir={tmp_path}"]
+    run = subprocess.Popen([*command, "--config.pipeline.workers=2"], cwd=REPO,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while run.poll() is None and time.time() < deadline and not (
+            tmp_path / "checkpoints" / "20").is_dir():
+        time.sleep(0.01)
+    run.send_signal(signal.SIGKILL)
+    assert run.wait() == -signal.SIGKILL
+    resumed = subprocess.run([*command, f"--config.pipeline.workers={resumed_workers}"],
+                             capture_output=True, text=True, cwd=REPO)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming from the checkpoint at step" in resumed.stderr
+    for part in ("params", "opt_state"):
+        same = jax.tree.map(np.array_equal, state_at(augmented_run, 60)[part],
+                            state_at(tmp_path, 60)[part])
+        assert jax.tree.all(same), part
+
+
+def test_worker_count_changes_no_batch():
+    """The pipeline alone: 0 and 2 workers give the same augmented batches, and a stream begun
+    mid-epoch (a resume) continues the uninterrupted one."""
+    rng = np.random.default_rng(0)
+    split = {"inputs": rng.integers(0, 255, (64, 8, 8, 1)).astype(np.uint8),
+             "targets": np.arange(64, dtype=np.int32)}
+    order = dict(seed=3, batch_size=8, steps_per_epoch=8, process_index=0, process_count=1)
+    flip_crop = augment.Augment(crop_padding=2, flip=True)
+
+    def stream(start, workers):
+        batches = input_pipeline.train_batches(ArraySource(split), start, 20, augment=flip_crop,
+                                               workers=workers, buffer=2, **order)
+        return [b["inputs"] for b in batches]
+
+    in_process, two_workers, resumed = stream(0, 0), stream(0, 2), stream(11, 0)
+    assert len(in_process) == 20
+    assert all(np.array_equal(a, b) for a, b in zip(in_process, two_workers))
+    assert all(np.array_equal(a, b) for a, b in zip(in_process[11:], resumed))
+    plain = batching.train_indices(0, num_examples=64, **order)[1]
+    assert not all(np.array_equal(split["inputs"][i], x) for i, x in zip(plain, in_process[0]))
+
+
+COUNTING = """
+    import os
+    import jax
+    import numpy as np
+    from datasets import ArraySource, Dataset, scale_to_unit
+
+    class Counted(ArraySource):
+        '''Notes each example read, with the JAX process that read it (workers inherit it).'''
+        def __init__(self, split, log):
+            super().__init__(split)
+            object.__setattr__(self, "log", log)
+
+        def __getitem__(self, index):
+            with open(self.log, "a") as f:
+                f.write(f"{os.getpid()} {index}\\n")
+            return super().__getitem__(index)
+
+    def load(data_dir, size=512):
+        rng = np.random.default_rng(0)
+        def split(n):
+            return {"inputs": rng.integers(0, 255, (n, 8, 8, 1)).astype(np.uint8),
+                    "targets": rng.integers(0, 4, n).astype(np.int32)}
+        where = os.path.join(data_dir, f"reads-{jax.process_index()}")
+        return Dataset(Counted(split(size), where + "-train"), Counted(split(256), where + "-test"),
+                       prepare_inputs=scale_to_unit)
+"""
+
+
+def free_port():
+    import socket  # pylint: disable=import-outside-toplevel
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_each_process_reads_only_its_own_rows(tmp_path):
+    (tmp_path / "counting.py").write_text(textwrap.dedent(COUNTING))
+    args = [sys.executable, str(REPO / "scripts" / "train.py"), *MLP, "--config.batch_size=64",
+            "--config.eval_batch_size=64", "--config.num_steps=6", "--config.log_every_steps=3",
+            "--config.dataset.name=counting", f"--config.dataset.data_dir={tmp_path}",
+            f"--coordinator_address=127.0.0.1:{free_port()}", "--num_processes=2",
+            f"--workdir={tmp_path / 'run'}"]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+           "PYTHONPATH": str(tmp_path)}
+    runs = [subprocess.Popen([*args, f"--process_id={i}"], cwd=REPO, env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in (0, 1)]
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    read = {}  # (process, split, by the trainer's own process or by a worker): indices read
+    for p, run in enumerate(runs):
+        for split in ("train", "test"):
+            for line in (tmp_path / f"reads-{p}-{split}").read_text().splitlines():
+                pid, index = map(int, line.split())
+                read.setdefault((p, split, pid == run.pid), []).append(index)
+    order = dict(seed=0, num_examples=512, batch_size=64, steps_per_epoch=8, process_count=2)
+    for p in (0, 1):
+        assert read[p, "train", True] == [0]  # once, for the shape of the inputs
+        own = [i for step in range(6)  # its 32 rows of each of the 6 global batches, no more
+               for i in batching.train_indices(step, process_index=p, **order)[1]]
+        assert sorted(read[p, "train", False]) == sorted(own)
+    assert not set(read[0, "train", False]) & set(read[1, "train", False])
+    assert sorted(read[0, "test", False] + read[1, "test", False]) == list(range(256))  # once each
+
+
+@pytest.fixture(scope="module")
+def bad_data(tmp_path_factory, mnist_folder):
+    root = tmp_path_factory.mktemp("bad_data")
+    for case in ("empty_class", "unreadable"):
+        for split in ("train", "test"):
+            for label in ("0", "1"):
+                folder = root / case / split / label
+                folder.mkdir(parents=True)
+                for png in sorted((mnist_folder / split / label).iterdir())[:3]:
+                    (folder / png.name).write_bytes(png.read_bytes())
+    for png in (root / "empty_class" / "train" / "1").iterdir():
+        png.unlink()
+    (root / "unreadable" / "test" / "0" / "broken.png").write_bytes(b"no image at all")
+    return root
+
+
+BAD_DATA = [
+    (["--config.dataset.name=image_folder", "--config.dataset.data_dir={root}/nowhere"],
+     "config.dataset.data_dir='{root}/nowhere' is not a folder"),
+    (["--config.dataset.name=image_folder", "--config.dataset.data_dir={root}/empty_class"],
+     "the class folder {root}/empty_class/train/1 holds no images"),
+    (["--config.dataset.name=image_folder", "--config.dataset.data_dir={root}/unreadable"],
+     "cannot read the image {root}/unreadable/test/0/broken.png"),
+    (["--config.dataset.name=array_record", "--config.dataset.data_dir={root}"],
+     "no ArrayRecord shards train-*.array_record in config.dataset.data_dir='{root}'"),
+    (["--config.dataset.name=tfds:cifar10", "--config.dataset.tfds_data_dir={root}"],
+     "cifar10 was not found: cifar10 is not prepared in {root}/cifar10/"),
+    (["--config.dataset.name=tfds:mnist_sample", "--config.dataset.tfds_data_dir={tfds}",
+      "--config.dataset.test_split=validation"], "Unknown split 'validation'"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_DATA, ids=[a[-1] for a, _ in BAD_DATA])
+def test_bad_data_gives_one_line_and_writes_nothing(args, message, bad_data, tfds_folder, tmp_path):
+    args = [a.format(root=bad_data, tfds=tfds_folder) for a in args]
+    before = files(bad_data)
+    result = run_train(*MLP, *args, f"--workdir={tmp_path / 'run'}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # one line
+    assert message.format(root=bad_data) in result.stderr
+    assert not (tmp_path / "run").exists() and files(bad_data) == before
+
+
+def test_records_and_image_folders_decode_to_what_was_written(mnist_folder, tmp_path):
+    data = image_folder.load(str(mnist_folder))
+    example = data.train[0]
+    first = sorted((mnist_folder / "train" / "0").iterdir())[0]
+    assert example["inputs"].shape == (28, 28, 1) and example["inputs"].dtype == np.uint8
+    assert np.array_equal(example["inputs"][..., 0], np.asarray(Image.open(first)))
+    assert int(example["targets"]) == 0
+    record = array_record.encode(first.read_bytes(), 0)
+    assert np.array_equal(array_record.decode(record, channels=1)["inputs"], example["inputs"])

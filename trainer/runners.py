@@ -1,0 +1,122 @@
+"""How the loop gets its steps done, and which way (`config.steps`):
+
+  fused     the training split in device memory, many steps a jitted call (trainer/fused.py);
+  per_step  a jitted call per batch, batches cut on the host and prefetched to the device;
+  auto      fused where the split fits and the backend runs it well (see use_fused_steps).
+
+Either way `run` returns after at most about CHUNK_SECONDS of device work, measured as it goes, so
+a Ctrl-C or SIGTERM is answered within about that long, whatever the step time.
+"""
+import collections
+import time
+
+import jax
+
+import datasets
+from trainer import batching
+from trainer.steps import train_step_into
+
+CHUNK_SECONDS = 0.5
+CHUNK_GROWTH = 10  # a chunk is at most this many times the last, so one fast sample cannot overshoot
+
+
+def fits_on_device(split):
+    """Whether a training split takes under a quarter of a device's memory (unknown: assume so)."""
+    limit = (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")
+    return limit is None or sum(a.nbytes for a in split.values()) < limit // 4
+
+
+def has_convolution(setup):
+    """Whether the model's forward pass has a convolution (traced, not run)."""
+    state, dataset = setup.state, setup.dataset
+    forward = jax.make_jaxpr(lambda variables, inputs: state.apply_fn(variables, inputs, train=False))
+    variables = {"params": state.params, **state.model_state}
+    return "conv_general_dilated" in str(forward(variables, dataset.prepare_inputs(
+        datasets.examples(dataset.train, [0])["inputs"])))
+
+
+def use_fused_steps(config, setup):
+    if config.steps != "auto":
+        return config.steps == "fused"
+    # Measured (docs/speed.md): fused is the faster path (an MLP on the CPU, the CNN on an H100)
+    # but for convolutions on the CPU, which XLA runs ~10x slower inside a loop (jax-ml/jax#12868).
+    # A streamed or augmented split is read on the host: per step.
+    return not setup.streams and fits_on_device(setup.dataset.train) and not (
+        jax.default_backend() == "cpu" and has_convolution(setup))
+
+
+def wait_for(tree):
+    """Waits for `tree` to be computed in short sleeps rather than one blocking call: Python runs
+    signal handlers only between bytecodes, so a Ctrl-C is seen while the device works."""
+    leaves = jax.tree.leaves(tree)
+    while not all(leaf.is_ready() for leaf in leaves):
+        time.sleep(0.001)
+
+
+class FusedSteps:
+    """Chunks of steps in one call each, on the training split held in device memory."""
+    description = "fused: the training split in device memory, many steps a call"
+
+    def __init__(self, config, setup):
+        parallel, dataset = setup.parallel, setup.dataset
+        self.parallel, self.seed = parallel, config.seed
+        self.steps_per_epoch = setup.steps_per_epoch
+        self.num_examples = datasets.num_examples(dataset.train)  # the host's: pmap adds an axis
+        self.data = parallel.put_replicated(dataset.train)
+        self.steps = parallel.compile_fused(
+            steps_per_epoch=setup.steps_per_epoch, batch_size=config.batch_size, task=setup.task,
+            prepare_inputs=dataset.prepare_inputs, nonfinite=config.nonfinite)
+        self.chunk = 1  # the first call compiles; later ones are sized by the time measured
+        self.epoch, self.order = None, None
+
+    def run(self, state, metrics, step, boundary):
+        """Steps from `step` towards `boundary`; returns (state, metrics, the step reached)."""
+        epoch = step // self.steps_per_epoch
+        if epoch != self.epoch:  # chunks never cross an epoch's end
+            self.epoch, self.order = epoch, self.parallel.put_replicated(batching.epoch_order(
+                self.seed, epoch, self.num_examples))
+        count = min(boundary - step, self.chunk)
+        start = time.perf_counter()
+        state, metrics = self.steps(state, self.data, self.order, metrics, step, count)
+        wait_for(metrics)
+        seconds = time.perf_counter() - start
+        self.chunk = max(1, min(CHUNK_GROWTH * count, int(count * CHUNK_SECONDS / seconds)))
+        return state, metrics, step + count
+
+    def close(self):
+        pass
+
+
+class PerStep:
+    """One call per step, on batches from the host (2 prefetched to the device): cut from
+    in-memory arrays, or streamed by the pipeline's workers."""
+    description = "a call per step, batches from the host (2 prefetched to the device)"
+
+    def __init__(self, config, setup, start_step):
+        parallel, dataset = setup.parallel, setup.dataset
+        self.batches = batching.prefetch(setup.train_batches(start_step), parallel.put_batch)
+        self.one_step = parallel.compile(train_step_into, donate_state=True, task=setup.task,
+                                         prepare_inputs=dataset.prepare_inputs,
+                                         nonfinite=config.nonfinite)
+        # Steps queued on the device at most: dispatch runs ahead of the device, and a stop must
+        # not wait for a long queue. On the CPU with several devices, more than one deadlocks.
+        self.depth = 1 if parallel.one_step_in_flight else 2
+        self.in_flight = collections.deque()
+
+    def run(self, state, metrics, step, boundary):
+        del boundary  # one step a call
+        state, metrics = self.one_step(state, metrics, next(self.batches))
+        self.in_flight.append(metrics)
+        if len(self.in_flight) >= self.depth:
+            jax.block_until_ready(self.in_flight.popleft())
+        return state, metrics, step + 1
+
+    def close(self):
+        """Ends the streaming pipeline's workers, where a stop leaves batches unread."""
+        self.batches.close()
+
+
+def make_runner(config, setup, start_step):
+    if use_fused_steps(config, setup):
+        return FusedSteps(config, setup)
+    return PerStep(config, setup, start_step)

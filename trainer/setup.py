@@ -1,0 +1,168 @@
+"""What a config builds before any file is touched: devices, data, model, task, optimizer and a
+fresh state. Training, evaluate.py, predict.py and plot.py all start here."""
+import dataclasses
+from typing import Callable
+
+import flax.linen as nn
+import jax
+
+import datasets
+from datasets.augment import Augment, normalized
+from trainer import batching, input_pipeline, parts
+from trainer.config_check import validate_config
+from trainer.errors import ConfigError
+from trainer.optim import create_optimizer
+from trainer.parallel import DataParallel
+from trainer.state import TrainState, create_train_state
+from trainer.tasks import Task
+from trainer.writers import find_writers
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    parallel: DataParallel
+    dataset: datasets.Dataset
+    task: Task
+    state: TrainState  # freshly initialised, replicated over all devices
+    learning_rate: Callable  # step -> learning rate
+    steps_per_epoch: int
+    total_steps: int
+    augment: Augment | None  # on the host, for training batches
+    config: object  # what the batches below are cut by
+
+    @property
+    def streams(self):
+        """Whether training batches come through the pipeline's workers (input_pipeline.py)
+        rather than being cut from in-memory arrays."""
+        return not datasets.in_memory(self.dataset.train) or self.augment is not None
+
+    def pipeline_settings(self):
+        workers = self.config.pipeline.workers
+        return dict(workers=input_pipeline.default_workers() if workers < 0 else workers,
+                    buffer=self.config.pipeline.buffer)
+
+    def train_batches(self, start_step):
+        """This process's rows of the training batch of every step from `start_step` (host
+        arrays), for the per-step path."""
+        order = dict(seed=self.config.seed, batch_size=self.config.batch_size,
+                     steps_per_epoch=self.steps_per_epoch, process_index=jax.process_index(),
+                     process_count=jax.process_count())
+        train = self.dataset.train
+        if not self.streams:
+            return batching.train_batches(train, start_step, self.total_steps, **order)
+        source = train if not datasets.in_memory(train) else datasets.ArraySource(train)
+        return input_pipeline.train_batches(source, start_step, self.total_steps,
+                                            augment=self.augment, **self.pipeline_settings(),
+                                            **order)
+
+    def eval_batches(self):
+        """This process's rows of every test batch, padded and masked."""
+        test, shares = self.dataset.test, (jax.process_index(), jax.process_count())
+        if datasets.in_memory(test):
+            return batching.eval_batches(test, self.config.eval_batch_size, *shares)
+        return input_pipeline.eval_batches(test, self.config.eval_batch_size, *shares,
+                                           **self.pipeline_settings())
+
+
+def build_part(kind, section):
+    """The part `section.name` names (config.model, config.dataset), built with the section's
+    other fields; a field that is None is left out, so the part's own default applies."""
+    fields = {field: value for field, value in section.to_dict().items() if value is not None}
+    name = fields.pop("name")
+    return parts.call_with_fields(parts.find(kind, name), fields, kind.field.rsplit(".", 1)[0],
+                                  kind.described(name))
+
+
+def build_model(config):
+    model = build_part(parts.MODEL, config)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"config.model.name={config.name!r} gave a {type(model).__name__}, not a "
+                          f"linen Module: name a Module class, or a function that returns one.")
+    return model
+
+
+def build_dataset(config):
+    dataset = build_part(parts.DATASET, config)
+    if not isinstance(dataset, datasets.Dataset):
+        raise ConfigError(f"config.dataset.name={config.name!r} gave a {type(dataset).__name__}, "
+                          f"not a datasets.Dataset.")
+    return dataset
+
+
+def build_task(name):
+    task = parts.find(parts.TASK, name)
+    if not isinstance(task, Task) and callable(task):
+        task = parts.call_with_fields(task, {}, "config.task", parts.TASK.described(name))
+    if not isinstance(task, Task):
+        raise ConfigError(f"config.task={name!r} is a {type(task).__name__}, not a "
+                          f"trainer.tasks.Task (or a function returning one).")
+    return task
+
+
+def build_augment(config):
+    """The host augmentation of config.augment, or None."""
+    transform = config.transform and parts.find(parts.TRANSFORM, config.transform)
+    if config.crop_padding or config.flip or transform:
+        return Augment(config.crop_padding, config.flip, transform)
+    return None
+
+
+def with_normalization(dataset, augment):
+    """config.augment.mean and std, applied on the device after the data set's own scaling."""
+    if len(augment.mean) != len(augment.std):
+        raise ConfigError(f"config.augment.mean has {len(augment.mean)} values and std "
+                          f"{len(augment.std)}; give one of each per channel (or neither).")
+    if not augment.mean:
+        return dataset
+    channels = datasets.examples(dataset.train, [0])["inputs"].shape[-1]
+    if len(augment.mean) not in (1, channels):
+        raise ConfigError(f"config.augment.mean has {len(augment.mean)} values; the images have "
+                          f"{channels} channels.")
+    if not all(s > 0 for s in augment.std):
+        raise ConfigError(f"config.augment.std={augment.std}: every value must be > 0.")
+    return dataclasses.replace(dataset, prepare_inputs=normalized(
+        dataset.prepare_inputs, augment.mean, augment.std))
+
+
+def with_dtype(model, dtype):
+    """config.dtype: the model computes in it; parameters and optimizer state stay float32."""
+    if "dtype" in getattr(model, "__dataclass_fields__", {}):
+        return model.clone(dtype=dtype)
+    if dtype != "float32":
+        raise ConfigError(f"config.dtype={dtype!r} needs a model with a dtype field, and "
+                          f"{type(model).__name__} has none. Add one, or use float32.")
+    return model
+
+
+def build(config) -> Setup:
+    """Checks the config and builds everything from it; raises a user error if anything cannot be
+    built."""
+    validate_config(config)
+    parallel = DataParallel(config.parallelism)
+    parallel.check_batch_size("batch_size", config.batch_size)
+    parallel.check_batch_size("eval_batch_size", config.eval_batch_size)
+    task = build_task(config.task)
+    find_writers(config.writers)
+    dataset = with_normalization(build_dataset(config.dataset), config.augment)
+    model = parallel.with_axis_name(with_dtype(build_model(config.model), config.dtype))
+    steps_per_epoch = dataset.num_train // config.batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(f"config.batch_size={config.batch_size} is larger than the training split "
+                          f"({dataset.num_train} examples). Use a batch size <= {dataset.num_train}.")
+    total_steps = config.num_steps or config.num_epochs * steps_per_epoch
+    tx, learning_rate = create_optimizer(config.optimizer, steps_per_epoch, total_steps)
+    example_inputs = dataset.prepare_inputs(datasets.examples(dataset.train, [0])["inputs"])
+    try:
+        state = create_train_state(model, tx, example_inputs, config.seed, parallel.replicated)
+    except Exception as e:  # pylint: disable=broad-except
+        raise ConfigError(
+            f"config.model ({config.model.name!r}) cannot take the inputs of data set "
+            f"{config.dataset.name!r}, of shape {tuple(example_inputs.shape[1:])}: "
+            f"{type(e).__name__}: {str(e).splitlines()[0]}") from e
+    setup = Setup(parallel, dataset, task, state, learning_rate, steps_per_epoch, total_steps,
+                  build_augment(config.augment), config)
+    if config.steps == "fused" and setup.streams:
+        raise ConfigError("config.steps='fused' needs the training split in memory and no host "
+                          "augmentation; this data set streams or is augmented. Use per_step or "
+                          "auto.")
+    return setup

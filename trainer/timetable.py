@@ -1,0 +1,30 @@
+"""When the loop acts: one table of periods serves both "is it time?" and "how far may the steps
+run before the loop must look?" (the fused path's chunk boundaries)."""
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Timetable:
+    periods: dict  # event -> the step periods at whose multiples it happens (0: never)
+    total_steps: int
+
+    @classmethod
+    def from_config(cls, config, steps_per_epoch, total_steps):
+        return cls({
+            "log": (config.log_every_steps,),
+            "eval": (config.eval_every_steps, config.eval_every_epochs * steps_per_epoch),
+            "checkpoint": (config.checkpoint_every_steps,),
+            "epoch_end": (steps_per_epoch,),  # the data order changes there
+        }, total_steps)
+
+    def events_at(self, step):
+        """The events due at `step`; at the last step, all of them."""
+        if step == self.total_steps:
+            return set(self.periods)
+        return {event for event, periods in self.periods.items()
+                if any(k and step % k == 0 for k in periods)}
+
+    def next_boundary(self, step):
+        """The first step after `step` at which some event is due."""
+        return min([self.total_steps] + [(step // k + 1) * k for periods in self.periods.values()
+                                         for k in periods if k])
