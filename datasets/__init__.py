@@ -25,7 +25,8 @@ class Source(Protocol):
         ...
 
     def __getitem__(self, index: int) -> dict:
-        """{"inputs": array, "targets": array or number} of example `index`, decoded."""
+        """{"inputs": array, "targets": array or number} of example `index`, decoded.
+        A source may also offer `__getitems__(indices)`, a list of them read at once."""
 
 
 Split = Union[dict, Source]

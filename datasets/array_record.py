@@ -48,6 +48,10 @@ class ArrayRecordSource:
     def __getitem__(self, index):
         return decode(self.open()[index], self.channels)
 
+    def __getitems__(self, indices):
+        """Many records in one read (the pipeline reads a batch at a time)."""
+        return [decode(record, self.channels) for record in self.open().__getitems__(indices)]
+
 
 def split_files(data_dir, split):
     files = sorted(glob.glob(os.path.join(data_dir, f"{split}-*.array_record")))

@@ -63,7 +63,12 @@ class TfdsSource:
         return self.length
 
     def __getitem__(self, index):
-        example = self.open()[index]
+        return self.decoded(self.open()[index])
+
+    def __getitems__(self, indices):
+        return [self.decoded(example) for example in self.open().__getitems__(indices)]
+
+    def decoded(self, example):
         return {"inputs": np.asarray(example[self.image_key], np.uint8),
                 "targets": np.int32(example[self.label_key])}
 

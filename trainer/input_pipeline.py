@@ -22,32 +22,49 @@ def default_workers():
     return min(8, max(1, (os.cpu_count() or 2) - 1))
 
 
+def read(source, indices):
+    """The examples at `indices`, in one call where the source reads many at once."""
+    indices = [int(i) for i in indices]
+    many = getattr(source, "__getitems__", None)
+    return many(indices) if many else [source[i] for i in indices]
+
+
+def stack(examples):
+    return {name: np.stack([e[name] for e in examples]) for name in examples[0]}
+
+
 @dataclasses.dataclass(frozen=True)
-class TrainExample:
-    """Position in this process's stream of training examples -> the example, augmented."""
+class TrainBatch:
+    """Step -> this process's rows of its global batch, read and augmented. A map call a batch,
+    not an example: Grain's own cost per element is then paid once a batch."""
     source: object
     order: dict  # batching.train_indices' keywords
     augment: Callable | None
 
-    def __call__(self, position):
-        rows = self.order["batch_size"] // self.order["process_count"]
-        step, row = divmod(position, rows)
+    def __call__(self, step):
         epoch, indices = batching.train_indices(step, num_examples=len(self.source), **self.order)
-        index = int(indices[row])
-        example = self.source[index]
-        if self.augment is None:
-            return example
-        return self.augment(example, np.random.default_rng([self.order["seed"], epoch, index]))
+        examples = read(self.source, indices)
+        if self.augment is not None:
+            examples = [self.augment(e, np.random.default_rng([self.order["seed"], epoch, index]))
+                        for e, index in zip(examples, indices)]
+        return stack(examples)
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalExample:
+class EvalBatch:
     source: object
-    indices: np.ndarray
-    mask: np.ndarray
+    batches: list  # of (indices, mask) from batching.eval_indices
 
-    def __call__(self, position):
-        return {**self.source[int(self.indices[position])], "mask": self.mask[position]}
+    def __call__(self, number):
+        indices, mask = self.batches[number]
+        return {**stack(read(self.source, indices)), "mask": mask}
+
+
+def yield_to_training(worker_index, worker_count):
+    """Workers take the cores the training leaves idle: at full priority they would slow the
+    step they feed where cores are few (measured on 2 CPU cores, docs/speed.md)."""
+    del worker_index, worker_count
+    os.nice(10)
 
 
 def iterate(dataset, workers, buffer):
@@ -56,7 +73,7 @@ def iterate(dataset, workers, buffer):
     stream = dataset.to_iter_dataset()
     if workers:
         stream = stream.mp_prefetch(grain.MultiprocessingOptions(
-            num_workers=workers, per_worker_buffer_size=buffer))
+            num_workers=workers, per_worker_buffer_size=buffer), worker_init_fn=yield_to_training)
     iterator = iter(stream)
     try:
         yield from iterator
@@ -67,15 +84,12 @@ def iterate(dataset, workers, buffer):
 def train_batches(source, start_step, end_step, *, augment, workers, buffer, **order):
     """This process's rows of the batches of steps [start_step, end_step). `order`:
     batching.train_indices' keywords but num_examples."""
-    rows = order["batch_size"] // order["process_count"]
-    positions = grain.MapDataset.range(start_step * rows, end_step * rows)
-    return iterate(positions.map(TrainExample(source, order, augment)).batch(rows), workers, buffer)
+    steps = grain.MapDataset.range(start_step, end_step)
+    return iterate(steps.map(TrainBatch(source, order, augment)), workers, buffer)
 
 
 def eval_batches(source, batch_size, process_index, process_count, *, workers, buffer):
     """Every example once, padded and masked as batching.eval_batches does for arrays."""
-    pairs = list(batching.eval_indices(len(source), batch_size, process_index, process_count))
-    indices, mask = np.concatenate([i for i, _ in pairs]), np.concatenate([m for _, m in pairs])
-    rows = batch_size // process_count
-    examples = grain.MapDataset.range(len(indices)).map(EvalExample(source, indices, mask))
-    return iterate(examples.batch(rows), workers, buffer)
+    batches = list(batching.eval_indices(len(source), batch_size, process_index, process_count))
+    numbers = grain.MapDataset.range(len(batches))
+    return iterate(numbers.map(EvalBatch(source, batches)), workers, buffer)
