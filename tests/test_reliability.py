@@ -121,6 +121,35 @@ def test_sigkill_then_resume_is_bitwise_the_uninterrupted_run(kill_point, mnist_
     assert config_texts(tmp_path)  # written on every start
 
 
+def test_a_second_run_on_a_busy_workdir_is_refused_and_the_first_goes_on(mnist_dir, tmp_path,
+                                                                         uninterrupted):
+    """A scheduler restarting a job that did not die: the second start names the first and
+    touches nothing; once the first is killed, with SIGKILL, the same command resumes."""
+    command = train_command(mnist_dir, tmp_path)
+    first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while not finished_steps(tmp_path) and first.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    first.send_signal(signal.SIGSTOP)  # hung, still holding the workdir: its files stay still
+    try:
+        before = files(tmp_path)
+        second = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert second.returncode == 2
+        assert second.stderr.strip().splitlines() == [
+            f"error: --workdir={tmp_path} is in use by another run (pid {first.pid}); nothing was "
+            f"changed. Wait for it to end or stop it, or give another --workdir."]
+        assert files(tmp_path) == before
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert first.poll() is None  # unharmed, training on
+    first.send_signal(signal.SIGKILL)
+    assert first.wait() == -signal.SIGKILL
+    resumed = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert resumed.returncode == 0 and "Resuming from the checkpoint" in resumed.stderr
+    assert_same_state(uninterrupted, tmp_path, 120)
+
+
 @pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
 def test_signal_saves_and_stops_cleanly(signal_number, mnist_dir, tmp_path, uninterrupted):
     run = subprocess.Popen(train_command(mnist_dir, tmp_path), cwd=REPO, text=True,

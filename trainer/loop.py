@@ -3,6 +3,8 @@
 Everything that can be wrong with the config or the data is found (trainer/setup.py) before the
 workdir is touched.
 """
+import contextlib
+import fcntl
 import json
 import math
 import os
@@ -36,6 +38,27 @@ def prepare_workdir(workdir):
                            f"Give a folder you can write to.") from e
     if not os.access(workdir, os.W_OK | os.X_OK):
         raise WorkdirError(f"--workdir={workdir} is not writable. Give a folder you can write to.")
+
+
+@contextlib.contextmanager
+def one_run_at_a_time(workdir):
+    """Holds the workdir for this process (each process of a multi-host run its own lock file)
+    with a kernel lock: a second run there is refused, and the kernel drops the lock when its
+    holder ends, SIGKILL included, so no stale lock outlives a run."""
+    path = os.path.join(workdir, f".lock.process{jax.process_index()}")
+    with open(path, "a+", encoding="utf-8") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            raise WorkdirError(  # pylint: disable=raise-missing-from
+                f"--workdir={workdir} is in use by another run (pid {holder}); nothing was "
+                f"changed. Wait for it to end or stop it, or give another --workdir.")
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield
 
 
 def write_file(workdir, name, text):
@@ -126,9 +149,15 @@ def train_and_evaluate(config, workdir):
     """
     setup = build(config)
     prepare_workdir(workdir)
-    if not config.resume:
-        workdir = fresh_subfolder(workdir)
-        prepare_workdir(workdir)
+    with one_run_at_a_time(workdir):
+        if not config.resume:
+            workdir = fresh_subfolder(workdir)
+            prepare_workdir(workdir)
+        return train_and_evaluate_in(config, setup, workdir)
+
+
+def train_and_evaluate_in(config, setup, workdir):
+    """train_and_evaluate, in a workdir this process holds."""
     with StopSignals() as stop:
         checkpoints = Checkpoints(workdir, config.keep_checkpoints)
         try:
