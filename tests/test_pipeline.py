@@ -10,14 +10,17 @@ import textwrap
 import time
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
 from conftest import MNIST_DIR, REPO, files, run_train
-from datasets import ArraySource, array_record, augment, image_folder, mnist
-from trainer import batching, input_pipeline
+from configs.base import get_base_config
+from datasets import ArraySource, Dataset, array_record, augment, image_folder, mnist, scale_to_unit
+from trainer import batching, input_pipeline, parts, setup
+from trainer.errors import ConfigError
 
 MLP = ["--config=configs/mnist_mlp.py", "--config.model.features=(32, 10)", "--config.plots=False",
        "--config.steps=per_step"]
@@ -79,17 +82,162 @@ def test_streamed_records_are_the_in_memory_batches(mnist_records, tmp_path):
     assert accuracy(in_memory) == accuracy(streamed) > 0.85
 
 
-def test_an_image_folder_trains_and_converts_to_the_same_records(mnist_folder, tmp_path):
-    common = [*MLP, "--config.num_steps=150", "--config.batch_size=32",
+USER_CODE = {  # a user's data set and transform, kept outside the checkout
+    "mnist_subset.py": """
+        import numpy as np
+        from datasets import Dataset, mnist
+
+        def load(data_dir, num_train=NUM_TRAIN, num_test=NUM_TEST):
+            '''The first images of each MNIST split in memory, in the image folder's order: by
+            class folder (the label), then by file name (the index).'''
+            data = mnist.load(data_dir=data_dir)
+
+            def first(split, n):
+                order = np.argsort(split["targets"][:n], kind="stable")
+                return {name: array[:n][order] for name, array in split.items()}
+
+            return Dataset(first(data.train, num_train), first(data.test, num_test),
+                           prepare_inputs=data.prepare_inputs)
+    """.replace("NUM_TRAIN", str(SUBSET["train"])).replace("NUM_TEST", str(SUBSET["test"])),
+    "my_transforms.py": """
+        import os
+
+        def invert_half(example, rng):
+            '''Inverts an image on a coin drawn from the example's own generator; notes each call
+            (1: inverted, 0: not) in $TRANSFORM_LOG where that is set.'''
+            inverted = rng.random() < 0.5
+            if os.environ.get("TRANSFORM_LOG"):
+                with open(os.environ["TRANSFORM_LOG"], "a") as f:
+                    f.write(str(int(inverted)))
+            return {**example, "inputs": 255 - example["inputs"]} if inverted else example
+    """,
+}
+
+
+@pytest.fixture(scope="module")
+def user_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("user_code")
+    for name, text in USER_CODE.items():
+        (folder / name).write_text(textwrap.dedent(text).lstrip())
+    return folder
+
+
+SUBSET_RUN = [*MLP, "--config.num_steps=150", "--config.batch_size=32",
               "--config.checkpoint_every_steps=150"]
+
+
+@pytest.fixture(scope="module")
+def in_memory_subset(user_folder, tmp_path_factory):
+    """The image folder's images as in-memory arrays (a user's data set), trained per step."""
+    workdir = tmp_path_factory.mktemp("in_memory_subset")
+    result = run_train(*SUBSET_RUN, "--config.dataset.name=mnist_subset",
+                       f"--config.dataset.data_dir={MNIST_DIR}", f"--workdir={workdir}",
+                       env={"PYTHONPATH": str(user_folder)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+def test_an_image_folder_trains_and_converts_to_the_same_records(mnist_folder, in_memory_subset,
+                                                                 tmp_path):
+    """The PNG folder streamed, the ArrayRecord shards converted from it, and the same images in
+    memory: PNG is lossless, so the same batches for the same seed, the same parameters to the bit
+    and the same accuracy."""
     records = tmp_path / "records"
     prepare(f"--from_images={mnist_folder}", f"--out={records}", "--shards=2")
     for name, data in (("image_folder", mnist_folder), ("array_record", records)):
-        result = run_train(*common, f"--config.dataset.name={name}",
+        result = run_train(*SUBSET_RUN, f"--config.dataset.name={name}",
                            f"--config.dataset.data_dir={data}", f"--workdir={tmp_path / name}")
         assert result.returncode == 0, result.stderr[-3000:]
     assert_same_params(tmp_path / "image_folder", tmp_path / "array_record", 150)
-    assert accuracy(tmp_path / "image_folder") > 0.8
+    assert_same_params(in_memory_subset, tmp_path / "image_folder", 150)
+    assert accuracy(in_memory_subset) == accuracy(tmp_path / "image_folder") > 0.8
+
+
+def test_a_users_transform_changes_what_the_model_sees_whatever_the_workers(
+        user_folder, in_memory_subset, tmp_path, monkeypatch):
+    """--config.augment.transform=module:function of a user's: it sees every training example once,
+    its coin comes from (seed, epoch, index), so 0 and 1 workers train to the same bits, and those
+    differ from the same run without it."""
+    monkeypatch.syspath_prepend(str(user_folder))
+    transform = parts.find(parts.TRANSFORM, "my_transforms:invert_half")
+    rng = np.random.default_rng(0)
+    split = {"inputs": rng.integers(0, 255, (32, 4, 4, 1)).astype(np.uint8),
+             "targets": np.arange(32, dtype=np.int32)}
+    order = dict(seed=5, batch_size=8, steps_per_epoch=4, process_index=0, process_count=1)
+    batches = input_pipeline.train_batches(ArraySource(split), 0, 6, workers=0, buffer=2,
+                                           augment=augment.Augment(transform=transform), **order)
+    for step, batch in enumerate(batches):  # what reaches the model: each image, or 255 - it
+        epoch, indices = batching.train_indices(step, num_examples=32, **order)
+        coins = [np.random.default_rng([5, epoch, i]).random() < 0.5 for i in indices]
+        expected = [255 - split["inputs"][i] if coin else split["inputs"][i]
+                    for i, coin in zip(indices, coins)]
+        assert np.array_equal(batch["inputs"], np.stack(expected))
+        assert np.array_equal(batch["targets"], indices)
+    assert step == 5
+
+    for workers in (0, 1):
+        log = tmp_path / f"calls-{workers}"
+        result = run_train(*SUBSET_RUN, "--config.dataset.name=mnist_subset",
+                           f"--config.dataset.data_dir={MNIST_DIR}",
+                           "--config.augment.transform=my_transforms:invert_half",
+                           f"--config.pipeline.workers={workers}",
+                           f"--workdir={tmp_path / str(workers)}",
+                           env={"PYTHONPATH": str(user_folder), "TRANSFORM_LOG": str(log)})
+        assert result.returncode == 0, result.stderr[-3000:]
+        calls = log.read_text()
+        assert len(calls) == 150 * 32 and 0.45 < calls.count("1") / len(calls) < 0.55
+    assert_same_params(tmp_path / "0", tmp_path / "1", 150)
+    plain, inverted = (state_at(w, 150)["params"] for w in (in_memory_subset, tmp_path / "0"))
+    assert not any(jax.tree.leaves(jax.tree.map(np.array_equal, plain, inverted)))
+
+
+def test_mean_and_std_normalise_on_the_device():
+    """config.augment.mean and std: (x / 255 - mean) / std per channel, in the jitted step; one
+    value of each is for every channel; none leaves the data set as it is."""
+    images = np.random.default_rng(0).integers(0, 256, (4, 5, 5, 3)).astype(np.uint8)
+    split = {"inputs": images, "targets": np.zeros(4, np.int32)}
+    data = Dataset(train=split, test=split, prepare_inputs=scale_to_unit)
+    for mean, std in (((0.49, 0.48, 0.45), (0.25, 0.24, 0.26)), ((0.5,), (0.2,))):
+        config = ml_collections.ConfigDict(dict(mean=mean, std=std))
+        on_device = jax.jit(setup.with_normalization(data, config).prepare_inputs)(images)
+        expected = (images / 255 - np.float64(mean)) / np.float64(std)  # exact, |.| <= 2.5
+        assert on_device.dtype == np.float32 and on_device.shape == images.shape
+        # A few float32 rounding steps, no more: XLA divides by a constant as a multiplication by
+        # its reciprocal (so does scale_to_unit), which NumPy's float32 division does not copy.
+        np.testing.assert_allclose(np.asarray(on_device), expected, rtol=0, atol=1e-6)
+    assert setup.with_normalization(data, ml_collections.ConfigDict(dict(mean=(), std=()))) is data
+
+
+BAD_NORMALIZATION = [
+    (["--config.augment.mean=(0.5, 0.5)", "--config.augment.std=(0.25,)"],
+     "config.augment.mean has 2 values and std 1; give one of each per channel (or neither)."),
+    (["--config.augment.mean=(0.5, 0.5, 0.5)", "--config.augment.std=(0.25, 0.25, 0.25)"],
+     "config.augment.mean has 3 values; the images have 1 channels."),
+    (["--config.augment.mean=(0.5,)", "--config.augment.std=(0.0,)"],
+     "config.augment.std=(0.0,): every value must be > 0."),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_NORMALIZATION, ids=["lengths", "channels", "std"])
+def test_bad_mean_or_std_gives_one_line_and_writes_nothing(args, message, tmp_path):
+    result = run_train(*MLP, f"--config.dataset.data_dir={MNIST_DIR}", *args,
+                       f"--workdir={tmp_path / 'run'}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: {message}"]
+    assert not (tmp_path / "run").exists()
+
+
+def test_dataset_fields_left_none_are_not_passed():
+    """config.dataset declares the fields of the data sets that ship (image_key and label_key are
+    TFDS's), so that the command line can set them; a field left None is not passed, so a loader
+    that takes none of them (xor) is built as before."""
+    config = get_base_config().dataset
+    assert config.image_key is None and config.label_key is None
+    config.name = "xor"
+    assert setup.build_dataset(config).num_train == 4
+    config.image_key = "image"
+    with pytest.raises(ConfigError, match="config.dataset.image_key is not an argument"):
+        setup.build_dataset(config)
 
 
 BUILDER = """
@@ -148,7 +296,8 @@ def tfds_folder(tmp_path_factory):
 def test_a_prepared_tfds_data_set_by_name_with_split_syntax(tfds_folder, tmp_path):
     result = run_train(*MLP, "--config.dataset.name=tfds:mnist_sample", "--config.batch_size=32",
                        f"--config.dataset.tfds_data_dir={tfds_folder}", "--config.num_epochs=3",
-                       "--config.dataset.train_split=train[:90%]", f"--workdir={tmp_path}")
+                       "--config.dataset.train_split=train[:90%]", f"--workdir={tmp_path}",
+                       "--config.dataset.image_key=image", "--config.dataset.label_key=label")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "56 steps an epoch of batch 32" in result.stderr  # 1800 of the 2000 examples
     assert accuracy(tmp_path) > 0.8
@@ -308,6 +457,10 @@ BAD_DATA = [
      "cifar10 was not found: cifar10 is not prepared in {root}/cifar10/"),
     (["--config.dataset.name=tfds:mnist_sample", "--config.dataset.tfds_data_dir={tfds}",
       "--config.dataset.test_split=validation"], "Unknown split 'validation'"),
+    (["--config.dataset.name=tfds:mnist_sample", "--config.dataset.tfds_data_dir={tfds}",
+      "--config.dataset.image_key=picture"],
+     "the TFDS data set mnist_sample has no feature 'picture'; its features are "
+     "['image', 'label']"),
 ]
 
 
