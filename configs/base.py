@@ -13,7 +13,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     # so that the command line can set them (docs/data.md says which data set takes which).
     config.dataset = ml_collections.ConfigDict(dict(
         name="mnist", data_dir=placeholder(str), tfds_data_dir=placeholder(str),
-        train_split=placeholder(str), test_split=placeholder(str), image_size=placeholder(tuple)))
+        train_split=placeholder(str), test_split=placeholder(str), image_size=placeholder(tuple),
+        image_key=placeholder(str), label_key=placeholder(str)))
     # Streamed splits (TFDS, ArrayRecord, image folders) and augmented ones are read by workers.
     config.pipeline = ml_collections.ConfigDict(dict(
         workers=-1,  # processes that read, decode, augment (-1: a core each but one, at most 8)
@@ -25,7 +26,9 @@ def get_base_config() -> ml_collections.ConfigDict:
         transform=placeholder(str),  # "module:function" of your own, (example, rng) -> example
         mean=(), std=(),  # per channel, in [0, 1] units: (x - mean) / std on the device
     ))
-    config.writers = ("tensorboard", "jsonl")  # where metrics go, besides the console
+    config.writers = ("tensorboard", "jsonl")  # where metrics go, besides the console; also "wandb"
+    config.wandb = ml_collections.ConfigDict(dict(  # the "wandb" writer (pip install -e ".[wandb]")
+        project="flaxfit", entity=placeholder(str), name=placeholder(str)))
 
     config.parallelism = "jit"  # jit (one program over a device mesh) | pmap
     # fused: the training split in device memory, many steps a call; per_step: a call per batch
@@ -34,6 +37,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.dtype = "float32"  # computation: float32 | bfloat16 (parameters stay float32)
 
     config.batch_size = 128  # global: split over all devices of all processes
+    config.grad_accum_steps = 1  # > 1: each batch in this many microbatches, one update (a scan)
     config.eval_batch_size = 1000  # global, like batch_size
     config.num_epochs = 10
     config.num_steps = 0  # > 0: train this many steps instead of num_epochs
@@ -53,14 +57,30 @@ def get_base_config() -> ml_collections.ConfigDict:
         nesterov=placeholder(bool),  # sgd
         b1=placeholder(float),  # adam, adamw, lamb, lion, ...
         b2=placeholder(float),
+        frozen="",  # a regex over parameter paths ("params/Conv_0/kernel"): those do not train
     ))
+    config.ema_decay = 0.0  # in (0, 1): also keep an exponential moving average of the parameters
+
+    # Fine-tuning: start a fresh run from another run's parameters (and BatchNorm statistics).
+    config.init_from = ""  # a run's workdir, or one checkpoint's folder (workdir/checkpoints/N)
+    config.init_from_regex = ".*"  # which arrays to load, by path ("params/Dense_0/kernel")
 
     config.log_every_steps = 100
     config.eval_every_epochs = 1  # 0: not by epochs
     config.eval_every_steps = 0  # > 0: also every this many steps
     config.checkpoint_every_steps = 1000  # and always at the end
     config.keep_checkpoints = 3
+    # Keep the best checkpoint by an eval metric too ("eval/accuracy"; evaluations then save one).
+    config.best_metric = ""
+    config.best_mode = "auto"  # max | min | auto (min for a metric named *loss or *error)
+    config.early_stopping = ml_collections.ConfigDict(dict(
+        metric="",  # e.g. "eval/loss": stop when it has not improved for `patience` evaluations
+        patience=5,
+        min_delta=0.0,  # an improvement smaller than this does not count
+        mode="auto",  # like best_mode
+    ))
     config.plots = True  # PNG figures in the workdir at the end (also: scripts/plot.py)
     config.resume = True  # False: start afresh in a new subfolder of a workdir that has checkpoints
     config.nonfinite = "stop"  # a NaN or Inf in loss or gradients: "stop" the run, or "skip" the update
+    config.profile_steps = ()  # (start, end): a JAX profiler trace of those steps in workdir/profile
     return config

@@ -16,6 +16,10 @@ For a classification config. Three measurements, each a JSON section and a table
   pipeline    the streaming pipeline alone, no model: host examples/s by worker count
               (--pipeline_workers), over --records and over 32x32x3 PNG records with random crop
               and flip (the shape of CIFAR; made here, random pixels).
+  accumulation  memory of the compiled train step by config.grad_accum_steps (--accum_steps),
+              from XLA's memory analysis: the temporaries (activations, gradients) fall with k.
+  checkpoint  what a save costs (--saves of the config's fresh state): the checksums of every
+              array, the blocking part of Orbax's save (which includes them) and the whole save.
   command     whole commands as a user runs them, start-up, data loading and compile included,
               --command_epochs of training and the test evaluation, alternating, --repeats times
               each: scripts/train.py (its first run with an empty compilation cache, the others
@@ -23,6 +27,7 @@ For a classification config. Three measurements, each a JSON section and a table
               settings, no compilation cache), and hand_loop.py with the framework's malloc
               settings (trainer/host_memory.py), to show what they alone are worth.
 """
+import functools
 import json
 import os
 import pathlib
@@ -48,8 +53,11 @@ import hand_loop  # pylint: disable=wrong-import-position  (scripts/, this file'
 from datasets import array_record, images  # pylint: disable=wrong-import-position
 from datasets.augment import Augment  # pylint: disable=wrong-import-position
 from trainer import cli, input_pipeline  # pylint: disable=wrong-import-position
+from trainer.checkpoint import Checkpoints, checksums  # pylint: disable=wrong-import-position
 from trainer.loop import train_and_evaluate  # pylint: disable=wrong-import-position
-from trainer.setup import build_dataset  # pylint: disable=wrong-import-position
+from trainer.runners import step_args  # pylint: disable=wrong-import-position
+from trainer.setup import build, build_dataset  # pylint: disable=wrong-import-position
+from trainer.steps import train_step  # pylint: disable=wrong-import-position
 
 SCRIPTS = pathlib.Path(__file__).resolve().parent
 EPOCHS = flags.DEFINE_integer("epochs", 2, "Epochs each way; the first, which compiles, is not "
@@ -61,7 +69,11 @@ WAYS = flags.DEFINE_multi_enum(
     "In-process: which ways to run, in this order (the fused CNN on a CPU takes ~8 min an "
     "epoch; streaming needs --records).")
 SECTIONS = flags.DEFINE_list("sections", ["in_process", "command"],
-                             "What to measure: in_process, command, pipeline.")
+                             "What to measure: in_process, command, pipeline, accumulation, "
+                             "checkpoint.")
+ACCUM_STEPS = flags.DEFINE_list("accum_steps", ["1", "2", "4", "8"],
+                                "accumulation: the grad_accum_steps to compile.")
+SAVES = flags.DEFINE_integer("saves", 10, "checkpoint: saves timed.")
 RECORDS = flags.DEFINE_string("records", None, "ArrayRecord shards of the config's data set "
                               "(scripts/prepare_data.py), for `streaming` and `pipeline`.")
 PIPELINE_WORKERS = flags.DEFINE_list("pipeline_workers", ["0", "1", "2"],
@@ -94,7 +106,7 @@ def framework_run(config, epochs, steps, steps_per_epoch):
         with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
             logged = [json.loads(line) for line in f]
     rates = [e["steps_per_sec"] for e in logged if "steps_per_sec" in e]
-    return rates, metrics["accuracy"]
+    return rates, metrics["eval/accuracy"]
 
 
 def summary(name, steps_per_epoch, batch_size, steady_step_seconds, compile_seconds, accuracy,
@@ -167,6 +179,47 @@ def pipeline(batch_size, worker_counts, steps):
     return rows
 
 
+def accumulation(config, accum_steps):
+    """{k: bytes} of the per-step train step compiled with grad_accum_steps=k, on one batch."""
+    rows = {}
+    for k in accum_steps:
+        config = config.copy_and_resolve_references()
+        config.grad_accum_steps = int(k)
+        setup = build(config)
+        batch = setup.parallel.put_batch(next(setup.train_batches(0)))
+        step = jax.jit(functools.partial(train_step, **step_args(config, setup)))
+        memory = step.lower(setup.state, batch).compile().memory_analysis()
+        rows[k] = {"temp_bytes": memory.temp_size_in_bytes,
+                   "argument_bytes": memory.argument_size_in_bytes,
+                   "output_bytes": memory.output_size_in_bytes,
+                   "peak_bytes": getattr(memory, "peak_memory_in_bytes", None)}
+    return rows
+
+
+def checkpoint_cost(config, saves):
+    """Median seconds of a save of the config's fresh state: the checksums alone, the blocking
+    part of Checkpoints.save (checksums included) and the save to its end on disk."""
+    state = build(config).state
+    times = {"checksums": [], "save_call": [], "whole_save": []}
+    with tempfile.TemporaryDirectory() as workdir:
+        checkpoints = Checkpoints(workdir, keep=2)
+        for step in range(1, saves + 1):
+            state = state.replace(step=jax.numpy.asarray(step, state.step.dtype))
+            start = time.perf_counter()
+            jax.device_get(checksums(state))
+            times["checksums"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            checkpoints.save(state)
+            times["save_call"].append(time.perf_counter() - start)
+            checkpoints.wait()
+            times["whole_save"].append(time.perf_counter() - start)
+        checkpoints.close()
+    state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
+    medians = {f"{name}_seconds": round(statistics.median(t), 5) for name, t in times.items()}
+    return {"state_bytes": state_bytes, **medians, "checksum_share_of_save_call": round(
+        medians["checksums_seconds"] / medians["save_call_seconds"], 3)}
+
+
 def whole_commands(config_args, epochs, repeats):
     """Alternating, so that the machine's drift falls on all alike."""
     plain_env = {name: value for name, value in os.environ.items()
@@ -232,6 +285,13 @@ def main(argv):
         for name, rates in results["pipeline"].items():
             print(f"pipeline, {name}: " + ", ".join(f"{w} workers {r} examples/s"
                                                      for w, r in rates.items()))
+    if "accumulation" in SECTIONS.value:
+        results["accumulation"] = accumulation(config, ACCUM_STEPS.value)
+        for k, memory in results["accumulation"].items():
+            print(f"grad_accum_steps={k}: " + ", ".join(f"{n} {v}" for n, v in memory.items()))
+    if "checkpoint" in SECTIONS.value:
+        results["checkpoint"] = checkpoint_cost(config, SAVES.value)
+        print("checkpoint: " + ", ".join(f"{n} {v}" for n, v in results["checkpoint"].items()))
     if "command" in SECTIONS.value:
         config_args = [a for a in sys.argv[1:] if a.startswith("--config")]
         results["command"] = whole_commands(config_args, COMMAND_EPOCHS.value, REPEATS.value)

@@ -1,7 +1,9 @@
 """Evaluates a checkpoint on the test split; prints the metrics as one JSON line and writes them
 to WORKDIR/eval_<step>.json. Runs on any device count, also one other than training's.
 
-    python scripts/evaluate.py --workdir=runs/mnist [--step=N] [--config=configs/mnist_cnn.py]
+    python scripts/evaluate.py --workdir=runs/mnist [--step=N|best] [--config=configs/mnist_cnn.py]
+
+With config.ema_decay the moving average is evaluated too (eval_ema/...).
 """
 import json
 import os
@@ -14,12 +16,9 @@ from trainer import host_memory  # pylint: disable=wrong-import-position
 
 host_memory.restart_with_reusing_malloc()  # before JAX allocates anything
 
-from absl import flags  # pylint: disable=wrong-import-position
-
 from trainer import cli, inference  # pylint: disable=wrong-import-position
 
-WORKDIR = flags.DEFINE_string("workdir", None, "The training run's folder.", required=True)
-STEP = flags.DEFINE_integer("step", None, "The checkpoint's step (default: the latest).")
+WORKDIR, STEP = cli.define_run_flags(ema=False)  # both eval/ and eval_ema/ are reported
 
 
 def main(argv):

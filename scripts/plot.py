@@ -8,18 +8,15 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # this checkout first
 
-from absl import flags  # pylint: disable=wrong-import-position
-
 from trainer import cli, inference  # pylint: disable=wrong-import-position
 
-WORKDIR = flags.DEFINE_string("workdir", None, "The training run's folder.", required=True)
-STEP = flags.DEFINE_integer("step", None, "The checkpoint's step (default: the latest).")
+WORKDIR, STEP, EMA = cli.define_run_flags()
 
 
 def main(argv):
     del argv
     config = cli.config()
-    setup, state, _ = inference.restore(config, WORKDIR.value, STEP.value)
+    setup, state, _ = inference.restore(config, WORKDIR.value, STEP.value, EMA.value)
     for path in inference.write_figures(setup, state, WORKDIR.value):
         print(path)
 

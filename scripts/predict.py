@@ -5,6 +5,7 @@
     python scripts/predict.py --workdir=runs/mnist --indices=0,1,2    # test images by index
     python scripts/predict.py --workdir=runs/mnist                    # the first 10 test images
     python scripts/predict.py --workdir=runs/mnist --images=digit.png # 28x28 grey, white on black
+    python scripts/predict.py --workdir=runs/mnist --step=best --ema  # the best checkpoint's average
 
 Inputs are in the data set's natural units (the polynomial's x in [-10, 10]); rows of --inputs
 are separated by ';' and values by ','.
@@ -23,8 +24,7 @@ from trainer.errors import ConfigError  # pylint: disable=wrong-import-position
 
 DEFAULT_COUNT = 10  # test examples shown when none are asked for
 
-WORKDIR = flags.DEFINE_string("workdir", None, "The training run's folder.", required=True)
-STEP = flags.DEFINE_integer("step", None, "The checkpoint's step (default: the latest).")
+WORKDIR, STEP, EMA = cli.define_run_flags()
 INPUTS = flags.DEFINE_string("inputs", None, "Input rows: values split by ',', rows by ';'.")
 INDICES = flags.DEFINE_list("indices", None, "Indices of test examples (default: the first "
                             f"{DEFAULT_COUNT}).")
@@ -80,7 +80,7 @@ def value_text(value, classes):
 def main(argv):
     del argv
     config = cli.config()
-    setup, state, step = inference.restore(config, WORKDIR.value, STEP.value)
+    setup, state, step = inference.restore(config, WORKDIR.value, STEP.value, EMA.value)
     test = setup.dataset.test
     count = datasets.num_examples(test)
     example_shape = datasets.examples(test, [0])["inputs"].shape[1:]

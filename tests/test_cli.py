@@ -83,7 +83,21 @@ BAD_INPUTS = [
     ([XOR, "--config.task=ranking"], "config.task='ranking' is not a task"),
     ([XOR, "--config.parallelism=gpu"], "config.parallelism='gpu' is invalid"),
     ([XOR, "--config.nonfinite=ignore"], "config.nonfinite='ignore' is invalid"),
+    ([XOR, "--config.profile_steps=(20, 10)"], "config.profile_steps=(20, 10) is invalid"),
     ([XOR, "--config.dataset.name=cifar"], "config.dataset.name='cifar' is not a data set"),
+    # what runs need past the first one
+    ([XOR, "--config.grad_accum_steps=3"], "config.grad_accum_steps=3 does not divide the batch"),
+    ([XOR, "--config.grad_accum_steps=0"], "config.grad_accum_steps=0 is invalid"),
+    ([XOR, "--config.ema_decay=1.0"], "config.ema_decay=1.0 is invalid: it must be in (0, 1)"),
+    ([XOR, "--config.ema_decay=-0.5"], "config.ema_decay=-0.5 is invalid"),
+    ([XOR, "--config.best_metric=eval/f1"], "config.best_metric='eval/f1' is never logged: "
+                                            "evaluation logs eval/loss, eval/accuracy."),
+    ([XOR, "--config.early_stopping.metric=eval_ema/loss"],
+     "config.early_stopping.metric='eval_ema/loss' is never logged"),
+    ([XOR, "--config.early_stopping.patience=0"], "config.early_stopping.patience=0 is invalid"),
+    ([XOR, "--config.best_mode=up"], "config.best_mode='up' is invalid"),
+    ([XOR, "--config.optimizer.frozen=params/(Dense"], "config.optimizer.frozen='params/(Dense' is "
+                                                       "invalid"),
     # data
     ([MNIST, "--config.dataset.data_dir=/no/such/folder"], "is not a folder"),
     ([MNIST, "--config.dataset.data_dir={root}/truncated"], "train-labels-idx1-ubyte.gz is truncated"),
@@ -114,6 +128,20 @@ def test_bad_input_gives_one_clear_message_and_touches_nothing(args, message, in
     assert result.stderr.strip().splitlines() == [  # one line, nothing before it
         line for line in result.stderr.strip().splitlines() if line.startswith("error: ")]
     assert files(inputs) == before  # checkpoints, config files and data byte-identical
+
+
+def test_no_data_anywhere_on_a_fresh_machine_is_one_message(tmp_path):
+    """The first thing a user who skips the README's data_dir meets: no data_dir, and HOME an
+    empty folder (no TFDS folder at all)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    result = run_train("--config=configs/mnist_mlp.py", f"--workdir={tmp_path / 'run'}",
+                       env={"HOME": str(home)})
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: mnist was not found") and "Give it one of three ways" in line
+    assert str(home / "tensorflow_datasets") in line
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_catalogue_is_long_enough():

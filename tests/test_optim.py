@@ -1,9 +1,11 @@
+import jax
 import jax.numpy as jnp
 import optax
 import pytest
 
 from configs.base import get_base_config
-from trainer.optim import create_optimizer
+from trainer.errors import ConfigError
+from trainer.optim import check_frozen, create_optimizer
 
 
 def optimizer_config(**fields):
@@ -56,3 +58,31 @@ def test_weight_decay_shrinks_weights_without_gradient(name):
     config = optimizer_config(name=name, learning_rate=0.1, weight_decay=0.5)
     update = updates(config, {"w": jnp.zeros(2)}, {"w": jnp.ones(2)})
     assert float(update["w"][0]) < 0
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_frozen_parameters_get_no_update_not_even_decay_or_clipping(name):
+    config = optimizer_config(name=name, learning_rate=0.1, weight_decay=0.5, grad_clip_norm=1.0,
+                              frozen="params/Conv_.*")
+    params = {"Conv_0": {"kernel": jnp.ones(3)}, "Conv_1": {"kernel": jnp.ones(2)},
+              "Dense_0": {"kernel": jnp.ones(2)}}
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 10.0), params)
+    update = updates(config, grads, params, steps=2)
+    assert jnp.all(update["Conv_0"]["kernel"] == 0) and jnp.all(update["Conv_1"]["kernel"] == 0)
+    assert jnp.all(update["Dense_0"]["kernel"] < 0)
+    # clipping sees only the parameters that train: their update is that of the model without
+    # the frozen ones
+    alone = updates(optimizer_config(name=name, learning_rate=0.1, weight_decay=0.5,
+                                     grad_clip_norm=1.0), {"Dense_0": grads["Dense_0"]},
+                    {"Dense_0": params["Dense_0"]}, steps=2)
+    assert jnp.array_equal(update["Dense_0"]["kernel"], alone["Dense_0"]["kernel"])
+
+
+def test_a_frozen_regex_must_match_a_whole_parameter_path():
+    params = {"Conv_0": {"kernel": jnp.ones(3)}, "Dense_0": {"kernel": jnp.ones(2)}}
+    check_frozen(optimizer_config(frozen="params/Dense_0/.*"), params)
+    check_frozen(optimizer_config(frozen=""), params)
+    with pytest.raises(ConfigError, match=r"config.optimizer.frozen='Dense_0' matches no parameter "
+                                          r"\(the whole path must match\); the parameters are "
+                                          r"params/Conv_0/kernel, params/Dense_0/kernel\."):
+        check_frozen(optimizer_config(frozen="Dense_0"), params)

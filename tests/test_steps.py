@@ -88,8 +88,44 @@ def test_checkpoint_round_trip_and_retention(tmp_path):
     checkpoints.wait()
     assert checkpoints.latest_step() == 3
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2", "3"]
-    restored = Checkpoints(str(tmp_path), keep=2).restore(make_state(seed=1))
+    restored, _ = Checkpoints(str(tmp_path), keep=2).restore(make_state(seed=1))
     for name in ("params", "opt_state", "model_state", "step", "rng"):
         same = jax.tree.map(lambda x, y: bool(jnp.array_equal(x, y)),
                             getattr(state, name), getattr(restored, name))
         assert jax.tree.all(same), name
+
+
+def mlp_state(seed=0, features=(32, 10)):
+    model = build_model(ml_collections.ConfigDict(dict(name="mlp", features=features)))
+    tx, _ = create_optimizer(get_base_config().optimizer, steps_per_epoch=10, total_steps=100)
+    return create_train_state(model, tx, jnp.zeros((1, 28, 28, 1)), seed)
+
+
+def test_grad_accumulation_gives_the_update_of_the_whole_batch():
+    """Without BatchNorm or dropout, 4 microbatches make the update of one batch, to float32
+    rounding; and the logged metrics are those of the whole batch."""
+    batch = fake_batch(64)
+    one = jax.jit(functools.partial(train_step, **STEP_FNS))
+    four = jax.jit(functools.partial(train_step, grad_accum_steps=4, **STEP_FNS))
+    state_one = state_four = mlp_state()
+    for _ in range(5):
+        state_one, metrics_one = one(state_one, batch)
+        state_four, metrics_four = four(state_four, batch)
+    for a, b in zip(jax.tree.leaves(state_one.params), jax.tree.leaves(state_four.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not jax.tree.all(jax.tree.map(np.array_equal, state_one.params, mlp_state().params))
+    np.testing.assert_allclose(metrics_one.compute()["loss"], metrics_four.compute()["loss"],
+                               rtol=1e-5)
+    assert metrics_one.compute()["accuracy"] == metrics_four.compute()["accuracy"]
+
+
+def test_ema_follows_the_parameters():
+    model = build_model(ml_collections.ConfigDict(dict(name="mlp", features=(32, 10))))
+    tx, _ = create_optimizer(get_base_config().optimizer, steps_per_epoch=10, total_steps=100)
+    state = create_train_state(model, tx, jnp.zeros((1, 28, 28, 1)), 0, ema=True)
+    step = jax.jit(functools.partial(train_step, ema_decay=0.9, **STEP_FNS))
+    new_state, _ = step(state, fake_batch())
+    expected = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, state.ema_params, new_state.params)
+    for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(new_state.ema_params)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
+    assert not jax.tree.all(jax.tree.map(np.array_equal, new_state.ema_params, new_state.params))

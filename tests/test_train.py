@@ -17,14 +17,13 @@ def test_mnist_cnn_short_run_learns(mnist_dir, tmp_path):
     config.log_every_steps = 100
     config.checkpoint_every_steps = 200
     _, metrics = train_and_evaluate(config, str(tmp_path))
-    assert metrics["accuracy"] > 0.9
+    assert metrics["eval/accuracy"] > 0.9
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["200", "300"]
     assert list(tmp_path.glob("events.out.tfevents.*"))
     logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train_steps = [entry["step"] for entry in logged if "train/loss" in entry]
     assert train_steps == [100, 200, 300]
-    assert logged[-1] == {"step": 300, "eval/loss": metrics["loss"],
-                          "eval/accuracy": metrics["accuracy"]}
+    assert logged[-1] == {"step": 300, **metrics}
 
 
 def readme_result(config_name):
@@ -43,7 +42,9 @@ def stated_number(config_name, pattern):
 def test_the_readme_states_what_the_code_reaches(config_name, mnist_dir, tmp_path):
     """The results table is regenerated whenever the code changes what it measures: the three
     configs that take seconds are run here as the README runs them (mnist_cnn takes minutes).
-    The margins are those of float rounding on other CPUs: 5 test images in 10000, 1 % of an MSE."""
+    A run is deterministic on one machine, but XLA's CPU code differs with the processor: the same
+    code gave mnist_mlp 97.54 % and 97.57 % on two machines of this project. The margins are that:
+    5 test images in 10000, 1 % of an MSE."""
     data = [f"--config.dataset.data_dir={mnist_dir}"] if "mnist" in config_name else []
     result = run_train(f"--config=configs/{config_name}.py", f"--workdir={tmp_path}", *data)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,4 +1,5 @@
 """Day-to-day use of a trained run: evaluate, predict, plots, progress, TensorBoard."""
+import gzip
 import json
 import os
 import pty
@@ -198,3 +199,18 @@ def test_progress_bar_on_a_terminal_and_lines_elsewhere(tmp_path):
     plain = run_train(*args[2:], f"--workdir={tmp_path / 'plain'}")
     assert "epoch 100.00, " in plain.stderr and "steps/s, ETA" in plain.stderr
     assert "step/s]" not in plain.stderr
+
+
+@pytest.mark.parametrize("steps", ["fused", "per_step"])
+def test_profile_steps_writes_a_trace_of_those_steps(steps, tmp_path):
+    result = run_train("--config=configs/xor_mlp.py", f"--workdir={tmp_path}", "--config.plots=False",
+                       "--config.num_steps=40", "--config.profile_steps=(10, 15)",
+                       f"--config.steps={steps}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Profile of steps 11 to 15 written to {tmp_path / 'profile'}" in result.stderr
+    (xplane,) = (tmp_path / "profile").rglob("*.xplane.pb")  # TensorBoard's profile plugin
+    (trace,) = (tmp_path / "profile").rglob("*.trace.json.gz")  # Perfetto
+    assert xplane.stat().st_size > 0
+    events = json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"]
+    calls = [e for e in events if "train_step" in e.get("name", "") and e.get("ph") == "X"]
+    assert calls  # the traced steps ran inside the trace

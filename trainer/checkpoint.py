@@ -1,16 +1,20 @@
 """Orbax checkpoints in `workdir/checkpoints`: save, find the latest good one, restore.
 
-The saved TrainState is all a resume needs: params, optimizer state, BatchNorm statistics, step,
-RNG key and the non-finite counters. The data position is the step (the order is a function of
+A checkpoint holds three items: `state`, the TrainState, which is all a resume needs (params,
+optimizer state, BatchNorm statistics, step, RNG key, the non-finite counters, the moving
+average); `loop`, the loop's own few values (early stopping's count); and `checksums`, a checksum
+of every array of the state, verified on restore, so a checkpoint whose bytes changed on disk is
+caught even where it still reads. The data position is the step (the order is a function of
 seed and epoch). Orbax writes each checkpoint to a temporary folder and renames it when complete,
 so a crash during a save leaves the previous ones whole; old checkpoints are removed only after a
-newer one is complete. Checkpoints are arrays and JSON metadata: restoring unpickles nothing.
+newer one is complete. Checkpoints are arrays and JSON: restoring unpickles nothing.
 """
 import os
 import shutil
 import sys
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
@@ -26,6 +30,48 @@ def path_name(path):
 def shapes_by_name(tree):
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {path_name(path): tuple(leaf.shape) for path, leaf in leaves}
+
+
+def as_uint32(x):
+    """The bits of `x`, widened to uint32 (element sizes of 1, 2 or 4 bytes)."""
+    if x.dtype == jnp.bool_:
+        return x.astype(jnp.uint32)
+    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
+    return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+
+
+@jax.jit
+def checksums(tree):
+    """{path: checksum} of every array: the sum of its elements' bits, each times an odd weight of
+    its position, modulo 2**32. Any one changed element changes it, and integer sums come out
+    the same on any device count."""
+    def checksum(x):
+        bits = as_uint32(x).ravel()
+        weights = 2 * jnp.arange(bits.size, dtype=jnp.uint32) + 1
+        return jnp.sum(bits * weights, dtype=jnp.uint32)
+
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {path_name(path): checksum(leaf) for path, leaf in leaves}
+
+
+class ChecksumError(Exception):
+    """A restored array whose checksum differs from the one saved with it."""
+
+
+def verify(state, saved):
+    computed = jax.device_get(checksums(state))
+    for name, value in computed.items():
+        if saved.get(name) != int(value):
+            raise ChecksumError(f"{name} does not match the checksum saved with it: its bytes "
+                                f"changed on disk")
+
+
+def better_is_lower(mode, metric):
+    """config.best_mode / early_stopping.mode: "auto" is "min" for a metric named *loss or
+    *error, else "max"."""
+    if mode == "auto":
+        return metric.endswith(("loss", "error"))
+    return mode == "min"
 
 
 def ignore_reads_left_after_a_failed_restore():
@@ -46,30 +92,68 @@ def drop_closed_loop_errors(unraisable):
 
 class Checkpoints:
 
-    def __init__(self, workdir, keep=None, read_only=False):
-        """`read_only`: for evaluation; creates and cleans up nothing."""
+    def __init__(self, workdir, keep=None, read_only=False, best_metric="", best_mode="auto"):
+        """Keeps the newest `keep` and, with `best_metric`, the best by it too (Orbax's
+        preservation policies; only saves given that metric count). `read_only`: for using a
+        run; creates and cleans up nothing."""
         ignore_reads_left_after_a_failed_restore()
         self.workdir = os.path.abspath(workdir)
         self.directory = os.path.join(self.workdir, "checkpoints")
+        self.best_metric = best_metric
+        best = {}
+        if best_metric:
+            lower = better_is_lower(best_mode, best_metric)
+            best = dict(best_fn=lambda metrics: metrics[best_metric],
+                        best_mode="min" if lower else "max")
+        policy = None
+        if keep is not None:
+            policy = ocp.checkpoint_managers.LatestN(keep)
+            if best_metric:
+                policy = ocp.checkpoint_managers.AnyPreservationPolicy([
+                    policy, ocp.checkpoint_managers.BestN(
+                        get_metric_fn=best["best_fn"], reverse=lower, n=1,
+                        keep_checkpoints_without_metrics=False)])
         self.manager = ocp.CheckpointManager(
-            self.directory, item_handlers={"state": ocp.StandardCheckpointHandler()},
+            self.directory,
+            item_handlers={"state": ocp.StandardCheckpointHandler(),
+                           "loop": ocp.JsonCheckpointHandler(),
+                           "checksums": ocp.JsonCheckpointHandler()},
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, create=not read_only, cleanup_tmp_directories=not read_only))
+                preservation_policy=policy, create=not read_only,
+                cleanup_tmp_directories=not read_only, **best))
 
     def latest_step(self):
         return self.manager.latest_step()
 
-    def save(self, state):
-        """Starts an asynchronous save of `state` at its step; `wait()` for it to finish."""
-        self.manager.save(int(state.step), args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+    def best_step(self):
+        """The step of the best checkpoint by best_metric (None: none has been evaluated)."""
+        scored = [s for s in self.manager.all_steps() if self.manager.metrics(s) is not None]
+        return self.manager.best_step() if scored else None
+
+    def save(self, state, loop=None, metrics=None):
+        """Starts an asynchronous save of `state` at its step, with the loop's values (a dict of
+        JSON) and the eval `metrics` best_metric is read from; `wait()` for it to finish. The
+        checksums are computed on the device, in the pass that the copy of the state to the
+        host, which Orbax's save waits for, makes over it anyway."""
+        sums = {name: int(value) for name, value in jax.device_get(checksums(state)).items()}
+        self.manager.save(int(state.step), metrics=metrics, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop or {}),
+            checksums=ocp.args.JsonSave(sums)))
 
     def restore(self, like_state, step=None):
-        """Restores into the structure, shapes, dtypes and shardings of `like_state`."""
+        """Returns (state, loop values) of the checkpoint at `step` (default: the latest), in the
+        structure, shapes, dtypes and shardings of `like_state`; the state's checksums verified."""
         step = self.latest_step() if step is None else step
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_state)
-        restored = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
-        return restored.state
+        # Checkpoints of earlier versions hold the state alone.
+        extra = [item for item in ("loop", "checksums")
+                 if os.path.isdir(os.path.join(self.directory, str(step), item))]
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract),
+            **{item: ocp.args.JsonRestore() for item in extra}))
+        if "checksums" in extra:
+            verify(restored.state, restored.checksums)
+        return restored.state, restored.loop if "loop" in extra else {}
 
     def check_fits(self, step, like_state):
         """Raises WorkdirError naming the first array whose shape differs from `like_state`."""
@@ -85,8 +169,9 @@ class Checkpoints:
                     f"checkpoints stay as they are).")
 
     def restore_latest_good(self, like_state):
-        """The newest checkpoint that reads whole, or None. Damaged ones are moved aside (never
-        deleted) to workdir/damaged_checkpoints; a checkpoint of another model is an error."""
+        """(state, loop values) of the newest checkpoint that reads whole and matches its
+        checksums, or None. Damaged ones are moved aside (never deleted) to
+        workdir/damaged_checkpoints; a checkpoint of another model is an error."""
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
                 self.check_fits(step, like_state)
@@ -99,7 +184,7 @@ class Checkpoints:
 
     def set_aside(self, step, error):
         target = os.path.join(self.workdir, "damaged_checkpoints", str(step))
-        logging.warning("The checkpoint at step %d cannot be read (%s: %s); moving it to %s and "
+        logging.warning("The checkpoint at step %d is damaged (%s: %s); moving it to %s and "
                         "trying the one before.", step, type(error).__name__,
                         str(error).splitlines()[0][:200], target)
         if jax.process_index() == 0:

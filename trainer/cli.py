@@ -36,6 +36,18 @@ HELP_FLAGS = ("--help", "-h", "-?", "--helpshort")
 _config = {}  # the --config flag (defined by run()) and where it came from
 
 
+def define_run_flags(ema=True):
+    """The flags of the scripts that use a trained run: --workdir, --step and (`ema`) --ema."""
+    workdir = flags.DEFINE_string("workdir", None, "The training run's folder.", required=True)
+    step = flags.DEFINE_string("step", None, "The checkpoint: its step, or 'best' (the best by the "
+                               "run's config.best_metric); default: the latest.")
+    if not ema:
+        return workdir, step
+    return workdir, step, flags.DEFINE_bool(
+        "ema", False, "Use the moving average of the parameters that the run kept "
+        "(config.ema_decay) instead of the parameters.")
+
+
 def fail(message):
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
@@ -92,12 +104,13 @@ def config():
 
 
 def resolve_paths(config_dict):
-    """Fields named *_dir or *_path hold paths: stored absolute, so that a run's config.json reads
-    the same from any folder."""
+    """Fields named *_dir or *_path (and init_from) hold paths: stored absolute, so that a run's
+    config.json reads the same from any folder."""
     for name, value in config_dict.items():
         if isinstance(value, ml_collections.ConfigDict):
             resolve_paths(value)
-        elif isinstance(value, str) and value and name.endswith(("_dir", "_path")):
+        elif isinstance(value, str) and value and (name.endswith(("_dir", "_path"))
+                                                   or name == "init_from"):
             config_dict[name] = os.path.abspath(os.path.expanduser(value))
 
 
@@ -168,13 +181,15 @@ def parse_flags(argv, config_required):
 
 
 def is_noise(record):
-    """Orbax's and TFDS's INFO lines (several per save, per data set opened), JAX's note that it
-    found no TPU library, and TFDS's warning of a missing data set folder (the data error names the
+    """Orbax's and TFDS's INFO lines (several per save, per data set opened), Orbax's note that a
+    checkpoint has no metrics, JAX's note that it found no TPU library, and TFDS's warning of a missing data set folder (the data error names the
     folder itself)."""
     message = record.getMessage()
     return ((record.levelno < std_logging.WARNING
              and ("orbax" in record.pathname or "tensorflow_datasets" in record.pathname))
             or message.startswith("Unable to initialize backend")
+            # Orbax, for each checkpoint saved between evaluations when best_metric is set
+            or message.startswith("Requested `tracked_metric`; did not provide metrics")
             or (message.startswith("Variant folder") and "has no dataset_info.json" in message))
 
 

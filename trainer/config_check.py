@@ -1,4 +1,6 @@
 """Checks a config before anything is built or written, so a bad value costs nothing."""
+import re
+
 from trainer.errors import ConfigError
 from trainer.optim import SCHEDULES
 from trainer.parallel import MODES
@@ -28,6 +30,14 @@ def is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def is_regex(value):
+    try:
+        re.compile(value)
+        return True
+    except re.error:
+        return False
+
+
 def one_of(choices):
     return lambda value: value in choices, f"one of {sorted(choices)}"
 
@@ -53,7 +63,22 @@ def validate_config(config):
     require(config, "parallelism", *one_of(MODES))
     require(config, "nonfinite", *one_of(("stop", "skip")))
     require(config, "steps", *one_of(("auto", "fused", "per_step")))
+    require(config, "profile_steps", lambda v: v == () or (
+        isinstance(v, (tuple, list)) and len(v) == 2 and all(is_int(s) for s in v)
+        and 0 <= v[0] < v[1]), "() (off) or (start, end), integers with 0 <= start < end")
     require(config, "dtype", *one_of(("float32", "bfloat16")))
+    require(config, "grad_accum_steps", lambda v: is_int(v) and v > 0, "a positive integer")
+    require(config, "ema_decay", lambda v: is_number(v) and (v == 0 or 0 < v < 1),
+            "in (0, 1), or 0 (off)")
+    for field in ("best_mode", "early_stopping.mode"):
+        require(config, field, *one_of(("auto", "max", "min")))
+    require(config, "early_stopping.patience", lambda v: is_int(v) and v > 0, "a positive integer")
+    require(config, "early_stopping.min_delta", lambda v: is_number(v) and v >= 0, "a number >= 0")
+    for field in ("best_metric", "early_stopping.metric", "init_from", "init_from_regex",
+                  "optimizer.frozen"):
+        require(config, field, lambda v: isinstance(v, str), "a string ('' for none)")
+    for field in ("init_from_regex", "optimizer.frozen"):
+        require(config, field, is_regex, "a regular expression over parameter paths")
     require(config, "augment.crop_padding", lambda v: is_int(v) and v >= 0, "an integer >= 0")
     require(config, "pipeline.workers", lambda v: is_int(v) and v >= -1,
             "an integer >= 0, or -1 (a worker a core but one)")

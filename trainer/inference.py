@@ -3,8 +3,8 @@ import jax
 import numpy as np
 
 import datasets
-from trainer.checkpoint import Checkpoints
-from trainer.errors import WorkdirError
+from trainer.checkpoint import ChecksumError, Checkpoints
+from trainer.errors import ConfigError, WorkdirError
 from trainer.parallel import local_copy
 from trainer.setup import build
 from trainer.steps import apply_model, eval_step, evaluate
@@ -13,21 +13,51 @@ from trainer.writers import prefixed
 FIGURE_EXAMPLES = 10000  # of the test split, read into memory for the figures
 
 
-def restore(config, workdir, step=None):
-    """Returns (setup, state, step) for the checkpoint at `step` (default: the latest)."""
-    setup = build(config)
-    checkpoints = Checkpoints(workdir, read_only=True)
+def checkpoint_step(checkpoints, config, step):
+    """The step `step` names: None for the latest, "best" for the best by config.best_metric,
+    or a number."""
     steps = checkpoints.manager.all_steps()
     if not steps:
         raise WorkdirError(f"no checkpoint in {checkpoints.directory}: train first with "
-                           f"scripts/train.py --workdir={workdir}.")
-    step = max(steps) if step is None else step
+                           f"scripts/train.py --workdir={checkpoints.workdir}.")
+    if step == "best":
+        best = checkpoints.best_step() if config.best_metric else None
+        if best is None:
+            raise WorkdirError(
+                f"--step=best: the run in {checkpoints.workdir} kept no best checkpoint"
+                f"{'' if config.best_metric else ' (its config has no best_metric)'}. Give a step "
+                f"(there are {sorted(steps)}), or train with --config.best_metric=eval/accuracy.")
+        return best
+    if step is not None and not str(step).isdigit():
+        raise ConfigError(f"--step={step}: give a step number (there are {sorted(steps)}) or "
+                          f"'best'.")
+    step = max(steps) if step is None else int(step)
     if step not in steps:
         raise WorkdirError(f"no checkpoint at step {step} in {checkpoints.directory}; "
                            f"there are steps {sorted(steps)}.")
+    return step
+
+
+def restore(config, workdir, step=None, ema=False):
+    """Returns (setup, state, step) for the checkpoint at `step` (None: the latest; "best": the
+    best by config.best_metric; or a number). `ema`: its moving average as the parameters."""
+    setup = build(config, training=False)
+    checkpoints = Checkpoints(workdir, read_only=True, best_metric=config.best_metric,
+                              best_mode=config.best_mode)
+    step = checkpoint_step(checkpoints, config, step)
     checkpoints.check_fits(step, setup.state)
-    state = checkpoints.restore(setup.state, step)
-    checkpoints.close()
+    try:
+        state, _ = checkpoints.restore(setup.state, step)
+    except ChecksumError as e:
+        raise WorkdirError(f"the checkpoint at step {step} in {checkpoints.directory} is "
+                           f"damaged: {e}. Give another --step.") from e
+    finally:
+        checkpoints.close()
+    if ema:
+        if state.ema_params is None:
+            raise WorkdirError(f"--ema: the run in {workdir} kept no moving average of its "
+                               f"parameters (train with --config.ema_decay=0.999).")
+        state = state.replace(params=state.ema_params)
     return setup, state, step
 
 
@@ -36,17 +66,25 @@ def compile_eval(setup):
                                   prepare_inputs=setup.dataset.prepare_inputs)
 
 
+def evaluate_scalars(eval_fn, setup, state):
+    """{"eval/loss": ..., ...} of a state in device form on the test split, and "eval_ema/..."
+    of its moving average where it keeps one."""
+    scalars = prefixed("eval", evaluate(eval_fn, state, setup.eval_batches(), setup.parallel))
+    if state.ema_params is not None:
+        scalars.update(prefixed("eval_ema", evaluate(eval_fn, state.replace(
+            params=state.ema_params), setup.eval_batches(), setup.parallel)))
+    return scalars
+
+
 def evaluate_state(setup, state):
-    """Test metrics of a state in checkpoint form, on all devices JAX sees."""
-    parallel = setup.parallel
-    return evaluate(compile_eval(setup), parallel.to_device_form(state), setup.eval_batches(),
-                    parallel)
+    """evaluate_scalars of a state in checkpoint form, on all devices JAX sees."""
+    return evaluate_scalars(compile_eval(setup), setup, setup.parallel.to_device_form(state))
 
 
 def evaluate_checkpoint(config, workdir, step=None):
-    """{"step": ..., "eval/loss": ..., ...} on the test split."""
+    """{"step": ..., "eval/loss": ..., ...} on the test split ("eval_ema/..." too, where kept)."""
     setup, state, step = restore(config, workdir, step)
-    return {"step": step, **prefixed("eval", evaluate_state(setup, state))}
+    return {"step": step, **evaluate_state(setup, state)}
 
 
 def predict(setup, state, inputs, chunk=1000):

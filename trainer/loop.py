@@ -16,14 +16,14 @@ import jax
 from absl import logging
 from clu import parameter_overview
 
-from trainer import inference
+from trainer import finetune, inference
 from trainer.checkpoint import Checkpoints
+from trainer.early_stopping import EarlyStopping
 from trainer.errors import NonFiniteError, Stopped, WorkdirError
 from trainer.parallel import local_copy
 from trainer.progress import Progress
 from trainer.runners import make_runner
 from trainer.setup import build
-from trainer.steps import evaluate
 from trainer.timetable import Timetable
 from trainer.writers import MetricWriter, json_safe, prefixed
 
@@ -106,6 +106,33 @@ class StopSignals:
         self.previous = {}
 
 
+class Profile:
+    """config.profile_steps=(start, end): a JAX profiler trace of steps start+1 to end in
+    workdir/profile, for TensorBoard's profile plugin or Perfetto. A run resumed past `start`
+    traces nothing."""
+
+    def __init__(self, config, workdir):
+        self.start, self.end = tuple(config.profile_steps) or (None, None)
+        self.folder = os.path.join(workdir, "profile")
+        self.tracing = False
+
+    def at(self, step, pending):
+        """Starts or ends the trace at `step`; `pending`: arrays the traced steps compute."""
+        if step == self.start:
+            jax.profiler.start_trace(self.folder)
+            self.tracing = True
+        elif step == self.end:
+            self.stop(pending)
+
+    def stop(self, pending):
+        if self.tracing:
+            jax.block_until_ready(pending)  # the traced steps' device work, in the trace
+            jax.profiler.stop_trace()
+            self.tracing = False
+            logging.info("Profile of steps %d to %d written to %s.", self.start + 1, self.end,
+                         self.folder)
+
+
 def check_finite(config, state, parallel, checkpoints):
     """Stops the run (config.nonfinite="stop") once a step met a NaN or an Inf; from that step on
     no update was applied. Returns how many updates were skipped."""
@@ -134,8 +161,7 @@ def results_written(workdir, step):
             return False
 
 
-def write_results(workdir, step, eval_metrics):
-    scalars = prefixed("eval", eval_metrics)
+def write_results(workdir, step, scalars):
     for name in sorted(n for n, v in scalars.items() if not math.isfinite(v)):
         logging.warning("%s is %s at the end; results.json holds null for it.", name, scalars[name])
     write_file(workdir, "results.json", json.dumps({"step": step, **json_safe(scalars)}))
@@ -144,7 +170,8 @@ def write_results(workdir, step, eval_metrics):
 def train_and_evaluate(config, workdir):
     """Trains to the end given by the config, resuming from the latest good checkpoint in `workdir`.
 
-    Returns (final state, metrics of the final evaluation; empty if the run was already complete).
+    Returns (final state, scalars of the final evaluation: {"eval/loss": ..., ...}, and
+    "eval_ema/..." with config.ema_decay; empty if the run was already complete).
     SIGTERM or SIGINT at any time saves a checkpoint after the current step and raises Stopped.
     """
     setup = build(config)
@@ -159,35 +186,43 @@ def train_and_evaluate(config, workdir):
 def train_and_evaluate_in(config, setup, workdir):
     """train_and_evaluate, in a workdir this process holds."""
     with StopSignals() as stop:
-        checkpoints = Checkpoints(workdir, config.keep_checkpoints)
+        checkpoints = Checkpoints(workdir, config.keep_checkpoints, best_metric=config.best_metric,
+                                  best_mode=config.best_mode)
         try:
-            state = setup.state
+            state, loop_values = setup.state, {}
             restored = checkpoints.restore_latest_good(state)
             if restored is not None:
-                state = restored
+                state, loop_values = restored
                 logging.info("Resuming from the checkpoint at step %d.", state.step)
+            elif setup.init_from is not None:  # a fresh run, fine-tuned from another's arrays
+                state = finetune.load(setup.init_from, state)
+            early_stopping = EarlyStopping(config.early_stopping, loop_values.get("early_stopping"))
             step = int(local_copy(state.step))
-            if step < setup.total_steps:
-                state, eval_metrics = train(config, setup, workdir, checkpoints, state, step, stop)
+            end = setup.total_steps if early_stopping.stopped_at is None else early_stopping.stopped_at
+            if step < end:
+                state, step, eval_scalars = train(config, setup, workdir, checkpoints, state, step,
+                                                  stop, early_stopping)
             elif results_written(workdir, step):
-                logging.info("The run in %s is already complete: step %d of %d.", workdir, step,
-                             setup.total_steps)
+                logging.info("The run in %s is already complete: step %d of %d%s.", workdir, step,
+                             setup.total_steps, "" if step == setup.total_steps else
+                             ", stopped early")
                 return state, {}
             else:
                 logging.info("The run in %s is complete (step %d), but it was stopped before its "
                              "results were written; writing them now.", workdir, step)
-                eval_metrics = inference.evaluate_state(setup, state)
+                eval_scalars = inference.evaluate_state(setup, state)
         finally:
             checkpoints.wait()
             checkpoints.close()
-    write_results(workdir, setup.total_steps, eval_metrics)
+    write_results(workdir, step, eval_scalars)
     if config.plots and jax.process_index() == 0:
         logging.info("Figures: %s", ", ".join(inference.write_figures(setup, state, workdir)))
-    return state, eval_metrics
+    return state, eval_scalars
 
 
-def train(config, setup, workdir, checkpoints, state, step, stop):
-    """Steps from `step` to the end; returns (state in checkpoint form, final eval metrics)."""
+def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping):
+    """Steps from `step` to the end, or to an early stop; returns (state in checkpoint form, the
+    step reached, the final evaluation's scalars)."""
     parallel, task, total_steps = setup.parallel, setup.task, setup.total_steps
     writer = MetricWriter(config, workdir, step)
     if step == 0:
@@ -204,15 +239,18 @@ def train(config, setup, workdir, checkpoints, state, step, stop):
     timetable = Timetable.from_config(config, setup.steps_per_epoch, total_steps)
     logging.info("Steps run %s.", runner.description)
     state = parallel.to_device_form(state)
-    train_metrics, eval_metrics = parallel.empty_metrics(task.collection), {}
+    train_metrics, eval_scalars = parallel.empty_metrics(task.collection), {}
     last_log_time, last_log_step = time.perf_counter(), step
+    profile = Profile(config, workdir)
     try:
         with Progress(setup.steps_per_epoch, total_steps, jax.process_index() == 0) as progress:
+            profile.at(step, train_metrics)
             while step < total_steps:
                 done_before = step
                 state, train_metrics, step = runner.run(state, train_metrics, step,
                                                         timetable.next_boundary(step))
                 progress.advance(step, step - done_before)
+                profile.at(step, train_metrics)
                 events = timetable.events_at(step)
 
                 if "log" in events:
@@ -231,16 +269,25 @@ def train(config, setup, workdir, checkpoints, state, step, stop):
                     train_metrics = parallel.empty_metrics(task.collection)
                     last_log_time, last_log_step = now, step
 
+                stopped_early = None
                 if "eval" in events:
                     eval_start = time.perf_counter()
-                    eval_metrics = evaluate(eval_fn, state, setup.eval_batches(), parallel)
-                    writer.write_scalars(step, prefixed("eval", eval_metrics))
+                    eval_scalars = inference.evaluate_scalars(eval_fn, setup, state)
+                    writer.write_scalars(step, eval_scalars)
+                    stopped_early = early_stopping.update(step, eval_scalars)
                     last_log_time += time.perf_counter() - eval_start  # not training speed
 
                 stopping = stop.received or checkpoints.reached_preemption(step)
-                if "checkpoint" in events or stopping:
+                # With best_metric, every evaluation is saved, so that the best can be kept.
+                evaluated_for_best = "eval" in events and config.best_metric
+                if "checkpoint" in events or stopping or stopped_early or evaluated_for_best:
                     check_finite(config, state, parallel, checkpoints)
-                    checkpoints.save(parallel.to_checkpoint_form(state))
+                    checkpoints.save(parallel.to_checkpoint_form(state),
+                                     loop={"early_stopping": early_stopping.values()},
+                                     metrics=eval_scalars if "eval" in events else None)
+                if stopped_early:
+                    logging.info("%s", stopped_early)
+                    break
                 if stopping:
                     checkpoints.wait()
                     name = signal.Signals(stop.received).name if stop.received else "preemption"
@@ -248,6 +295,7 @@ def train(config, setup, workdir, checkpoints, state, step, stop):
                                   f"{checkpoints.directory}. Run the same command to resume.",
                                   stop.received or signal.SIGTERM)
     finally:
+        profile.stop(train_metrics)
         runner.close()
         writer.close()
-    return parallel.to_checkpoint_form(state), eval_metrics
+    return parallel.to_checkpoint_form(state), step, eval_scalars

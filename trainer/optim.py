@@ -3,16 +3,24 @@
 `name` is any Optax optimizer (`sgd`, `adam`, `adamw`, `lamb`, `lion`, ...) or 'module:function' of
 your own; the fields below are the trainer's, and every other field that is not None is a keyword
 argument of the optimizer (`momentum` for sgd, `b1` for adam, ...), checked against its signature.
+
+`frozen`: a regex; the parameters whose path, "params/Conv_0/kernel", it matches whole
+(`re.fullmatch`) get zero updates: clipping, weight decay and the optimizer see only the others.
 """
+import functools
+import re
+
+import jax
 import optax
 
 from trainer import parts
+from trainer.checkpoint import path_name
 from trainer.errors import ConfigError
 
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "step")
 # The trainer's own fields of config.optimizer; the rest go to the optimizer.
 TRAINER_FIELDS = ("name", "learning_rate", "schedule", "warmup_steps", "decay_every_epochs",
-                  "decay_rate", "grad_clip_norm", "weight_decay")
+                  "decay_rate", "grad_clip_norm", "weight_decay", "frozen")
 
 
 def create_schedule(config, steps_per_epoch, total_steps):
@@ -51,4 +59,31 @@ def create_optimizer(config, steps_per_epoch, total_steps):
         chain.append(optax.clip_by_global_norm(config.grad_clip_norm))
     if config.weight_decay and not decays_itself:
         chain.append(optax.add_decayed_weights(config.weight_decay))
-    return optax.chain(*chain, optimizer), schedule
+    tx = optax.chain(*chain, optimizer)
+    if config.frozen:
+        tx = optax.partition({"train": tx, "frozen": optax.set_to_zero()},
+                             functools.partial(frozen_labels, config.frozen))
+    return tx, schedule
+
+
+def parameter_names(params):
+    """The paths `frozen` is matched against, "params/Conv_0/kernel", of a tree of parameters."""
+    return ["params/" + path_name(path)
+            for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+
+
+def frozen_labels(frozen, params):
+    """The label of each parameter for optax.partition: "frozen" or "train"."""
+    regex = re.compile(frozen)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: "frozen" if regex.fullmatch("params/" + path_name(path)) else "train",
+        params)
+
+
+def check_frozen(config, params):
+    """A `frozen` regex that matches no parameter is a mistake: raises ConfigError naming them."""
+    names = parameter_names(params)
+    if config.frozen and not any(re.fullmatch(config.frozen, name) for name in names):
+        shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+        raise ConfigError(f"config.optimizer.frozen={config.frozen!r} matches no parameter (the "
+                          f"whole path must match); the parameters are {shown}.")

@@ -43,7 +43,7 @@ OPTIMIZER = Kind("an optimizer", "config.optimizer.name", "optax", None,
 TRANSFORM = Kind("an augmentation", "config.augment.transform", "datasets.augment", None,
                  "'module:function' of your own, (example, rng) -> example")
 WRITER = Kind("a metric writer", "config.writers", "trainer.writers", "Writer",
-              "'tensorboard', 'jsonl'")
+              "'tensorboard', 'jsonl', 'wandb'")
 
 
 def import_if_exists(module_name, kind, name):

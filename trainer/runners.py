@@ -20,6 +20,13 @@ CHUNK_SECONDS = 0.5
 CHUNK_GROWTH = 10  # a chunk is at most this many times the last, so one fast sample cannot overshoot
 
 
+def step_args(config, setup):
+    """The train step's settings (steps.train_step): the same on both paths."""
+    return dict(task=setup.task, prepare_inputs=setup.dataset.prepare_inputs,
+                nonfinite=config.nonfinite, grad_accum_steps=config.grad_accum_steps,
+                ema_decay=config.ema_decay)
+
+
 def fits_on_device(split):
     """Whether a training split takes under a quarter of a device's memory (unknown: assume so)."""
     limit = (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")
@@ -63,9 +70,8 @@ class FusedSteps:
         self.steps_per_epoch = setup.steps_per_epoch
         self.num_examples = datasets.num_examples(dataset.train)  # the host's: pmap adds an axis
         self.data = parallel.put_replicated(dataset.train)
-        self.steps = parallel.compile_fused(
-            steps_per_epoch=setup.steps_per_epoch, batch_size=config.batch_size, task=setup.task,
-            prepare_inputs=dataset.prepare_inputs, nonfinite=config.nonfinite)
+        self.steps = parallel.compile_fused(steps_per_epoch=setup.steps_per_epoch,
+                                            batch_size=config.batch_size, **step_args(config, setup))
         self.chunk = 1  # the first call compiles; later ones are sized by the time measured
         self.epoch, self.order = None, None
 
@@ -93,11 +99,10 @@ class PerStep:
     description = "a call per step, batches from the host (2 prefetched to the device)"
 
     def __init__(self, config, setup, start_step):
-        parallel, dataset = setup.parallel, setup.dataset
+        parallel = setup.parallel
         self.batches = batching.prefetch(setup.train_batches(start_step), parallel.put_batch)
-        self.one_step = parallel.compile(train_step_into, donate_state=True, task=setup.task,
-                                         prepare_inputs=dataset.prepare_inputs,
-                                         nonfinite=config.nonfinite)
+        self.one_step = parallel.compile(train_step_into, donate_state=True,
+                                         **step_args(config, setup))
         # Steps queued on the device at most: dispatch runs ahead of the device, and a stop must
         # not wait for a long queue. On the CPU with several devices, more than one deadlocks.
         self.depth = 1 if parallel.one_step_in_flight else 2

@@ -8,10 +8,10 @@ import jax
 
 import datasets
 from datasets.augment import Augment, normalized
-from trainer import batching, input_pipeline, parts
+from trainer import batching, finetune, input_pipeline, parts
 from trainer.config_check import validate_config
 from trainer.errors import ConfigError
-from trainer.optim import create_optimizer
+from trainer.optim import check_frozen, create_optimizer
 from trainer.parallel import DataParallel
 from trainer.state import TrainState, create_train_state
 from trainer.tasks import Task
@@ -29,6 +29,7 @@ class Setup:
     total_steps: int
     augment: Augment | None  # on the host, for training batches
     config: object  # what the batches below are cut by
+    init_from: finetune.Plan | None = None  # what a fresh run loads of config.init_from
 
     @property
     def streams(self):
@@ -134,15 +135,44 @@ def with_dtype(model, dtype):
     return model
 
 
-def build(config) -> Setup:
+def check_grad_accum(config):
+    k, devices = config.grad_accum_steps, jax.device_count()
+    if config.batch_size % (k * devices):
+        raise ConfigError(
+            f"config.grad_accum_steps={k} does not divide the batch: config.batch_size="
+            f"{config.batch_size} must split into {k} microbatches, each over {devices} "
+            f"device(s). Use a batch size that is a multiple of {k * devices}.")
+
+
+def logged_eval_metrics(config, task):
+    """The names evaluation logs: eval/<metric>, and eval_ema/<metric> with config.ema_decay."""
+    prefixes = ("eval", "eval_ema") if config.ema_decay else ("eval",)
+    return [f"{prefix}/{name}" for prefix in prefixes for name in task.collection.__annotations__]
+
+
+def check_metric_names(config, task):
+    """config.best_metric and config.early_stopping.metric must be metrics evaluation logs."""
+    logged = logged_eval_metrics(config, task)
+    for field, name in (("best_metric", config.best_metric),
+                        ("early_stopping.metric", config.early_stopping.metric)):
+        if name and name not in logged:
+            raise ConfigError(f"config.{field}={name!r} is never logged: evaluation logs "
+                              f"{', '.join(logged)}.")
+
+
+def build(config, training=True) -> Setup:
     """Checks the config and builds everything from it; raises a user error if anything cannot be
-    built."""
+    built. `training`: also check the metric writers and plan config.init_from (using a trained
+    run needs neither)."""
     validate_config(config)
     parallel = DataParallel(config.parallelism)
     parallel.check_batch_size("batch_size", config.batch_size)
     parallel.check_batch_size("eval_batch_size", config.eval_batch_size)
+    check_grad_accum(config)
     task = build_task(config.task)
-    find_writers(config.writers)
+    check_metric_names(config, task)
+    if training:
+        find_writers(config.writers)
     dataset = with_normalization(build_dataset(config.dataset), config.augment)
     model = parallel.with_axis_name(with_dtype(build_model(config.model), config.dtype))
     steps_per_epoch = dataset.num_train // config.batch_size
@@ -153,14 +183,17 @@ def build(config) -> Setup:
     tx, learning_rate = create_optimizer(config.optimizer, steps_per_epoch, total_steps)
     example_inputs = dataset.prepare_inputs(datasets.examples(dataset.train, [0])["inputs"])
     try:
-        state = create_train_state(model, tx, example_inputs, config.seed, parallel.replicated)
+        state = create_train_state(model, tx, example_inputs, config.seed, parallel.replicated,
+                                   ema=config.ema_decay > 0)
     except Exception as e:  # pylint: disable=broad-except
         raise ConfigError(
             f"config.model ({config.model.name!r}) cannot take the inputs of data set "
             f"{config.dataset.name!r}, of shape {tuple(example_inputs.shape[1:])}: "
             f"{type(e).__name__}: {str(e).splitlines()[0]}") from e
+    check_frozen(config.optimizer, state.params)
     setup = Setup(parallel, dataset, task, state, learning_rate, steps_per_epoch, total_steps,
-                  build_augment(config.augment), config)
+                  build_augment(config.augment), config,
+                  finetune.plan(config, state) if training else None)
     if config.steps == "fused" and setup.streams:
         raise ConfigError("config.steps='fused' needs the training split in memory and no host "
                           "augmentation; this data set streams or is augmented. Use per_step or "

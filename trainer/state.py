@@ -1,7 +1,8 @@
 """The training state, and how the trainer calls a model.
 
 TrainState: params, optimizer state, the model's other variables (BatchNorm statistics, or any
-mutable collection it keeps), step, RNG key and the non-finite counters.
+mutable collection it keeps), step, RNG key, the non-finite counters and, where asked for, the
+moving average of the parameters.
 """
 import dataclasses
 import functools
@@ -23,6 +24,7 @@ class TrainState(train_state.TrainState):
     rng: jax.Array = None  # dropout keys are folded from it and the step: reproducible on resume
     nonfinite_updates: jax.Array = None  # updates skipped for a non-finite loss or gradient
     first_nonfinite_step: jax.Array = None  # the step of the first one, -1 if none
+    ema_params: Any = None  # config.ema_decay: the moving average of params (None: not kept)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # compared by identity: a model may hold lists
@@ -49,8 +51,9 @@ class ModelApply:
         return self.model.init(rngs, inputs, **self.mode(False))
 
 
-def create_train_state(model, tx, example_inputs, seed, sharding=None) -> TrainState:
-    """Initialises the model, its arrays placed by `sharding` (default: JAX's default device).
+def create_train_state(model, tx, example_inputs, seed, sharding=None, ema=False) -> TrainState:
+    """Initialises the model, its arrays placed by `sharding` (default: JAX's default device);
+    `ema`: with a moving average of the parameters, starting at them.
 
     Jitted, since Flax's eager init compiles dozens of small programs.
     """
@@ -63,6 +66,7 @@ def create_train_state(model, tx, example_inputs, seed, sharding=None) -> TrainS
         params = variables.pop("params", {})
         return TrainState.create(apply_fn=apply, params=params, tx=tx, model_state=variables,
                                  rng=state_key, nonfinite_updates=jnp.zeros((), jnp.int32),
-                                 first_nonfinite_step=jnp.full((), -1, jnp.int32))
+                                 first_nonfinite_step=jnp.full((), -1, jnp.int32),
+                                 ema_params=jax.tree.map(jnp.copy, params) if ema else None)
 
     return init(jax.random.PRNGKey(seed))

@@ -20,22 +20,53 @@ def apply_model(state: TrainState, params, inputs, train: bool, dropout_key=None
     return outputs, {**state.model_state, **updates}
 
 
-def train_step(state: TrainState, batch, *, task, prepare_inputs, nonfinite="stop", axis_name=None):
+def microbatches(tree, k):
+    """(batch, ...) arrays as (k, batch // k, ...): microbatch j holds rows j, j + k, j + 2k, ...,
+    so that each is split over the devices like the whole batch."""
+    return jax.tree.map(lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1), tree)
+
+
+def whole_batch(tree):
+    """microbatches, undone: (k, batch // k, ...) arrays back as (batch, ...) in the batch's order."""
+    return jax.tree.map(lambda x: x.swapaxes(0, 1).reshape(-1, *x.shape[2:]), tree)
+
+
+def train_step(state: TrainState, batch, *, task, prepare_inputs, nonfinite="stop",
+               grad_accum_steps=1, ema_decay=0.0, axis_name=None):
     """One gradient update on `batch` ({"inputs", "targets"}); returns (new state, metrics).
 
+    `grad_accum_steps` = k > 1: the batch is split into k microbatches, run one after another in a
+    scan (activations of one at a time), their mean gradients averaged into one update; the
+    model's state (BatchNorm statistics) is carried from each microbatch to the next.
     `nonfinite` (config.nonfinite): an update with a NaN or an Inf is never applied; with "stop"
-    no later one is applied either, since the run stops at the first."""
-    inputs = prepare_inputs(batch["inputs"])
+    no later one is applied either, since the run stops at the first.
+    `ema_decay` > 0: state.ema_params follows the parameters as their moving average."""
     dropout_key = jax.random.fold_in(state.rng, state.step)
     if axis_name:  # each device drops out its own share of the batch
         dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
 
-    def loss_fn(params):
-        outputs, model_state = apply_model(state, params, inputs, True, dropout_key)
+    def loss_fn(params, model_state, batch, key):
+        outputs, model_state = apply_model(state.replace(model_state=model_state), params,
+                                           prepare_inputs(batch["inputs"]), True, key)
         per_example_loss = task.loss(outputs, batch["targets"])
         return per_example_loss.mean(), (outputs, per_example_loss, model_state)
 
-    grads, (outputs, per_example_loss, model_state) = jax.grad(loss_fn, has_aux=True)(state.params)
+    gradients = jax.grad(loss_fn, has_aux=True)
+    if grad_accum_steps == 1:
+        grads, (outputs, per_example_loss, model_state) = gradients(
+            state.params, state.model_state, batch, dropout_key)
+    else:
+        def accumulate(carry, microbatch):
+            grads_sum, model_state, i = carry
+            grads, (outputs, loss, model_state) = gradients(
+                state.params, model_state, microbatch, jax.random.fold_in(dropout_key, i))
+            return (jax.tree.map(jnp.add, grads_sum, grads), model_state, i + 1), (outputs, loss)
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        (grads_sum, model_state, _), (outputs, per_example_loss) = jax.lax.scan(
+            accumulate, (zeros, state.model_state, 0), microbatches(batch, grad_accum_steps))
+        grads = jax.tree.map(lambda g: g / grad_accum_steps, grads_sum)
+        outputs, per_example_loss = whole_batch((outputs, per_example_loss))
     if axis_name:
         grads = jax.lax.pmean(grads, axis_name)
         # Each device updated its statistics from its own share of the batch (unless the model
@@ -44,6 +75,10 @@ def train_step(state: TrainState, batch, *, task, prepare_inputs, nonfinite="sto
             lambda x: jax.lax.pmean(x, axis_name) if jnp.issubdtype(x.dtype, jnp.inexact) else x,
             model_state)
     new_state = state.apply_gradients(grads=grads, model_state=model_state)
+    if ema_decay:
+        new_state = new_state.replace(ema_params=jax.tree.map(
+            lambda average, p: ema_decay * average + (1 - ema_decay) * p,
+            state.ema_params, new_state.params))
     new_state = skip_if_nonfinite(state, new_state, [per_example_loss, grads], nonfinite)
     return new_state, task.compute_metrics(outputs, batch["targets"], per_example_loss,
                                            axis_name=axis_name)
@@ -57,7 +92,7 @@ def train_step_into(state: TrainState, metrics, batch, **step_args):
 
 
 def skip_if_nonfinite(state, new_state, values, nonfinite):
-    """Keeps the old params, optimizer state and model state where `values` hold a NaN or
+    """Keeps the old params, optimizer state, model state and moving average where `values` hold a NaN or
     an Inf, and counts it; the step still advances, since the batch was consumed. The loop stops
     the run or goes on, as `nonfinite` says; either way no non-finite state is ever saved."""
     finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(values)]))
@@ -70,6 +105,7 @@ def skip_if_nonfinite(state, new_state, values, nonfinite):
         params=keep(new_state.params, state.params),
         opt_state=keep(new_state.opt_state, state.opt_state),
         model_state=keep(new_state.model_state, state.model_state),
+        ema_params=keep(new_state.ema_params, state.ema_params),
         nonfinite_updates=state.nonfinite_updates + jnp.where(finite, 0, 1),
         first_nonfinite_step=jnp.where(finite | (state.first_nonfinite_step >= 0),
                                        state.first_nonfinite_step, state.step))

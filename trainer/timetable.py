@@ -7,6 +7,7 @@ import dataclasses
 class Timetable:
     periods: dict  # event -> the step periods at whose multiples it happens (0: never)
     total_steps: int
+    stops: tuple = ()  # more steps the steps must stop at, where nothing periodic is due
 
     @classmethod
     def from_config(cls, config, steps_per_epoch, total_steps):
@@ -15,7 +16,7 @@ class Timetable:
             "eval": (config.eval_every_steps, config.eval_every_epochs * steps_per_epoch),
             "checkpoint": (config.checkpoint_every_steps,),
             "epoch_end": (steps_per_epoch,),  # the data order changes there
-        }, total_steps)
+        }, total_steps, tuple(config.profile_steps))
 
     def events_at(self, step):
         """The events due at `step`; at the last step, all of them."""
@@ -27,4 +28,5 @@ class Timetable:
     def next_boundary(self, step):
         """The first step after `step` at which some event is due."""
         return min([self.total_steps] + [(step // k + 1) * k for periods in self.periods.values()
-                                         for k in periods if k])
+                                         for k in periods if k]
+                   + [s for s in self.stops if s > step])

@@ -5,14 +5,20 @@ A writer is a class with `write_scalars(step, scalars)`, `write_text(step, tag, 
 `close()`, made with those of `workdir`, `start_step` and `config` its constructor names; a
 writer of your own is named 'module:Class' (trainer/parts.py). `start_step` is the step training
 starts from: on a resumed run whatever a writer holds past it came from steps that are being done
-again, and the two here drop it, so the history reads as one uninterrupted run's. Both flush every
-write, so a SIGKILL loses nothing logged. TensorBoard files come from tensorboardX: no TensorFlow
-(clu.metric_writers imports it).
+again, and TensorBoard and `metrics.jsonl` drop it, so the history reads as one uninterrupted run's
+(W&B keeps a run's history as it is: see WandB). Those two flush every write, so a SIGKILL loses
+nothing logged. TensorBoard files come from tensorboardX: no TensorFlow (clu.metric_writers
+imports it).
+
+A writer class may also have a static `check()`, called when the config is checked, before anything
+is written: the W&B writer's says whether the optional `wandb` package is installed.
 """
 import json
 import logging as std_logging
 import math
 import os
+import secrets
+import sys
 import time
 
 import jax
@@ -95,13 +101,88 @@ def keep_lines_up_to(path, step):
                     kept.append(line)
             except (ValueError, KeyError):
                 continue
+    replace_file(path, "".join(kept))
+
+
+def replace_file(path, text):
+    """Writes `text` to `path` atomically: a kill leaves the old file or the new one."""
     with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.writelines(kept)
+        f.write(text)
     os.replace(path + ".tmp", path)
 
 
+class WandB:
+    """A Weights & Biases run (the optional extra: pip install -e ".[wandb]"), its files in
+    WORKDIR/wandb, the config as its config. W&B's own WANDB_MODE says where it goes: online (the
+    default), offline (files to upload later with `wandb sync`) or disabled. The run's id is kept in
+    WORKDIR/wandb_run_id, so a resumed run continues the same W&B run (resume="allow").
+
+    Redone steps: W&B ignores a step below the last one a run holds, so online the steps a killed
+    run logged past `start_step` keep their first values and are not sent again (with the same
+    config a resume is bitwise: the same values but for timings). Only W&B's server can rewind a
+    run (`resume_from`); offline, each start writes a folder of its own, and the steps a killed run
+    logged past its last checkpoint are in two of them (docs/using_a_run.md#weights--biases)."""
+
+    ID_FILE = "wandb_run_id"
+    # W&B writes its run file every 15 s, and a SIGKILL loses what it had not written: every 1 s
+    # here, unless W&B's own variable says otherwise.
+    FLUSH_VARIABLE, FLUSH_SECONDS = "WANDB_X_TRANSACTION_LOG_FLUSH_INTERVAL", 1.0
+
+    @staticmethod
+    def check():
+        wandb_package()
+
+    def __init__(self, workdir, config):
+        sdk = wandb_package()
+        run_id = read_or_write(os.path.join(workdir, self.ID_FILE), secrets.token_hex(6))
+        fields = config.wandb
+        settings = ({} if self.FLUSH_VARIABLE in os.environ else
+                    {"x_transaction_log_flush_interval": self.FLUSH_SECONDS})
+        try:
+            self.run = sdk.init(project=fields.project, entity=fields.entity, name=fields.name,
+                                dir=workdir, id=run_id, resume="allow", config=config.to_dict(),
+                                settings=settings)
+        except sdk.errors.Error as e:
+            raise ConfigError(f"config.writers: W&B could not start run {run_id}: {first_line(e)} "
+                              f"Or keep it here, to upload later: WANDB_MODE=offline.") from e
+
+    def write_scalars(self, step, scalars):
+        if step >= self.run.starting_step:  # online, a resumed run's: where its history ends
+            self.run.log(scalars, step=step)
+
+    def write_text(self, step, tag, text):
+        del step, tag, text  # the only text is the config, which is the W&B run's config
+
+    def close(self):
+        # Called as the loop unwinds: a run ended by an error or a signal is marked failed.
+        self.run.finish(exit_code=0 if sys.exc_info()[0] is None else 1)
+
+
+def wandb_package():
+    """The optional `wandb` package, imported only where config.writers names it."""
+    try:
+        import wandb as sdk  # pylint: disable=import-outside-toplevel
+    except ImportError as e:
+        raise ConfigError(f"config.writers names 'wandb', but the wandb package cannot be imported "
+                          f"({first_line(e)}). Install it: pip install -e \".[wandb]\"") from e
+    return sdk
+
+
+def first_line(error):
+    return (str(error).splitlines() or [type(error).__name__])[0]
+
+
+def read_or_write(path, new_text):
+    """The text of the file at `path`; where there is none, `new_text`, written there first."""
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    replace_file(path, new_text + "\n")
+    return new_text
+
+
 # The names config.writers uses for the writers that ship.
-tensorboard, jsonl = TensorBoard, Jsonl
+tensorboard, jsonl, wandb = TensorBoard, Jsonl, WandB  # pylint: disable=invalid-name
 WRITER_METHODS = ("write_scalars", "write_text", "close")
 
 
@@ -119,6 +200,8 @@ def find_writers(names):
     for name, writer_class in found.items():
         if isinstance(writer_class, type):
             check_writer(name, writer_class)
+            if callable(getattr(writer_class, "check", None)):
+                writer_class.check()
     return found
 
 

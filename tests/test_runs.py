@@ -1,0 +1,112 @@
+"""What a run needs past the first one: gradient accumulation, the moving average of the
+parameters, the best checkpoint, early stopping; each on real runs of scripts/train.py."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+
+from conftest import REPO, run_train
+from test_reliability import finished_steps, saved_state
+
+XOR = ["--config=configs/xor_mlp.py", "--config.plots=False"]
+
+
+def logged(workdir):
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_ema_and_grad_accumulation_resume_bitwise_after_sigkill(tmp_path):
+    """The moving average lives in the checkpoint: a run killed after its first checkpoint and
+    started again ends with the parameters and the average of a run never stopped."""
+    args = [*XOR, "--config.steps=per_step", "--config.num_steps=1500",
+            "--config.checkpoint_every_steps=300", "--config.ema_decay=0.99",
+            "--config.grad_accum_steps=2"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert run_train(*args, f"--workdir={whole}").returncode == 0
+    command = [sys.executable, str(REPO / "scripts" / "train.py"), *args, f"--workdir={killed}"]
+    run = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while run.poll() is None and not finished_steps(killed) and time.time() < deadline:
+        time.sleep(0.001)
+    run.send_signal(signal.SIGKILL)
+    assert run.wait() == -signal.SIGKILL and finished_steps(killed)[-1] < 1500
+    resumed = run_train(*args, f"--workdir={killed}")
+    assert resumed.returncode == 0 and "Resuming from the checkpoint" in resumed.stderr
+    expected, actual = saved_state(whole, 1500), saved_state(killed, 1500)
+    for part in ("params", "ema_params", "opt_state", "rng"):
+        assert jax.tree.all(jax.tree.map(np.array_equal, expected[part], actual[part])), part
+    assert not jax.tree.all(jax.tree.map(np.array_equal, actual["params"], actual["ema_params"]))
+    final = logged(killed)[-1]
+    assert {"eval/loss", "eval/accuracy", "eval_ema/loss", "eval_ema/accuracy"} <= set(final)
+    assert final == logged(whole)[-1] | {"step": 1500}
+
+
+def test_the_best_checkpoint_is_kept_while_newer_ones_rotate(tmp_path):
+    # best_mode=max on the loss keeps the worst evaluation: an early one, so the rotation of the
+    # newest two past it shows.
+    args = [*XOR, "--config.num_steps=300", "--config.eval_every_steps=50",
+            "--config.checkpoint_every_steps=50", "--config.keep_checkpoints=2",
+            "--config.best_metric=eval/loss", "--config.best_mode=max", f"--workdir={tmp_path}"]
+    result = run_train(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    evals = {e["step"]: e["eval/loss"] for e in logged(tmp_path) if "eval/loss" in e}
+    best = max(evals, key=evals.get)
+    assert best < 250
+    assert finished_steps(tmp_path) == sorted({best, 250, 300})
+
+    evaluated = subprocess.run([sys.executable, str(REPO / "scripts" / "evaluate.py"),
+                                f"--workdir={tmp_path}", "--step=best"],
+                               capture_output=True, text=True, cwd=REPO)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    report = json.loads(evaluated.stdout.splitlines()[-1])
+    assert report["step"] == best and report["eval/loss"] == evals[best]
+    predicted = subprocess.run([sys.executable, str(REPO / "scripts" / "predict.py"),
+                                f"--workdir={tmp_path}", "--step=best"],
+                               capture_output=True, text=True, cwd=REPO)
+    assert predicted.returncode == 0 and f"at step {best}," in predicted.stdout
+
+
+def test_step_best_and_ema_of_a_run_that_kept_neither_are_one_line(tmp_path):
+    assert run_train(*XOR, "--config.num_steps=50", f"--workdir={tmp_path}").returncode == 0
+    for flag, message in (("--step=best", "kept no best checkpoint (its config has no "
+                                          "best_metric)"),
+                          ("--ema", "kept no moving average of its parameters"),
+                          ("--step=last", "--step=last: give a step number")):
+        result = subprocess.run([sys.executable, str(REPO / "scripts" / "predict.py"),
+                                 f"--workdir={tmp_path}", flag],
+                                capture_output=True, text=True, cwd=REPO)
+        assert result.returncode == 2 and result.stderr.startswith("error: "), result.stderr
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+EARLY = [*XOR, "--config.eval_every_steps=50", "--config.checkpoint_every_steps=1000",
+         # max on a falling loss: no evaluation after the first improves on it
+         "--config.early_stopping.metric=eval/loss", "--config.early_stopping.mode=max",
+         "--config.early_stopping.patience=3"]
+
+
+def test_early_stopping_says_why_and_a_resumed_run_remembers_the_count(tmp_path):
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    result = run_train(*EARLY, "--config.num_steps=1000", f"--workdir={whole}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ("Early stopping at step 200: eval/loss has not improved by more than 0.0 for 3 "
+            "evaluations") in result.stderr
+    assert json.loads((whole / "results.json").read_text())["step"] == 200
+    assert finished_steps(whole) == [200]
+
+    # Stopped at step 100 (one evaluation without improvement counted), then resumed: the count
+    # goes on from 1, so the stop comes at 200 again, not at 250.
+    assert run_train(*EARLY, "--config.num_steps=100", f"--workdir={resumed}").returncode == 0
+    again = run_train(*EARLY, "--config.num_steps=1000", f"--workdir={resumed}")
+    assert "Resuming from the checkpoint at step 100" in again.stderr
+    assert "Early stopping at step 200" in again.stderr
+    assert [e for e in logged(resumed) if "eval/loss" in e] == [
+        e for e in logged(whole) if "eval/loss" in e]
+
+    done = run_train(*EARLY, "--config.num_steps=1000", f"--workdir={resumed}")
+    assert done.returncode == 0
+    assert "already complete: step 200 of 1000, stopped early" in done.stderr
