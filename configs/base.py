@@ -14,7 +14,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.dataset = ml_collections.ConfigDict(dict(
         name="mnist", data_dir=placeholder(str), tfds_data_dir=placeholder(str),
         train_split=placeholder(str), test_split=placeholder(str), image_size=placeholder(tuple),
-        image_key=placeholder(str), label_key=placeholder(str)))
+        image_key=placeholder(str), label_key=placeholder(str),
+        num_train=placeholder(int), num_test=placeholder(int), seed=placeholder(int)))
     # Streamed splits (TFDS, ArrayRecord, image folders) and augmented ones are read by workers.
     config.pipeline = ml_collections.ConfigDict(dict(
         workers=-1,  # processes that read, decode, augment (-1: a core each but one, at most 8)

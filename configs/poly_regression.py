@@ -19,8 +19,8 @@ def get_config():
     config.task = "regression"
     config.model = ml_collections.ConfigDict(dict(
         name="mlp", features=(128, 1), activation="tanh", init_gain=5 / 3))
-    config.dataset = ml_collections.ConfigDict(
-        {"name": "polynomial", "num_train": 1000, "num_test": 1000, "seed": 0})
+    config.dataset.name = "polynomial"
+    config.dataset.num_train, config.dataset.num_test, config.dataset.seed = 1000, 1000, 0
     config.batch_size = 1000
     config.eval_batch_size = 1000
     config.optimizer.name = "sgd"

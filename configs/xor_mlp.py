@@ -17,7 +17,7 @@ def get_config():
     config.task = "binary_regression"
     config.model = ml_collections.ConfigDict(dict(
         name="mlp", features=(16, 1), activation="relu", init_gain=0.0))
-    config.dataset = ml_collections.ConfigDict({"name": "xor"})
+    config.dataset.name = "xor"
     config.batch_size = 4
     config.eval_batch_size = 4
     config.optimizer.name = "sgd"

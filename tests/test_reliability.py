@@ -259,15 +259,26 @@ def test_nonfinite_loss_stops_the_run_with_its_checkpoints_intact(tmp_path):
     assert run_train(POLY, "--config.num_epochs=100", f"--workdir={tmp_path}").returncode == 0
     message = refused(tmp_path, POLY, "--config.num_epochs=200",
                       "--config.optimizer.learning_rate=1e30")
-    first_bad = int(re.search(r"a NaN or Inf in the loss or gradients at step (\d+);", message)[1])
+    first_bad = int(re.search(r"a NaN or Inf in the loss or gradients at step (\d+) ", message)[1])
     assert 100 < first_bad <= 200  # after the good checkpoint, where the learning rate exploded
     assert "latest: step 100" in message
+
+
+def test_nonfinite_stops_a_fused_run_at_the_end_of_its_call(tmp_path):
+    """Not at the next log or checkpoint, 50000 steps on."""
+    result = run_train(POLY, "--config.num_epochs=100000", "--config.log_every_steps=50000",
+                       "--config.checkpoint_every_steps=50000", "--config.eval_every_epochs=0",
+                       "--config.steps=fused", "--config.optimizer.learning_rate=1e30",
+                       f"--workdir={tmp_path}")
+    assert result.returncode == 2
+    first, seen = map(int, re.search(r"at step (\d+) \(seen at step (\d+)\)", result.stderr).groups())
+    assert first <= seen < 50000
 
 
 def test_nonfinite_before_any_checkpoint_says_so(tmp_path):
     result = run_train(POLY, "--config.optimizer.learning_rate=1e30", f"--workdir={tmp_path}")
     assert result.returncode == 2
-    assert "the run stopped there without applying it, and no checkpoint had been saved yet" in (
+    assert "without applying it or any update after it, and no checkpoint had been saved yet" in (
         result.stderr)
     assert "None" not in result.stderr and not finished_steps(tmp_path)
 

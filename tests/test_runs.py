@@ -110,3 +110,18 @@ def test_early_stopping_says_why_and_a_resumed_run_remembers_the_count(tmp_path)
     done = run_train(*EARLY, "--config.num_steps=1000", f"--workdir={resumed}")
     assert done.returncode == 0
     assert "already complete: step 200 of 1000, stopped early" in done.stderr
+
+
+def test_a_run_of_an_earlier_version_is_still_read(tmp_path):
+    """Its config.json lacks the fields added since: they take today's defaults."""
+    assert run_train(*XOR, "--config.num_steps=50", f"--workdir={tmp_path}").returncode == 0
+    config = json.loads((tmp_path / "config.json").read_text())
+    for field in ("grad_accum_steps", "ema_decay", "best_metric", "best_mode", "early_stopping",
+                  "init_from", "init_from_regex", "profile_steps", "wandb"):
+        del config[field]
+    del config["optimizer"]["frozen"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    evaluated = subprocess.run([sys.executable, str(REPO / "scripts" / "evaluate.py"),
+                                f"--workdir={tmp_path}"], capture_output=True, text=True, cwd=REPO)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert json.loads(evaluated.stdout.splitlines()[-1])["step"] == 50

@@ -65,6 +65,13 @@ def test_a_data_set_switched_on_the_command_line_takes_its_own_defaults(tmp_path
                        "--config.task=regression", "--config.num_epochs=2", f"--workdir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "results.json").read_text())["step"] == 500  # 1000 points / 4
+    # and its fields can be set there too
+    fields = run_train("--config=configs/xor_mlp.py", "--config.dataset.name=polynomial",
+                       "--config.task=regression", "--config.num_epochs=2",
+                       "--config.dataset.num_train=400", "--config.dataset.seed=3",
+                       f"--workdir={tmp_path / 'fields'}")
+    assert fields.returncode == 0, fields.stderr[-3000:]
+    assert json.loads((tmp_path / "fields" / "results.json").read_text())["step"] == 200
 
 
 def test_completed_run_says_so_and_keeps_its_checkpoints(tmp_path):

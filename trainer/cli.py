@@ -18,6 +18,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from configs.base import get_base_config
 from trainer.errors import USER_ERRORS, Stopped, WorkdirError
 
 CONFIG_HELP = ("Config file, e.g. configs/mnist_cnn.py; override any field with "
@@ -81,7 +82,9 @@ def define_config_flag(argv, reads_a_run):
     if path and os.path.isfile(path):
         try:
             with open(path, encoding="utf-8") as f:
-                run_config = ml_collections.ConfigDict(tuples(json.load(f)))
+                # Over today's defaults: a run of an earlier version lacks the fields added since.
+                run_config = get_base_config()
+                run_config.update(tuples(json.load(f)))
         except ValueError as e:
             fail(f"{path} is not a readable config ({e}). Give the config with --config=FILE.")
         _config["flag"] = config_flags.DEFINE_config_dict("config", run_config, RUN_CONFIG_HELP,

@@ -133,9 +133,9 @@ class Profile:
                          self.folder)
 
 
-def check_finite(config, state, parallel, checkpoints):
+def check_finite(config, state, parallel, checkpoints, step):
     """Stops the run (config.nonfinite="stop") once a step met a NaN or an Inf; from that step on
-    no update was applied. Returns how many updates were skipped."""
+    no update was applied. `step`: the step reached. Returns how many updates were skipped."""
     count = int(parallel.to_host(state.nonfinite_updates))
     if count and config.nonfinite == "stop":
         first = int(parallel.to_host(state.first_nonfinite_step)) + 1
@@ -143,8 +143,8 @@ def check_finite(config, state, parallel, checkpoints):
         kept = (f"its checkpoints (latest: step {latest}) are intact" if latest is not None
                 else "no checkpoint had been saved yet")
         raise NonFiniteError(
-            f"a NaN or Inf in the loss or gradients at step {first}; the run stopped there without "
-            f"applying it, and {kept}. Lower the learning rate, clip the gradients "
+            f"a NaN or Inf in the loss or gradients at step {first} (seen at step {step}); the run "
+            f"stopped there without applying it or any update after it, and {kept}. Lower the learning rate, clip the gradients "
             f"(--config.optimizer.grad_clip_norm) or pass --config.nonfinite=skip to skip such "
             f"updates and go on.")
     return count
@@ -251,6 +251,8 @@ def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping
                                                         timetable.next_boundary(step))
                 progress.advance(step, step - done_before)
                 profile.at(step, train_metrics)
+                if runner.waits_each_call:  # a NaN stops the run at the end of its chunk
+                    check_finite(config, state, parallel, checkpoints, step)
                 events = timetable.events_at(step)
 
                 if "log" in events:
@@ -261,7 +263,7 @@ def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping
                     steps_per_sec = (step - last_log_step) / (now - last_log_time)
                     scalars.update(learning_rate=setup.learning_rate(step - 1),
                                    steps_per_sec=steps_per_sec)
-                    skipped = check_finite(config, state, parallel, checkpoints)
+                    skipped = check_finite(config, state, parallel, checkpoints, step)
                     if skipped:
                         scalars["train/nonfinite_updates"] = skipped
                     writer.write_scalars(step, scalars)
@@ -281,7 +283,7 @@ def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping
                 # With best_metric, every evaluation is saved, so that the best can be kept.
                 evaluated_for_best = "eval" in events and config.best_metric
                 if "checkpoint" in events or stopping or stopped_early or evaluated_for_best:
-                    check_finite(config, state, parallel, checkpoints)
+                    check_finite(config, state, parallel, checkpoints, step)
                     checkpoints.save(parallel.to_checkpoint_form(state),
                                      loop={"early_stopping": early_stopping.values()},
                                      metrics=eval_scalars if "eval" in events else None)

@@ -63,6 +63,7 @@ def wait_for(tree):
 class FusedSteps:
     """Chunks of steps in one call each, on the training split held in device memory."""
     description = "fused: the training split in device memory, many steps a call"
+    waits_each_call = True  # for the chunk's metrics: reading the state then costs nothing more
 
     def __init__(self, config, setup):
         parallel, dataset = setup.parallel, setup.dataset
@@ -97,6 +98,7 @@ class PerStep:
     """One call per step, on batches from the host (2 prefetched to the device): cut from
     in-memory arrays, or streamed by the pipeline's workers."""
     description = "a call per step, batches from the host (2 prefetched to the device)"
+    waits_each_call = False  # steps stay queued on the device: the state is read at logs only
 
     def __init__(self, config, setup, start_step):
         parallel = setup.parallel
