@@ -1,8 +1,10 @@
 """ArrayRecord shards of serialized examples: `data_dir/<split>-*.array_record`.
 
-Each record is one example, a msgpack map {"image": PNG or JPEG bytes, "label": int};
-scripts/prepare_data.py writes them from an image folder or the MNIST IDX files. Records are read
-by index (random access) and decoded in the pipeline's workers.
+Each record is one example, a msgpack map: {"image": PNG or JPEG bytes, "label": int}, or, where
+reading speed matters more than disk space, the raw pixels, {"pixels": uint8 bytes, "shape":
+[height, width, channels], "label": int}, which need no decoding. scripts/prepare_data.py writes
+them from an image folder or the MNIST IDX files. Records are read by index (random access) and
+decoded in the pipeline's workers.
 """
 import glob
 import os
@@ -13,15 +15,29 @@ import numpy as np
 from datasets import DataError, Dataset, images, scale_to_unit
 
 
-def encode(image_bytes, label):
-    """One record: an encoded image (PNG or JPEG bytes) and its integer label."""
-    return msgpack.packb({"image": image_bytes, "label": int(label)})
+def encode(image, label):
+    """One record: `image` as encoded bytes (PNG or JPEG), or as a (height, width, channels) uint8
+    array, stored as its raw pixels; and its integer label."""
+    if isinstance(image, np.ndarray):
+        return msgpack.packb({"pixels": image.tobytes(), "shape": list(image.shape),
+                              "label": int(label)})
+    return msgpack.packb({"image": image, "label": int(label)})
 
 
 def decode(record, channels):
     example = msgpack.unpackb(record)
-    return {"inputs": images.decode(example["image"], channels, None, "in an ArrayRecord file"),
-            "targets": np.int32(example["label"])}
+    if "pixels" in example:
+        inputs = np.frombuffer(example["pixels"], np.uint8).reshape(example["shape"])
+    else:
+        inputs = images.decode(example["image"], channels, None, "in an ArrayRecord file")
+    return {"inputs": inputs, "targets": np.int32(example["label"])}
+
+
+def channels_of(record, name):
+    example = msgpack.unpackb(record)
+    if "pixels" in example:
+        return example["shape"][-1]
+    return images.header(example["image"], name)[0]
 
 
 class ArrayRecordSource:
@@ -31,7 +47,7 @@ class ArrayRecordSource:
         self.files = tuple(files)
         self.reader = None
         self.length = len(self.open())
-        self.channels, _ = images.header(msgpack.unpackb(self.reader[0])["image"], self.files[0])
+        self.channels = channels_of(self.reader[0], self.files[0])
 
     def open(self):
         if self.reader is None:

@@ -484,3 +484,22 @@ def test_records_and_image_folders_decode_to_what_was_written(mnist_folder, tmp_
     assert int(example["targets"]) == 0
     record = array_record.encode(first.read_bytes(), 0)
     assert np.array_equal(array_record.decode(record, channels=1)["inputs"], example["inputs"])
+
+
+def test_raw_records_hold_the_pixels_as_they_are(mnist_folder, tmp_path):
+    """--encoding=raw: the same examples as the IDX files and the image folder, nothing to decode."""
+    prepare(f"--from_mnist={MNIST_DIR}", f"--out={tmp_path / 'mnist'}", "--encoding=raw")
+    prepare(f"--from_images={mnist_folder}", f"--out={tmp_path / 'folder'}", "--encoding=raw")
+    idx, folder = mnist.load(data_dir=str(MNIST_DIR)), image_folder.load(str(mnist_folder))
+    folder_splits = [{"inputs": np.stack([s[i]["inputs"] for i in range(len(s))]),
+                      "targets": np.array([s[i]["targets"] for i in range(len(s))])}
+                     for s in (folder.train, folder.test)]
+    expected = {"mnist": (idx.train, idx.test), "folder": folder_splits}
+    for name, splits in expected.items():
+        records = array_record.load(str(tmp_path / name))
+        for split, source in zip(splits, (records.train, records.test)):
+            assert len(source) == len(split["targets"])
+            rows = list(range(0, len(source), 7))
+            read = source.__getitems__(rows)
+            assert np.array_equal(np.stack([r["inputs"] for r in read]), split["inputs"][rows])
+            assert np.array_equal([r["targets"] for r in read], split["targets"][rows])
