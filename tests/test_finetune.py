@@ -4,13 +4,13 @@ are one clear line each."""
 import dataclasses
 import json
 import shutil
-import textwrap
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+import user_code
 from conftest import MNIST_DIR, files, run_train
 from trainer import finetune
 from trainer.checkpoint import shapes_by_name
@@ -63,10 +63,7 @@ SKIPPED = [("params/Dense_1/bias", (10,), (5,)), ("params/Dense_1/kernel", (256,
 
 @pytest.fixture(scope="module")
 def user_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("user_code")
-    for name, text in USER_FILES.items():
-        (folder / name).write_text(textwrap.dedent(text).lstrip())
-    return folder
+    return user_code.write(tmp_path_factory.mktemp("user_code"), USER_FILES)
 
 
 def train(user_folder, classes, mnist_dir, workdir, *args):

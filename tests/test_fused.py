@@ -4,7 +4,6 @@ import json
 
 import jax
 import numpy as np
-import pytest
 
 from configs import mnist_cnn
 from trainer import batching

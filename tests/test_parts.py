@@ -2,7 +2,6 @@
 checkout plug in by config alone, train, checkpoint and resume; bad names and fields of each kind
 are one clear line."""
 import json
-import os
 
 import jax
 import ml_collections

@@ -16,6 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
+import user_code
 from conftest import MNIST_DIR, REPO, files, run_train
 from configs.base import get_base_config
 from datasets import ArraySource, Dataset, array_record, augment, image_folder, mnist, scale_to_unit
@@ -116,10 +117,7 @@ USER_CODE = {  # a user's data set and transform, kept outside the checkout
 
 @pytest.fixture(scope="module")
 def user_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("user_code")
-    for name, text in USER_CODE.items():
-        (folder / name).write_text(textwrap.dedent(text).lstrip())
-    return folder
+    return user_code.write(tmp_path_factory.mktemp("user_code"), USER_CODE)
 
 
 SUBSET_RUN = [*MLP, "--config.num_steps=150", "--config.batch_size=32",

@@ -180,8 +180,9 @@ FILES = {
 }
 
 
-def write(folder):
-    for name, text in FILES.items():
+def write(folder, files=None):
+    """Writes `files` ({path: source}; default FILES) into `folder`, as a user keeps them."""
+    for name, text in (FILES if files is None else files).items():
         path = folder / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(textwrap.dedent(text).lstrip())
