@@ -77,7 +77,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.early_stopping = ml_collections.ConfigDict(dict(
         metric="",  # e.g. "eval/loss": stop when it has not improved for `patience` evaluations
         patience=5,
-        min_delta=0.0,  # an improvement smaller than this does not count
+        min_delta=0.0,  # an improvement of this much or less does not count
         mode="auto",  # like best_mode
     ))
     config.plots = True  # PNG figures in the workdir at the end (also: scripts/plot.py)

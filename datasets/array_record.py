@@ -19,6 +19,9 @@ def encode(image, label):
     """One record: `image` as encoded bytes (PNG or JPEG), or as a (height, width, channels) uint8
     array, stored as its raw pixels; and its integer label."""
     if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3:
+            raise ValueError(f"a raw image is a (height, width, channels) uint8 array, not "
+                             f"{image.dtype} of shape {image.shape}")
         return msgpack.packb({"pixels": image.tobytes(), "shape": list(image.shape),
                               "label": int(label)})
     return msgpack.packb({"image": image, "label": int(label)})

@@ -1,6 +1,7 @@
 """What a run needs past the first one: gradient accumulation, the moving average of the
 parameters, the best checkpoint, early stopping; each on real runs of scripts/train.py."""
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import time
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
 from conftest import REPO, run_train
 from test_reliability import finished_steps, saved_state
@@ -125,3 +127,40 @@ def test_a_run_of_an_earlier_version_is_still_read(tmp_path):
                                 f"--workdir={tmp_path}"], capture_output=True, text=True, cwd=REPO)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert json.loads(evaluated.stdout.splitlines()[-1])["step"] == 50
+
+
+def test_a_checkpoint_of_the_earlier_version_resumes(tmp_path):
+    """Written before the moving average, the loop's values and the checksums were kept: the
+    state alone, without an ema_params field. It resumes (not set aside as damaged) and the run
+    ends bitwise where a run never stopped ends."""
+    args = [*XOR, "--config.checkpoint_every_steps=100"]
+    whole, old = tmp_path / "whole", tmp_path / "old"
+    assert run_train(*args, "--config.num_steps=300", f"--workdir={whole}").returncode == 0
+    assert run_train(*args, "--config.num_steps=100", f"--workdir={old}").returncode == 0
+    state = saved_state(old, 100)
+    del state["ema_params"]
+    shutil.rmtree(old / "checkpoints")
+    manager = ocp.CheckpointManager(old / "checkpoints",
+                                    item_handlers={"state": ocp.StandardCheckpointHandler()})
+    manager.save(100, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+    manager.wait_until_finished()
+    manager.close()
+    assert not (old / "checkpoints" / "100" / "checksums").exists()
+    resumed = run_train(*args, "--config.num_steps=300", f"--workdir={old}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming from the checkpoint at step 100" in resumed.stderr
+    assert "damaged" not in resumed.stderr
+    for part in ("params", "opt_state", "rng"):
+        same = jax.tree.map(np.array_equal, saved_state(whole, 300)[part], saved_state(old, 300)[part])
+        assert jax.tree.all(same), part
+
+
+def test_early_stopping_counted_under_other_settings_starts_afresh(tmp_path):
+    """A run stopped early is complete for its settings; with another patience it goes on."""
+    assert run_train(*EARLY, "--config.num_steps=1000", f"--workdir={tmp_path}").returncode == 0
+    longer = run_train(*EARLY, "--config.num_steps=1000", "--config.early_stopping.patience=5",
+                       f"--workdir={tmp_path}")
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    assert "Resuming from the checkpoint at step 200" in longer.stderr
+    # counted afresh from step 200: the evaluation at 250 is the best, then 5 without improvement
+    assert "Early stopping at step 500" in longer.stderr

@@ -9,6 +9,7 @@ seed and epoch). Orbax writes each checkpoint to a temporary folder and renames 
 so a crash during a save leaves the previous ones whole; old checkpoints are removed only after a
 newer one is complete. Checkpoints are arrays and JSON: restoring unpickles nothing.
 """
+import dataclasses
 import os
 import shutil
 import sys
@@ -33,9 +34,14 @@ def shapes_by_name(tree):
 
 
 def as_uint32(x):
-    """The bits of `x`, widened to uint32 (element sizes of 1, 2 or 4 bytes)."""
+    """The bits of `x` as uint32 words: elements of 1 or 2 bytes widened, of 8 bytes split in
+    two; typed PRNG keys by their key data."""
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
     if x.dtype == jnp.bool_:
         return x.astype(jnp.uint32)
+    if x.dtype.itemsize == 8:
+        return jax.lax.bitcast_convert_type(x, jnp.uint32)  # a trailing axis of 2 words
     unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
     return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
 
@@ -127,14 +133,13 @@ class Checkpoints:
 
     def best_step(self):
         """The step of the best checkpoint by best_metric (None: none has been evaluated)."""
-        scored = [s for s in self.manager.all_steps() if self.manager.metrics(s) is not None]
-        return self.manager.best_step() if scored else None
+        return self.manager.best_step()
 
     def save(self, state, loop=None, metrics=None):
         """Starts an asynchronous save of `state` at its step, with the loop's values (a dict of
         JSON) and the eval `metrics` best_metric is read from; `wait()` for it to finish. The
-        checksums are computed on the device, in the pass that the copy of the state to the
-        host, which Orbax's save waits for, makes over it anyway."""
+        checksums are computed on the device first: they go into the same atomic save, and Orbax
+        takes its JSON items as values when the save starts."""
         sums = {name: int(value) for name, value in jax.device_get(checksums(state)).items()}
         self.manager.save(int(state.step), metrics=metrics, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop or {}),
@@ -142,31 +147,49 @@ class Checkpoints:
 
     def restore(self, like_state, step=None):
         """Returns (state, loop values) of the checkpoint at `step` (default: the latest), in the
-        structure, shapes, dtypes and shardings of `like_state`; the state's checksums verified."""
+        structure, shapes, dtypes and shardings of `like_state`; the state's checksums verified.
+        Raises WorkdirError if it is a checkpoint of another model (nothing is read then)."""
         step = self.latest_step() if step is None else step
+        saved = self.check_fits(step, like_state)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_state)
+        # Restored field by field: a checkpoint of an earlier version lacks the fields added since,
+        # which `like_state` holds as None (not kept) unless the config asks for them.
+        target = {field.name: getattr(abstract, field.name) for field in dataclasses.fields(abstract)
+                  if field.metadata.get("pytree_node", True)
+                  and (field.name in saved or getattr(abstract, field.name) is not None)}
         # Checkpoints of earlier versions hold the state alone.
         extra = [item for item in ("loop", "checksums")
                  if os.path.isdir(os.path.join(self.directory, str(step), item))]
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract),
-            **{item: ocp.args.JsonRestore() for item in extra}))
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target),
+                **{item: ocp.args.JsonRestore() for item in extra}))
+        except ValueError as e:
+            if "structure" in str(e):  # an empty part (an optimizer state) that differs
+                raise WorkdirError(self.does_not_fit(step, str(e).splitlines()[0][:300])) from e
+            raise
+        state = like_state.replace(**restored.state)
         if "checksums" in extra:
-            verify(restored.state, restored.checksums)
-        return restored.state, restored.loop if "loop" in extra else {}
+            verify(state, restored.checksums)
+        return state, restored.loop if "loop" in extra else {}
+
+    def does_not_fit(self, step, what):
+        return (f"the checkpoint at step {step} in {self.directory} does not fit the config: "
+                f"{what}. Use the config that run was started with, or pass "
+                f"--config.resume=False to start a fresh run in a new subfolder (the checkpoints "
+                f"stay as they are).")
 
     def check_fits(self, step, like_state):
-        """Raises WorkdirError naming the first array whose shape differs from `like_state`."""
-        saved = shapes_by_name(self.manager.item_metadata(step)["state"].tree)
-        wanted = shapes_by_name(like_state)
+        """Raises WorkdirError naming the first array whose shape differs from `like_state`;
+        returns the saved tree's metadata."""
+        tree = self.manager.item_metadata(step)["state"].tree
+        saved, wanted = shapes_by_name(tree), shapes_by_name(like_state)
         for name in sorted(set(saved) | set(wanted)):
             if saved.get(name) != wanted.get(name):
-                raise WorkdirError(
-                    f"the checkpoint at step {step} in {self.directory} does not fit the config: "
-                    f"{name} is {saved.get(name, 'absent')} there and {wanted.get(name, 'absent')} "
-                    f"in the config. Use the config that run was started with, or pass "
-                    f"--config.resume=False to start a fresh run in a new subfolder (the "
-                    f"checkpoints stay as they are).")
+                raise WorkdirError(self.does_not_fit(
+                    step, f"{name} is {saved.get(name, 'absent')} there and "
+                          f"{wanted.get(name, 'absent')} in the config"))
+        return tree
 
     def restore_latest_good(self, like_state):
         """(state, loop values) of the newest checkpoint that reads whole and matches its
@@ -174,7 +197,6 @@ class Checkpoints:
         workdir/damaged_checkpoints; a checkpoint of another model is an error."""
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
-                self.check_fits(step, like_state)
                 return self.restore(like_state, step)
             except WorkdirError:
                 raise

@@ -85,7 +85,7 @@ def define_config_flag(argv, reads_a_run):
                 # Over today's defaults: a run of an earlier version lacks the fields added since.
                 run_config = get_base_config()
                 run_config.update(tuples(json.load(f)))
-        except ValueError as e:
+        except (ValueError, TypeError) as e:  # not JSON, or a field of another type
             fail(f"{path} is not a readable config ({e}). Give the config with --config=FILE.")
         _config["flag"] = config_flags.DEFINE_config_dict("config", run_config, RUN_CONFIG_HELP,
                                                           lock_config=True)

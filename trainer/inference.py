@@ -25,8 +25,9 @@ def checkpoint_step(checkpoints, config, step):
         if best is None:
             raise WorkdirError(
                 f"--step=best: the run in {checkpoints.workdir} kept no best checkpoint"
-                f"{'' if config.best_metric else ' (its config has no best_metric)'}. Give a step "
-                f"(there are {sorted(steps)}), or train with --config.best_metric=eval/accuracy.")
+                f"{'' if config.best_metric else ' (its config has no best_metric)'}. Give a "
+                f"step (there are {sorted(steps)}), or train with --config.best_metric=eval/loss "
+                f"(or another eval metric).")
         return best
     if step is not None and not str(step).isdigit():
         raise ConfigError(f"--step={step}: give a step number (there are {sorted(steps)}) or "
@@ -45,7 +46,6 @@ def restore(config, workdir, step=None, ema=False):
     checkpoints = Checkpoints(workdir, read_only=True, best_metric=config.best_metric,
                               best_mode=config.best_mode)
     step = checkpoint_step(checkpoints, config, step)
-    checkpoints.check_fits(step, setup.state)
     try:
         state, _ = checkpoints.restore(setup.state, step)
     except ChecksumError as e:

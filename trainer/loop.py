@@ -144,9 +144,9 @@ def check_finite(config, state, parallel, checkpoints, step):
                 else "no checkpoint had been saved yet")
         raise NonFiniteError(
             f"a NaN or Inf in the loss or gradients at step {first} (seen at step {step}); the run "
-            f"stopped there without applying it or any update after it, and {kept}. Lower the learning rate, clip the gradients "
-            f"(--config.optimizer.grad_clip_norm) or pass --config.nonfinite=skip to skip such "
-            f"updates and go on.")
+            f"stopped there without applying it or any update after it, and {kept}. Lower the "
+            f"learning rate, clip the gradients (--config.optimizer.grad_clip_norm) or pass "
+            f"--config.nonfinite=skip to skip such updates and go on.")
     return count
 
 
@@ -205,7 +205,7 @@ def train_and_evaluate_in(config, setup, workdir):
             elif results_written(workdir, step):
                 logging.info("The run in %s is already complete: step %d of %d%s.", workdir, step,
                              setup.total_steps, "" if step == setup.total_steps else
-                             ", stopped early")
+                             ", stopped early (other early_stopping settings go on from there)")
                 return state, {}
             else:
                 logging.info("The run in %s is complete (step %d), but it was stopped before its "
