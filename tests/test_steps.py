@@ -1,5 +1,6 @@
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -129,3 +130,22 @@ def test_ema_follows_the_parameters():
     for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(new_state.ema_params)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8)
     assert not jax.tree.all(jax.tree.map(np.array_equal, new_state.ema_params, new_state.params))
+
+
+class Sowing(nn.Module):
+    """Sows its hidden activations, as models written for inspection do."""
+
+    @nn.compact
+    def __call__(self, x):
+        hidden = nn.relu(nn.Dense(16)(x.reshape(x.shape[0], -1)))
+        self.sow("intermediates", "hidden", hidden)
+        return nn.Dense(10)(hidden)
+
+
+def test_what_a_model_sows_is_not_carried_as_state():
+    tx, _ = create_optimizer(get_base_config().optimizer, steps_per_epoch=10, total_steps=100)
+    state = create_train_state(Sowing(), tx, jnp.zeros((1, 28, 28, 1)), 0)
+    assert "intermediates" not in state.model_state
+    for _ in range(2):
+        state, _ = train(state, fake_batch())  # the same compiled step: the state does not grow
+    assert int(state.step) == 2 and "intermediates" not in state.model_state

@@ -64,6 +64,8 @@ def create_train_state(model, tx, example_inputs, seed, sharding=None, ema=False
         params_key, dropout_key, state_key = jax.random.split(key, 3)
         variables = dict(apply.init({"params": params_key, "dropout": dropout_key}, example_inputs))
         params = variables.pop("params", {})
+        # What a model sows for inspection is not state: carried, it would grow every step.
+        variables.pop("intermediates", None)
         return TrainState.create(apply_fn=apply, params=params, tx=tx, model_state=variables,
                                  rng=state_key, nonfinite_updates=jnp.zeros((), jnp.int32),
                                  first_nonfinite_step=jnp.full((), -1, jnp.int32),
