@@ -105,7 +105,6 @@ class Checkpoints:
         ignore_reads_left_after_a_failed_restore()
         self.workdir = os.path.abspath(workdir)
         self.directory = os.path.join(self.workdir, "checkpoints")
-        self.best_metric = best_metric
         best = {}
         if best_metric:
             lower = better_is_lower(best_mode, best_metric)

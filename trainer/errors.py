@@ -2,6 +2,15 @@
 from datasets import DataError
 
 
+SHOWN = 8  # names a message lists before "..."
+
+
+def listed(names):
+    """`names` for a message: the first SHOWN of them, then how many there are in all."""
+    names = list(names)
+    return ", ".join(names[:SHOWN]) + (f", ... ({len(names)} in all)" if len(names) > SHOWN else "")
+
+
 class ConfigError(Exception):
     """A config value that is missing, of the wrong type or out of range."""
 

@@ -28,10 +28,9 @@ from absl import logging
 from etils import epath
 
 from trainer.checkpoint import ChecksumError, Checkpoints, path_name, shapes_by_name, verify
-from trainer.errors import ConfigError
+from trainer.errors import SHOWN, ConfigError, listed
 
 LOADABLE = ("params", "model_state")  # the parts of a TrainState fine-tuning loads
-SHOWN = 8  # names an error message lists before "..."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,12 +64,6 @@ class Plan:
             lines.append("  in the checkpoint only, not in this model (not used): "
                          + ", ".join(self.unused))
         return "\n".join(lines)
-
-
-def listed(names):
-    names = list(names)
-    shown = ", ".join(names[:SHOWN])
-    return shown + (f", ... ({len(names)} in all)" if len(names) > SHOWN else "")
 
 
 def loadable_names(state):

@@ -15,7 +15,7 @@ import optax
 
 from trainer import parts
 from trainer.checkpoint import path_name
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, listed
 
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "step")
 # The trainer's own fields of config.optimizer; the rest go to the optimizer.
@@ -84,6 +84,5 @@ def check_frozen(config, params):
     """A `frozen` regex that matches no parameter is a mistake: raises ConfigError naming them."""
     names = parameter_names(params)
     if config.frozen and not any(re.fullmatch(config.frozen, name) for name in names):
-        shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
         raise ConfigError(f"config.optimizer.frozen={config.frozen!r} matches no parameter (the "
-                          f"whole path must match); the parameters are {shown}.")
+                          f"whole path must match); the parameters are {listed(names)}.")

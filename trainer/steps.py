@@ -92,9 +92,9 @@ def train_step_into(state: TrainState, metrics, batch, **step_args):
 
 
 def skip_if_nonfinite(state, new_state, values, nonfinite):
-    """Keeps the old params, optimizer state, model state and moving average where `values` hold a NaN or
-    an Inf, and counts it; the step still advances, since the batch was consumed. The loop stops
-    the run or goes on, as `nonfinite` says; either way no non-finite state is ever saved."""
+    """Keeps the old params, optimizer state, model state and moving average where `values` hold a
+    NaN or an Inf, and counts it; the step still advances, since the batch was consumed. The loop
+    stops the run or goes on, as `nonfinite` says; either way no non-finite state is ever saved."""
     finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(values)]))
     apply = finite & (state.nonfinite_updates == 0) if nonfinite == "stop" else finite
 
