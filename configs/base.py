@@ -31,7 +31,15 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.wandb = ml_collections.ConfigDict(dict(  # the "wandb" writer (pip install -e ".[wandb]")
         project="flaxfit", entity=placeholder(str), name=placeholder(str)))
 
-    config.parallelism = "jit"  # jit (one program over a device mesh) | pmap
+    config.parallelism = "jit"  # jit (one program over a device mesh) | pmap (data parallel only)
+    # The device mesh (jit): axis sizes, one of them -1 for the devices left. The batch is split
+    # over "data" and "fsdp"; parameters and optimizer state over "fsdp" (--config.mesh.fsdp=8) and
+    # any axis a sharding rule names. Default: data parallel, the state on every device whole.
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
+    # ((regex over parameter paths, spec), ...): first match wins, e.g. (("params/Dense_0/kernel",
+    # (None, "model")),); a parameter no rule matches is split over "fsdp" (docs/devices.md).
+    config.sharding_rules = ()
+    config.fsdp_min_size = 16384  # parameters with fewer elements stay whole on every device
     # fused: the training split in device memory, many steps a call; per_step: a call per batch
     # from the host. auto: fused when the split fits, but per_step for convolutions on the CPU.
     config.steps = "auto"

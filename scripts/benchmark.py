@@ -18,6 +18,11 @@ For a classification config. Three measurements, each a JSON section and a table
               and flip (the shape of CIFAR; made here, random pixels).
   accumulation  memory of the compiled train step by config.grad_accum_steps (--accum_steps),
               from XLA's memory analysis: the temporaries (activations, gradients) fall with k.
+  fsdp        data parallel against the state sharded over every device (config.mesh fsdp=N;
+              run with N devices, e.g. XLA_FLAGS=--xla_force_host_platform_device_count=8 and
+              --config=configs/wide_mlp.py): per-device bytes of the compiled train step, from
+              XLA's memory analysis (arguments + outputs - donated + temporaries), the state's
+              bytes on device 0, and the median seconds of --fsdp_steps steps, each way.
   checkpoint  what a save costs (--saves of the config's fresh state): the checksums of every
               array, the blocking part of Orbax's save (which includes them) and the whole save.
   command     whole commands as a user runs them, start-up, data loading and compile included,
@@ -52,7 +57,7 @@ from array_record.python.array_record_module import ArrayRecordWriter  # pylint:
 import hand_loop  # pylint: disable=wrong-import-position  (scripts/, this file's folder)
 from datasets import array_record, images  # pylint: disable=wrong-import-position
 from datasets.augment import Augment  # pylint: disable=wrong-import-position
-from trainer import cli, input_pipeline  # pylint: disable=wrong-import-position
+from trainer import cli, input_pipeline, sharding  # pylint: disable=wrong-import-position
 from trainer.checkpoint import Checkpoints, checksums  # pylint: disable=wrong-import-position
 from trainer.loop import train_and_evaluate  # pylint: disable=wrong-import-position
 from trainer.runners import step_args  # pylint: disable=wrong-import-position
@@ -70,9 +75,10 @@ WAYS = flags.DEFINE_multi_enum(
     "epoch; streaming needs --records).")
 SECTIONS = flags.DEFINE_list("sections", ["in_process", "command"],
                              "What to measure: in_process, command, pipeline, accumulation, "
-                             "checkpoint.")
+                             "fsdp, checkpoint.")
 ACCUM_STEPS = flags.DEFINE_list("accum_steps", ["1", "2", "4", "8"],
                                 "accumulation: the grad_accum_steps to compile.")
+FSDP_STEPS = flags.DEFINE_integer("fsdp_steps", 3, "fsdp: steps timed each way.")
 SAVES = flags.DEFINE_integer("saves", 10, "checkpoint: saves timed.")
 RECORDS = flags.DEFINE_string("records", None, "ArrayRecord shards of the config's data set "
                               "(scripts/prepare_data.py), for `streaming` and `pipeline`.")
@@ -196,6 +202,44 @@ def accumulation(config, accum_steps):
     return rows
 
 
+def sharded_against_replicated(config, steps):
+    """The train step data parallel and with the state sharded over every device (the same batch,
+    one device's view); the ratios fsdp / data parallel."""
+    rows = {}
+    for name, (data, fsdp) in (("fsdp", (1, -1)), ("data_parallel", (-1, 1))):
+        config = config.copy_and_resolve_references()
+        config.mesh.data, config.mesh.fsdp = data, fsdp
+        setup = build(config)
+        batch = setup.parallel.put_batch(next(setup.train_batches(0)))
+        step = jax.jit(functools.partial(train_step, **step_args(config, setup)),
+                       donate_argnums=(0,))
+        compiled = step.lower(setup.state, batch).compile()
+        memory = compiled.memory_analysis()
+        state = setup.state
+        state_bytes = sharding.bytes_on(state, jax.devices()[0])
+        rows["parameters"] = sum(x.size for x in jax.tree.leaves(state.params))
+        seconds = []
+        for _ in range(steps + 1):  # the first is not timed
+            start = time.perf_counter()
+            state, metrics = compiled(state, batch)
+            jax.block_until_ready(metrics)
+            seconds.append(time.perf_counter() - start)
+        del state, setup  # data parallel's copies need the room
+        rows[name] = {
+            "mesh": f"data={jax.device_count() if data < 0 else data}, "
+                    f"fsdp={jax.device_count() if fsdp < 0 else fsdp}",
+            "per_device_bytes": (memory.argument_size_in_bytes + memory.output_size_in_bytes
+                                 - memory.alias_size_in_bytes + memory.temp_size_in_bytes),
+            "temp_bytes": memory.temp_size_in_bytes, "argument_bytes": memory.argument_size_in_bytes,
+            "state_bytes_on_device_0": state_bytes,
+            "seconds_per_step": round(statistics.median(seconds[1:]), 4)}
+    fsdp, replicated = rows["fsdp"], rows["data_parallel"]
+    rows["devices"] = jax.device_count()
+    rows["memory_ratio"] = round(fsdp["per_device_bytes"] / replicated["per_device_bytes"], 4)
+    rows["step_time_ratio"] = round(fsdp["seconds_per_step"] / replicated["seconds_per_step"], 3)
+    return rows
+
+
 def checkpoint_cost(config, saves):
     """Median seconds of a save of the config's fresh state: the checksums alone, the blocking
     part of Checkpoints.save (checksums included) and the save to its end on disk."""
@@ -289,6 +333,12 @@ def main(argv):
         results["accumulation"] = accumulation(config, ACCUM_STEPS.value)
         for k, memory in results["accumulation"].items():
             print(f"grad_accum_steps={k}: " + ", ".join(f"{n} {v}" for n, v in memory.items()))
+    if "fsdp" in SECTIONS.value:
+        results["fsdp"] = sharded_against_replicated(config, FSDP_STEPS.value)
+        for name in ("data_parallel", "fsdp"):
+            print(f"{name}: " + ", ".join(f"{n} {v}" for n, v in results["fsdp"][name].items()))
+        print(f"fsdp / data parallel: memory {results['fsdp']['memory_ratio']}, step time "
+              f"{results['fsdp']['step_time_ratio']}")
     if "checkpoint" in SECTIONS.value:
         results["checkpoint"] = checkpoint_cost(config, SAVES.value)
         print("checkpoint: " + ", ".join(f"{n} {v}" for n, v in results["checkpoint"].items()))

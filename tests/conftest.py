@@ -1,5 +1,7 @@
+import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 
@@ -30,3 +32,56 @@ def run_train(*args, env=None, timeout=300):
 def files(folder):
     """Every file under `folder` with its bytes, to show that nothing was touched."""
     return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+# Multi-device runs: XLA_FLAGS must be set before JAX starts, so each run is a subprocess.
+SMALL_CNN = ["--config=configs/mnist_cnn.py", "--config.model.conv_features=(8, 16)",
+             "--config.log_every_steps=1", "--config.checkpoint_every_steps=10"]
+
+
+def devices(n):
+    return {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+
+
+def train(workdir, mnist_dir, num_devices, *args):
+    """SMALL_CNN on `num_devices` fake CPU devices; asserts that it succeeded."""
+    result = run_train(*SMALL_CNN, f"--config.dataset.data_dir={mnist_dir}", f"--workdir={workdir}",
+                       *args, env=devices(num_devices))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def logged(workdir):
+    """(train losses, eval accuracies) as logged, step by step."""
+    entries = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    losses = [e["train/loss"] for e in entries if "train/loss" in e]
+    return losses, [e["eval/accuracy"] for e in entries if "eval/accuracy" in e]
+
+
+@pytest.fixture(scope="session")
+def one_device_run(tmp_path_factory):
+    """logged() of 20 steps of SMALL_CNN on one device, which multi-device runs must match."""
+    workdir = tmp_path_factory.mktemp("one_device")
+    train(workdir, MNIST_DIR, 1, "--config.num_steps=20", "--config.steps=per_step")
+    return logged(workdir)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_in_two_processes(workdir, mnist_dir, *args):
+    """SMALL_CNN in two processes of 4 fake devices each, as on two hosts; returns their outputs
+    (stdout and stderr together) once both succeeded."""
+    address = f"127.0.0.1:{free_port()}"
+    processes = [subprocess.Popen(
+        [sys.executable, str(REPO / "scripts" / "train.py"), *SMALL_CNN,
+         f"--config.dataset.data_dir={mnist_dir}", *args, f"--workdir={workdir}",
+         f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"],
+        cwd=REPO, env={**os.environ, **devices(4)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in (0, 1)]
+    outputs = [p.communicate(timeout=300)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    return outputs

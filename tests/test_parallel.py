@@ -1,43 +1,10 @@
 """Data parallel on fake CPU devices (XLA_FLAGS must be set before JAX starts: each run is a
 subprocess), and across two real processes."""
 import json
-import os
-import socket
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO, run_train
-
-SMALL_CNN = ["--config=configs/mnist_cnn.py", "--config.model.conv_features=(8, 16)",
-             "--config.log_every_steps=1", "--config.checkpoint_every_steps=10"]
-
-
-def devices(n):
-    return {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
-
-
-def train(workdir, mnist_dir, num_devices, *args):
-    result = run_train(*SMALL_CNN, f"--config.dataset.data_dir={mnist_dir}", f"--workdir={workdir}",
-                       *args, env=devices(num_devices))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
-def logged(workdir):
-    entries = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    losses = [e["train/loss"] for e in entries if "train/loss" in e]
-    return losses, [e["eval/accuracy"] for e in entries if "eval/accuracy" in e]
-
-
-@pytest.fixture(scope="module")
-def one_device_run(tmp_path_factory):
-    from conftest import MNIST_DIR  # pylint: disable=import-outside-toplevel
-    workdir = tmp_path_factory.mktemp("one_device")
-    train(workdir, MNIST_DIR, 1, "--config.num_steps=20", "--config.steps=per_step")
-    return logged(workdir)
-
+from conftest import devices, logged, run_train, train, train_in_two_processes
 
 @pytest.mark.parametrize("mode", ["jit", "pmap"])
 @pytest.mark.parametrize("steps", ["per_step", "fused"])
@@ -75,25 +42,10 @@ def test_batch_that_does_not_split_names_the_device_count(tmp_path):
     assert "config.batch_size=100 does not split evenly over the 8 devices" in result.stderr
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_train_like_one_with_all_devices(mnist_dir, tmp_path):
-    args = [*SMALL_CNN, f"--config.dataset.data_dir={mnist_dir}", "--config.num_steps=10",
-            "--config.checkpoint_every_steps=5"]
-    train(tmp_path / "single", mnist_dir, 8, "--config.num_steps=10",
-          "--config.checkpoint_every_steps=5")
-    address = f"127.0.0.1:{free_port()}"
-    processes = [subprocess.Popen(
-        [sys.executable, str(REPO / "scripts" / "train.py"), *args, f"--workdir={tmp_path / 'multi'}",
-         f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"],
-        cwd=REPO, env={**os.environ, **devices(4)},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in (0, 1)]
-    outputs = [p.communicate(timeout=300)[0] for p in processes]
-    assert [p.returncode for p in processes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    args = ["--config.num_steps=10", "--config.checkpoint_every_steps=5"]
+    train(tmp_path / "single", mnist_dir, 8, *args)
+    outputs = train_in_two_processes(tmp_path / "multi", mnist_dir, *args)
     assert "over 8 cpu device(s) in 2 process(es)" in outputs[0]
     assert "step 10: train/loss" not in outputs[1]  # only process 0 logs metrics
     single_losses, single_accuracy = logged(tmp_path / "single")

@@ -11,7 +11,7 @@ from configs.base import get_base_config
 from trainer import batching
 from trainer.checkpoint import Checkpoints
 from trainer.optim import create_optimizer
-from trainer.parallel import DataParallel
+from trainer.parallel import Parallel
 from trainer.state import create_train_state
 from trainer.steps import eval_step, evaluate, train_step
 from trainer.setup import build_model
@@ -66,7 +66,7 @@ def test_eval_counts_every_example_once_with_padding():
     expected_accuracy = float(np.mean(np.argmax(outputs, -1) == split["targets"]))
     batches = list(batching.eval_batches(split, 4))
     assert [int(b["mask"].sum()) for b in batches] == [4, 4, 2]
-    parallel = DataParallel("jit")
+    parallel = Parallel("jit")
     metrics = evaluate(evaluate_batch, state, batching.eval_batches(split, 4), parallel)
     assert metrics["accuracy"] == pytest.approx(expected_accuracy)
     assert metrics == evaluate(evaluate_batch, state, batching.eval_batches(split, 10), parallel)

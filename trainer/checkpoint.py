@@ -49,12 +49,15 @@ def as_uint32(x):
 @jax.jit
 def checksums(tree):
     """{path: checksum} of every array: the sum of its elements' bits, each times an odd weight of
-    its position, modulo 2**32. Any one changed element changes it, and integer sums come out
-    the same on any device count."""
+    its position (row-major), modulo 2**32. Any one changed element changes it, and integer sums
+    come out the same on any device count and sharding. Elementwise, then reduced: a sharded
+    array is summed where its shards are, never gathered."""
     def checksum(x):
-        bits = as_uint32(x).ravel()
-        weights = 2 * jnp.arange(bits.size, dtype=jnp.uint32) + 1
-        return jnp.sum(bits * weights, dtype=jnp.uint32)
+        bits = as_uint32(x)
+        position = jnp.zeros(bits.shape, jnp.uint32)
+        for d in range(bits.ndim):
+            position = position * bits.shape[d] + jax.lax.broadcasted_iota(jnp.uint32, bits.shape, d)
+        return jnp.sum(bits * (2 * position + 1), dtype=jnp.uint32)
 
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {path_name(path): checksum(leaf) for path, leaf in leaves}

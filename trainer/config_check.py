@@ -68,6 +68,9 @@ def validate_config(config):
         and 0 <= v[0] < v[1]), "() (off) or (start, end), integers with 0 <= start < end")
     require(config, "dtype", *one_of(("float32", "bfloat16")))
     require(config, "grad_accum_steps", lambda v: is_int(v) and v > 0, "a positive integer")
+    require(config, "fsdp_min_size", lambda v: is_int(v) and v >= 0, "an integer >= 0")
+    require(config, "sharding_rules", lambda v: isinstance(v, (tuple, list)),
+            "a tuple of (regex, spec) rules, () for none")
     require(config, "ema_decay", lambda v: is_number(v) and (v == 0 or 0 < v < 1),
             "in (0, 1), or 0 (off)")
     for field in ("best_mode", "early_stopping.mode"):

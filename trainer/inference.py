@@ -1,4 +1,6 @@
 """Using a trained run: restore a checkpoint, evaluate it, run the model on inputs, draw figures."""
+import functools
+
 import jax
 import numpy as np
 
@@ -89,24 +91,30 @@ def evaluate_checkpoint(config, workdir, step=None):
 
 def predict(setup, state, inputs, chunk=1000):
     """The model's outputs for raw `inputs` (as the data set stores them), in natural units;
-    `chunk` examples at a time, to bound the memory of the activations."""
-    local_state = local_copy(state)
+    `chunk` examples at a time, to bound the memory of the activations. `state`: in checkpoint
+    form, on the mesh, where its arrays stay (sharded ones are never gathered); every process
+    calls this with the same inputs, and gets all the outputs."""
+    parallel = setup.parallel
 
-    @jax.jit
+    @functools.partial(jax.jit, out_shardings=parallel.replicated)
     def outputs_of(state, inputs):
         outputs, _ = apply_model(state, state.params, setup.dataset.prepare_inputs(inputs), False)
         return setup.dataset.decode_outputs(outputs)
 
     inputs = np.asarray(inputs)
-    return np.concatenate([np.asarray(outputs_of(local_state, inputs[i:i + chunk]))
-                           for i in range(0, len(inputs), chunk)])
+    return np.concatenate([
+        np.asarray(local_copy(outputs_of(state, parallel.replicate(inputs[i:i + chunk]))))
+        for i in range(0, len(inputs), chunk)])
 
 
 def write_figures(setup, state, workdir):
     """The PNG figures of the model on the test split, its first FIGURE_EXAMPLES examples
-    (trainer/plots.py); returns their paths."""
+    (trainer/plots.py); returns their paths. Every process calls it (for the predictions); only
+    process 0 draws, and the others return []."""
     from trainer import plots  # pylint: disable=g-import-not-at-top  (matplotlib: only here)
     test = setup.dataset.test
     test = datasets.examples(test, range(min(datasets.num_examples(test), FIGURE_EXAMPLES)))
-    return plots.plot_all(workdir, setup.task, test, predict(setup, state, test["inputs"]),
-                          setup.dataset.decode_outputs)
+    outputs = predict(setup, state, test["inputs"])
+    if jax.process_index() != 0:
+        return []
+    return plots.plot_all(workdir, setup.task, test, outputs, setup.dataset.decode_outputs)

@@ -16,7 +16,7 @@ import jax
 from absl import logging
 from clu import parameter_overview
 
-from trainer import finetune, inference
+from trainer import finetune, inference, sharding
 from trainer.checkpoint import Checkpoints
 from trainer.early_stopping import EarlyStopping
 from trainer.errors import NonFiniteError, Stopped, WorkdirError
@@ -161,6 +161,10 @@ def results_written(workdir, step):
             return False
 
 
+def megabytes(count):
+    return f"{count / 2**20:.1f} MiB"
+
+
 def write_results(workdir, step, scalars):
     for name in sorted(n for n, v in scalars.items() if not math.isfinite(v)):
         logging.warning("%s is %s at the end; results.json holds null for it.", name, scalars[name])
@@ -215,8 +219,10 @@ def train_and_evaluate_in(config, setup, workdir):
             checkpoints.wait()
             checkpoints.close()
     write_results(workdir, step, eval_scalars)
-    if config.plots and jax.process_index() == 0:
-        logging.info("Figures: %s", ", ".join(inference.write_figures(setup, state, workdir)))
+    if config.plots:  # every process computes the predictions, of a state maybe sharded over them
+        figures = inference.write_figures(setup, state, workdir)
+        if figures:
+            logging.info("Figures: %s", ", ".join(figures))
     return state, eval_scalars
 
 
@@ -225,9 +231,12 @@ def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping
     step reached, the final evaluation's scalars)."""
     parallel, task, total_steps = setup.parallel, setup.task, setup.total_steps
     writer = MetricWriter(config, workdir, step)
-    if step == 0:
+    if step == 0:  # "global": statistics of sharded arrays, computed where their shards are
         logging.info("Parameters:\n%s", parameter_overview.get_parameter_overview(
-            local_copy(state.params)))
+            state.params, include_stats="global"))
+    logging.info("The train state takes %s on each device, of %s whole (%s).",
+                 megabytes(sharding.bytes_on(state, jax.local_devices()[0])),
+                 megabytes(sum(x.nbytes for x in jax.tree.leaves(state))), parallel.describe())
     config_text = config.to_json_best_effort(indent=2)
     writer.write_text(step, "config", config_text)
     write_file(workdir, "config.json", config_text)

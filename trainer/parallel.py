@@ -1,15 +1,18 @@
-"""How the steps run over devices: data parallel over every device JAX sees, on one host or many.
+"""How the steps run over devices: over a mesh of every device JAX sees, on one host or many.
 
-`jit` (the default, as current JAX recommends): one program over a Mesh. The batch is split along
-the mesh's "data" axis and the state is replicated; XLA inserts the cross-device reductions, so
-the global batch is computed exactly as on one device (BatchNorm statistics included).
+`jit` (the default, as current JAX recommends): one program over the Mesh of config.mesh. The
+batch is split over its data-like axes; each array of the state is replicated or sharded as
+trainer/sharding.py says (the default mesh: data parallel, everything replicated; with an "fsdp"
+axis, parameters and optimizer state are split over it). XLA inserts the collectives, so the
+global batch is computed as on one device (BatchNorm statistics included).
 
-`pmap`: the per-device step under jax.pmap with axis name "data": gradients averaged with
-lax.pmean, metrics gathered, BatchNorm statistics synchronised through the model's `axis_name`.
+`pmap`: data parallel only: the per-device step under jax.pmap with axis name "data": gradients
+averaged with lax.pmean, metrics gathered, BatchNorm statistics synchronised through the model's
+`axis_name`.
 
 Both run the same step functions of trainer/steps.py. Between steps the state is in "device form"
-(replicated global arrays for jit, stacked per device for pmap); checkpoints always hold the
-replicated global form, so they restore on any device count in either mode.
+(global arrays on the mesh for jit, stacked per device for pmap); checkpoints hold global arrays,
+written shard by shard, and restore onto any mesh and device count in either mode.
 """
 import functools
 
@@ -17,7 +20,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from trainer import fused
+from trainer import fused, sharding
 from trainer.errors import ConfigError
 
 AXIS = "data"
@@ -25,23 +28,42 @@ MODES = ("jit", "pmap")
 
 
 def local_copy(tree):
-    """A tree of replicated global arrays (checkpoint form) as this process's own copy."""
+    """A tree of replicated global arrays as this process's own copy."""
     return jax.tree.map(lambda x: x.addressable_data(0), tree)
 
 
-class DataParallel:
+class Parallel:
 
-    def __init__(self, mode):
+    def __init__(self, mode, mesh=None, rules=(), fsdp_min_size=0):
+        """`mesh`: config.mesh ({axis: size}; None: data parallel over every device); `rules`:
+        config.sharding_rules (trainer/sharding.py)."""
         self.mode = mode
-        self.mesh = Mesh(np.array(jax.devices()), (AXIS,))
+        self.sizes = sharding.mesh_sizes(mesh or {AXIS: -1})
+        if mode == "pmap" and (rules or any(size > 1 for axis, size in self.sizes.items()
+                                            if axis != AXIS)):
+            raise ConfigError(
+                f"config.parallelism='pmap' runs data parallel only, and config.mesh="
+                f"{self.sizes} or config.sharding_rules shard the state: use "
+                f"--config.parallelism=jit.")
+        self.mesh = sharding.make_mesh(self.sizes)
+        self.rules, self.fsdp_min_size = rules, fsdp_min_size
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
-        self.split = NamedSharding(self.mesh, PartitionSpec(AXIS))
+        self.split = NamedSharding(self.mesh, sharding.batch_spec(self.mesh))
         # On the CPU, several multi-device programs in flight deadlock XLA's all-reduce.
         self.one_step_in_flight = jax.default_backend() == "cpu" and jax.device_count() > 1
 
     def describe(self):
+        mesh = " x ".join(f"{axis}={size}" for axis, size in self.sizes.items() if size > 1)
         return (f"{self.mode} over {jax.device_count()} {jax.default_backend()} device(s) in "
-                f"{jax.process_count()} process(es)")
+                f"{jax.process_count()} process(es){f', mesh {mesh}' if mesh else ''}")
+
+    def state_shardings(self, abstract_state):
+        """Where each array of a state (jax.eval_shape's abstract form) goes (sharding.py)."""
+        return sharding.state_shardings(abstract_state, self.mesh, self.rules, self.fsdp_min_size)
+
+    def step_sharding(self, state):
+        """jit: the shardings the train step keeps the state in (those it was created with)."""
+        return jax.tree.map(lambda x: x.sharding, state) if self.mode == "jit" else None
 
     def check_batch_size(self, field, batch_size):
         if batch_size % jax.device_count():
@@ -78,13 +100,17 @@ class DataParallel:
 
         return jax.tree.map(stack, state)
 
+    def replicate(self, tree):
+        """Host arrays (the same in every process) as global arrays whole on every device."""
+        return jax.tree.map(
+            lambda a: jax.make_array_from_process_local_data(self.replicated, np.asarray(a)), tree)
+
     def put_replicated(self, tree):
         """Host arrays (the same in every process) on every device, in device form."""
-        return self.to_device_form(jax.tree.map(
-            lambda a: jax.make_array_from_process_local_data(self.replicated, np.asarray(a)), tree))
+        return self.to_device_form(self.replicate(tree))
 
     def to_checkpoint_form(self, state):
-        """The replicated global form, which checkpoints hold whatever the device count."""
+        """The global form, which checkpoints hold whatever the device count."""
         if self.mode == "jit":
             return state
         return jax.tree.map(
@@ -93,7 +119,7 @@ class DataParallel:
             state)
 
     def to_host(self, tree):
-        """Device-form values every device holds whole (metrics, the state), as arrays this
+        """Device-form values every device holds whole (metrics, counters), as arrays this
         process can read."""
         if self.mode == "pmap":
             return jax.tree.map(lambda x: x[0], tree)

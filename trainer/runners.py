@@ -24,7 +24,7 @@ def step_args(config, setup):
     """The train step's settings (steps.train_step): the same on both paths."""
     return dict(task=setup.task, prepare_inputs=setup.dataset.prepare_inputs,
                 nonfinite=config.nonfinite, grad_accum_steps=config.grad_accum_steps,
-                ema_decay=config.ema_decay)
+                ema_decay=config.ema_decay, state_sharding=setup.parallel.step_sharding(setup.state))
 
 
 def fits_on_device(split):

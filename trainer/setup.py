@@ -12,7 +12,7 @@ from trainer import batching, finetune, input_pipeline, parts
 from trainer.config_check import validate_config
 from trainer.errors import ConfigError
 from trainer.optim import check_frozen, create_optimizer
-from trainer.parallel import DataParallel
+from trainer.parallel import Parallel
 from trainer.state import TrainState, create_train_state
 from trainer.tasks import Task
 from trainer.writers import find_writers
@@ -20,10 +20,10 @@ from trainer.writers import find_writers
 
 @dataclasses.dataclass(frozen=True)
 class Setup:
-    parallel: DataParallel
+    parallel: Parallel
     dataset: datasets.Dataset
     task: Task
-    state: TrainState  # freshly initialised, replicated over all devices
+    state: TrainState  # freshly initialised, on the mesh as config.sharding_rules say
     learning_rate: Callable  # step -> learning rate
     steps_per_epoch: int
     total_steps: int
@@ -165,7 +165,8 @@ def build(config, training=True) -> Setup:
     built. `training`: also check the metric writers and plan config.init_from (using a trained
     run needs neither)."""
     validate_config(config)
-    parallel = DataParallel(config.parallelism)
+    parallel = Parallel(config.parallelism, config.mesh, config.sharding_rules,
+                        config.fsdp_min_size)
     parallel.check_batch_size("batch_size", config.batch_size)
     parallel.check_batch_size("eval_batch_size", config.eval_batch_size)
     check_grad_accum(config)
@@ -183,8 +184,10 @@ def build(config, training=True) -> Setup:
     tx, learning_rate = create_optimizer(config.optimizer, steps_per_epoch, total_steps)
     example_inputs = dataset.prepare_inputs(datasets.examples(dataset.train, [0])["inputs"])
     try:
-        state = create_train_state(model, tx, example_inputs, config.seed, parallel.replicated,
-                                   ema=config.ema_decay > 0)
+        state = create_train_state(model, tx, example_inputs, config.seed,
+                                   parallel.state_shardings, ema=config.ema_decay > 0)
+    except ConfigError:  # of the sharding rules
+        raise
     except Exception as e:  # pylint: disable=broad-except
         raise ConfigError(
             f"config.model ({config.model.name!r}) cannot take the inputs of data set "

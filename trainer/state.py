@@ -51,15 +51,16 @@ class ModelApply:
         return self.model.init(rngs, inputs, **self.mode(False))
 
 
-def create_train_state(model, tx, example_inputs, seed, sharding=None, ema=False) -> TrainState:
-    """Initialises the model, its arrays placed by `sharding` (default: JAX's default device);
-    `ema`: with a moving average of the parameters, starting at them.
+def create_train_state(model, tx, example_inputs, seed, shardings=None, ema=False) -> TrainState:
+    """Initialises the model; `ema`: with a moving average of the parameters, starting at them.
 
-    Jitted, since Flax's eager init compiles dozens of small programs.
+    `shardings`: a function from the state's abstract form (jax.eval_shape) to where each of its
+    arrays goes (Parallel.state_shardings); None: JAX's default device. Jitted with those as
+    out_shardings, each device computes only its own shards: a sharded state is never whole on
+    one device (and Flax's eager init would compile dozens of small programs).
     """
     apply = ModelApply(model)
 
-    @functools.partial(jax.jit, out_shardings=sharding)
     def init(key):
         params_key, dropout_key, state_key = jax.random.split(key, 3)
         variables = dict(apply.init({"params": params_key, "dropout": dropout_key}, example_inputs))
@@ -71,4 +72,6 @@ def create_train_state(model, tx, example_inputs, seed, sharding=None, ema=False
                                  first_nonfinite_step=jnp.full((), -1, jnp.int32),
                                  ema_params=jax.tree.map(jnp.copy, params) if ema else None)
 
-    return init(jax.random.PRNGKey(seed))
+    key = jax.random.PRNGKey(seed)
+    placement = shardings(jax.eval_shape(init, key)) if shardings else None
+    return jax.jit(init, out_shardings=placement)(key)

@@ -32,7 +32,7 @@ def whole_batch(tree):
 
 
 def train_step(state: TrainState, batch, *, task, prepare_inputs, nonfinite="stop",
-               grad_accum_steps=1, ema_decay=0.0, axis_name=None):
+               grad_accum_steps=1, ema_decay=0.0, state_sharding=None, axis_name=None):
     """One gradient update on `batch` ({"inputs", "targets"}); returns (new state, metrics).
 
     `grad_accum_steps` = k > 1: the batch is split into k microbatches, run one after another in a
@@ -40,7 +40,9 @@ def train_step(state: TrainState, batch, *, task, prepare_inputs, nonfinite="sto
     model's state (BatchNorm statistics) is carried from each microbatch to the next.
     `nonfinite` (config.nonfinite): an update with a NaN or an Inf is never applied; with "stop"
     no later one is applied either, since the run stops at the first.
-    `ema_decay` > 0: state.ema_params follows the parameters as their moving average."""
+    `ema_decay` > 0: state.ema_params follows the parameters as their moving average.
+    `state_sharding` (jit): the new state is kept where the old one was (sharded or replicated),
+    inside a fused loop too, so that XLA never moves it between steps."""
     dropout_key = jax.random.fold_in(state.rng, state.step)
     if axis_name:  # each device drops out its own share of the batch
         dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
@@ -80,6 +82,8 @@ def train_step(state: TrainState, batch, *, task, prepare_inputs, nonfinite="sto
             lambda average, p: ema_decay * average + (1 - ema_decay) * p,
             state.ema_params, new_state.params))
     new_state = skip_if_nonfinite(state, new_state, [per_example_loss, grads], nonfinite)
+    if state_sharding is not None:
+        new_state = jax.lax.with_sharding_constraint(new_state, state_sharding)
     return new_state, task.compute_metrics(outputs, batch["targets"], per_example_loss,
                                            axis_name=axis_name)
 

@@ -1,0 +1,157 @@
+"""Parameters and optimizer state sharded over the mesh (config.mesh, config.sharding_rules), on 8
+fake CPU devices: the same training as on one device, a fraction of the state on each device,
+checkpoints that move between meshes, resume after SIGKILL, two processes, and bad rules."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, SMALL_CNN, devices, logged, run_train, train, train_in_two_processes
+
+# The small CNN's conv kernel and both dense kernels are over this many elements: all sharded.
+FSDP = ["--config.mesh.fsdp=4", "--config.fsdp_min_size=1000", "--config.plots=False"]
+
+
+def state_checksums(workdir, step):
+    """The checksum of every array of the checkpoint at `step`, as saved with it: equal checksums
+    are equal bits."""
+    return json.loads((workdir / "checkpoints" / str(step) / "checksums" / "metadata").read_text())
+
+
+def metric_history(workdir):
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "steps_per_sec"} for line in lines]
+
+
+TENSOR_PARALLEL = ["--config.mesh.model=2", "--config.plots=False", "--config.sharding_rules=("
+                   "('params/Dense_0/kernel', (None, 'model')), ('params/Dense_1/kernel', "
+                   "('model', None)))"]
+
+
+@pytest.mark.parametrize("steps, args, mesh, table", [
+    ("per_step", FSDP, "mesh data=2 x fsdp=4", "('fsdp', None)"),
+    ("fused", FSDP, "mesh data=2 x fsdp=4", "('fsdp', None)"),
+    ("per_step", TENSOR_PARALLEL, "mesh data=4 x model=2", "(None, 'model')"),
+])
+def test_a_sharded_run_learns_what_one_device_learns(steps, args, mesh, table, mnist_dir, tmp_path,
+                                                     one_device_run):
+    result = train(tmp_path, mnist_dir, 8, *args, "--config.num_steps=20", f"--config.steps={steps}")
+    assert mesh in result.stderr
+    assert table in result.stderr  # the parameter table shows how the kernel is split
+    one_losses, one_accuracy = one_device_run
+    sharded_losses, sharded_accuracy = logged(tmp_path)
+    assert len(one_losses) == len(sharded_losses) == 20
+    for a, b in zip(one_losses, sharded_losses):
+        assert abs(a - b) <= 1e-5 * abs(a)
+    assert one_accuracy == sharded_accuracy
+
+
+MEMORY = """
+import json, sys
+import jax
+from configs import mnist_cnn
+from trainer.checkpoint import path_name
+from trainer.setup import build
+from trainer.sharding import bytes_on
+
+config = mnist_cnn.get_config()
+config.dataset.data_dir, config.mesh.fsdp = sys.argv[1], 4
+state = build(config).state
+arrays = {"params": state.params, "opt_state": state.opt_state}
+leaves = jax.tree.leaves(arrays)
+print(json.dumps(dict(
+    on_device_0=bytes_on(arrays, jax.devices()[0]), total=sum(x.nbytes for x in leaves),
+    replicated=sum(x.nbytes for x in leaves if x.sharding.is_fully_replicated),
+    specs={path_name(p): str(x.sharding.spec)
+           for p, x in jax.tree_util.tree_flatten_with_path(arrays)[0]})))
+"""
+
+
+def test_each_device_holds_a_quarter_of_the_sharded_state(mnist_dir):
+    result = subprocess.run([sys.executable, "-c", MEMORY, mnist_dir], capture_output=True,
+                            text=True, cwd=REPO, env={**os.environ, **devices(8)},
+                            timeout=300, check=True)
+    memory = json.loads(result.stdout.splitlines()[-1])
+    sharded = memory["total"] - memory["replicated"]
+    assert sharded > 0.95 * memory["total"]  # the kernels are nearly all of it
+    assert memory["on_device_0"] == sharded // 4 + memory["replicated"]
+    specs = memory["specs"]
+    # Adam's moments are split as the parameter they follow; BatchNorm's scale is too small.
+    moments = [spec for name, spec in specs.items() if name.endswith(("mu/Dense_0/kernel",
+                                                                      "nu/Dense_0/kernel"))]
+    assert moments == [specs["params/Dense_0/kernel"]] * 2 == ["P('fsdp', None)"] * 2
+    assert specs["params/BatchNorm_0/scale"] == "P()"
+
+
+def test_checkpoints_of_a_sharded_run_go_on_on_other_meshes(mnist_dir, tmp_path):
+    meshes = [(8, ["--config.mesh.fsdp=4"]), (8, ["--config.mesh.data=8"]),
+              (8, ["--config.mesh.fsdp=8"]), (1, [])]
+    for end, (num_devices, mesh) in zip((10, 20, 30, 40), meshes):
+        result = train(tmp_path, mnist_dir, num_devices, *FSDP[1:], *mesh,
+                       f"--config.num_steps={end}", "--config.optimizer.schedule=constant")
+        if end > 10:
+            assert f"Resuming from the checkpoint at step {end - 10}" in result.stderr
+        assert json.loads((tmp_path / "results.json").read_text())["step"] == end
+    losses, _ = logged(tmp_path)
+    assert len(losses) == 40 and sum(losses[-5:]) < sum(losses[:5])  # it kept learning
+
+
+def test_sigkill_then_resume_of_a_sharded_run_is_bitwise_the_uninterrupted_run(mnist_dir,
+                                                                              tmp_path):
+    args = [*FSDP, "--config.num_steps=30", "--config.steps=per_step"]
+    train(tmp_path / "uninterrupted", mnist_dir, 8, *args)
+    command = [sys.executable, str(REPO / "scripts" / "train.py"), *SMALL_CNN, *args,
+               f"--config.dataset.data_dir={mnist_dir}", f"--workdir={tmp_path / 'killed'}"]
+    run = subprocess.Popen(command, cwd=REPO, env={**os.environ, **devices(8)},
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while run.poll() is None and time.time() < deadline:
+        if (tmp_path / "killed" / "checkpoints" / "10").is_dir():
+            break
+        time.sleep(0.01)
+    run.send_signal(signal.SIGKILL)
+    assert run.wait() == -signal.SIGKILL  # killed, not finished
+    assert not (tmp_path / "killed" / "results.json").exists()
+    result = train(tmp_path / "killed", mnist_dir, 8, *args)
+    assert "Resuming from the checkpoint at step" in result.stderr
+    assert (state_checksums(tmp_path / "killed", 30)
+            == state_checksums(tmp_path / "uninterrupted", 30))
+    assert metric_history(tmp_path / "killed") == metric_history(tmp_path / "uninterrupted")
+
+
+def test_two_processes_shard_over_both_like_one_process(mnist_dir, tmp_path):
+    args = [*FSDP[1:], "--config.mesh.fsdp=8", "--config.num_steps=10"]
+    train(tmp_path / "single", mnist_dir, 8, *args)
+    outputs = train_in_two_processes(tmp_path / "multi", mnist_dir, *args)
+    assert "8 cpu device(s) in 2 process(es), mesh fsdp=8" in outputs[0]
+    single_losses, single_accuracy = logged(tmp_path / "single")
+    multi_losses, multi_accuracy = logged(tmp_path / "multi")
+    assert len(multi_losses) == 10
+    for a, b in zip(single_losses, multi_losses):
+        assert abs(a - b) <= 1e-5 * abs(a)
+    assert single_accuracy == multi_accuracy
+
+
+@pytest.mark.parametrize("args, message", [
+    (['--config.sharding_rules=(("params/Dense_9/.*", ("fsdp",)),)'],
+     "config.sharding_rules[0]=('params/Dense_9/.*', ('fsdp',)) matches no parameter"),
+    (['--config.sharding_rules=(("params/Dense_0/kernel", (None, "tensor")),)'],
+     "axis 'tensor' is not in config.mesh (axes: data, fsdp, model)"),
+    (["--config.mesh.data=3"], "config.mesh={'data': 3, 'fsdp': 4, 'model': 1} does not fit the "
+                               "8 devices"),
+    (['--config.sharding_rules=(("params/Dense_1/kernel", (None, "fsdp")),)'],
+     "dimension 1 of params/Dense_1/kernel (256, 10) does not divide into the 4 parts of 'fsdp'"),
+    (["--config.parallelism=pmap"], "config.parallelism='pmap' runs data parallel only"),
+])
+def test_a_bad_mesh_or_rule_is_one_error_line(args, message, mnist_dir, tmp_path):
+    result = run_train("--config=configs/mnist_cnn.py", "--config.mesh.fsdp=4", *args,
+                       f"--config.dataset.data_dir={mnist_dir}",
+                       f"--workdir={tmp_path / 'run'}", env=devices(8))
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()  # found before anything was written

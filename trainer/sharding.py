@@ -1,0 +1,165 @@
+"""Where each array of the train state lives on the device mesh: config.mesh, config.sharding_rules.
+
+The mesh has named axes, e.g. {"data": 2, "fsdp": 4}. The batch is split over its data-like axes
+(BATCH_AXES); an array is either replicated or split over some axes by a PartitionSpec.
+
+Each parameter takes the spec of the first rule whose regex matches its whole path
+("params/Dense_0/kernel", as in config.optimizer.frozen); one that no rule matches takes the fsdp
+rule: split over the "fsdp" axis along its largest dimension that divides by the axis size,
+replicated if it has fewer than config.fsdp_min_size elements or no such dimension. Of equal
+dimensions the last is split: a Dense kernel by its output features, which XLA computes in place,
+gathering the (small) activations rather than the kernel (measured: docs/devices.md). The
+optimizer state and the moving average follow the parameter they mirror (found by path and
+shape); the model's other state (BatchNorm statistics), step and RNG key are replicated.
+"""
+import math
+import re
+
+import jax
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+from trainer.checkpoint import path_name
+from trainer.errors import ConfigError
+
+BATCH_AXES = ("data", "fsdp")  # the mesh axes the batch is split over, where the mesh has them
+FSDP = "fsdp"
+
+
+def mesh_sizes(mesh_config):
+    """{axis: size} of config.mesh, -1 resolved to the devices left; checked against the devices."""
+    sizes = dict(mesh_config)
+    devices = jax.device_count()
+    fix = (f"Give sizes that multiply to {devices}, or one size -1 for the devices left "
+           f"(e.g. --config.mesh.fsdp={devices}).")
+    if not sizes or not all(isinstance(name, str) and isinstance(size, int) and not isinstance(
+            size, bool) and (size > 0 or size == -1) for name, size in sizes.items()):
+        raise ConfigError(f"config.mesh={sizes}: give named axes and positive sizes, one of them "
+                          f"may be -1, e.g. dict(data=2, fsdp=4).")
+    rest = [name for name, size in sizes.items() if size == -1]
+    if len(rest) > 1:
+        raise ConfigError(f"config.mesh={sizes}: only one size may be -1 (the devices left); "
+                          f"{', '.join(rest)} are.")
+    known = math.prod(size for size in sizes.values() if size != -1)
+    if rest and devices % known == 0:
+        sizes[rest[0]] = devices // known
+    if math.prod(sizes.values()) != devices:
+        raise ConfigError(f"config.mesh={dict(mesh_config)} does not fit the {devices} devices "
+                          f"JAX sees ({jax.process_count()} process(es)). {fix}")
+    return sizes
+
+
+def make_mesh(sizes):
+    return jax.make_mesh(tuple(sizes.values()), tuple(sizes), axis_types=(AxisType.Auto,) * len(sizes))
+
+
+def batch_spec(mesh):
+    return PartitionSpec(tuple(axis for axis in mesh.axis_names if axis in BATCH_AXES))
+
+
+def parse_rules(rules, mesh):
+    """config.sharding_rules as [(compiled regex, PartitionSpec)], each checked against the mesh."""
+    parsed = []
+    for i, rule in enumerate(rules):
+        where = f"config.sharding_rules[{i}]={tuple(rule) if isinstance(rule, list) else rule!r}"
+        if not (isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str)
+                and isinstance(rule[1], (tuple, list))):
+            raise ConfigError(f"{where}: a rule is (regex over parameter paths, spec), the spec a "
+                              f"tuple with an axis name, a tuple of names or None per dimension, "
+                              f"e.g. ('params/Dense_.*/kernel', (None, 'fsdp')).")
+        pattern, spec = rule
+        try:
+            regex = re.compile(pattern)
+        except re.error as e:
+            raise ConfigError(f"{where}: {pattern!r} is not a regular expression ({e}).") from e
+        spec = tuple(tuple(s) if isinstance(s, list) else s for s in spec)
+        axes = [a for s in spec for a in (s if isinstance(s, tuple) else (s,)) if a is not None]
+        for axis in axes:
+            if axis not in mesh.axis_names:
+                raise ConfigError(f"{where}: axis {axis!r} is not in config.mesh (axes: "
+                                  f"{', '.join(mesh.axis_names)}). Name one of them (sized "
+                                  f"by --config.mesh.AXIS=N), or add {axis!r} to config.mesh "
+                                  f"in the config file.")
+        if len(set(axes)) < len(axes):
+            raise ConfigError(f"{where}: an axis splits at most one dimension.")
+        parsed.append((regex, PartitionSpec(*spec), where))
+    return parsed
+
+
+def spec_size(mesh, entry):
+    """How many parts an entry of a PartitionSpec splits its dimension into."""
+    axes = entry if isinstance(entry, tuple) else (entry,)
+    return math.prod(mesh.shape[a] for a in axes if a is not None)
+
+
+def fsdp_spec(shape, mesh, min_size):
+    """The fsdp rule: the largest dimension dividing by the fsdp axis (the last of equal ones)."""
+    parts = mesh.shape.get(FSDP, 1)
+    if parts == 1 or math.prod(shape) < min_size:
+        return PartitionSpec()
+    dividing = [d for d in range(len(shape)) if shape[d] % parts == 0]
+    if not dividing:
+        return PartitionSpec()
+    split = max(dividing, key=lambda d: (shape[d], d))
+    return PartitionSpec(*(FSDP if d == split else None for d in range(len(shape))))
+
+
+def params_specs(params, mesh, rules, min_size):
+    """{path: PartitionSpec} of every parameter (abstract arrays), by the rules or the fsdp rule."""
+    rules = parse_rules(rules, mesh)
+    used = set()
+    specs, sizes = {}, {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        name = path_name(path)
+        sizes[name] = math.prod(leaf.shape)
+        match = next((rule for rule in rules if rule[0].fullmatch(name)), None)
+        if match is None:
+            specs[name] = fsdp_spec(leaf.shape, mesh, min_size)
+            continue
+        _, spec, where = match
+        used.add(where)
+        if len(spec) > len(leaf.shape):
+            raise ConfigError(f"{where}: {name} has {len(leaf.shape)} dimensions {leaf.shape}, "
+                              f"the spec {len(spec)}.")
+        for d, entry in enumerate(spec):
+            if leaf.shape[d] % spec_size(mesh, entry):
+                raise ConfigError(f"{where}: dimension {d} of {name} {leaf.shape} does not divide "
+                                  f"into the {spec_size(mesh, entry)} parts of {entry!r}. Split "
+                                  f"another dimension, or give the axis a size that divides it.")
+        specs[name] = spec
+    for _, _, where in rules:
+        if where not in used:
+            some = ", ".join(sorted(specs, key=lambda name: -sizes[name])[:3])  # the largest
+            raise ConfigError(f"{where} matches no parameter (its regex must match a whole path, "
+                              f"e.g. {some}). Fix the regex or remove the rule.")
+    return specs
+
+
+def state_shardings(state, mesh, rules=(), min_size=0):
+    """The NamedSharding of every array of `state` (a TrainState of abstract arrays)."""
+    params = {"params": state.params}
+    specs = params_specs(params, mesh, rules, min_size)
+    shapes = {path_name(path): leaf.shape
+              for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+    # What mirrors a parameter (Adam's moments, the moving average) ends with the parameter's path.
+    mirrored = {name.split("/", 1)[1]: name for name in specs}
+
+    def sharding(path, leaf):
+        keys = path_name(path).split("/")
+        spec = PartitionSpec()
+        if keys[0] == "params":
+            spec = specs["/".join(keys)]
+        elif keys[0] != "model_state":
+            for i in range(1, len(keys)):
+                name = mirrored.get("/".join(keys[i:]))
+                if name is not None and shapes[name] == leaf.shape:
+                    spec = specs[name]
+                    break
+        return NamedSharding(mesh, spec)
+
+    return jax.tree_util.tree_map_with_path(sharding, state)
+
+
+def bytes_on(tree, device):
+    """Bytes of the arrays of `tree` that `device` holds."""
+    return sum(shard.data.nbytes for x in jax.tree.leaves(tree) for shard in x.addressable_shards
+               if shard.device == device)
