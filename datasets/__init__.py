@@ -8,6 +8,7 @@ examples are in their raw form (images NHWC uint8); `prepare_inputs` turns raw i
 inputs inside the jitted step, on the device.
 """
 import dataclasses
+import threading
 from typing import Callable, Protocol, Union
 
 import numpy as np
@@ -17,9 +18,14 @@ class DataError(Exception):
     """Data that cannot be found or read; the message says which files and how to fix it."""
 
 
+OPENING = threading.Lock()  # see Source
+
+
 class Source(Protocol):
     """Random access to a split, example by example. It is pickled into the pipeline's worker
-    processes: open files lazily there, not in __init__."""
+    processes: open files lazily there, not in __init__, and under `OPENING`: Grain's threads in a
+    worker all read at once as it starts, and the first import of a reading library from several
+    threads at once can deadlock (TFDS and etils import lazily, under locks of their own)."""
 
     def __len__(self) -> int:
         ...

@@ -12,7 +12,7 @@ import os
 import msgpack
 import numpy as np
 
-from datasets import DataError, Dataset, images, scale_to_unit
+from datasets import OPENING, DataError, Dataset, images, scale_to_unit
 
 
 def encode(image, label):
@@ -53,9 +53,10 @@ class ArrayRecordSource:
         self.channels = channels_of(self.reader[0], self.files[0])
 
     def open(self):
-        if self.reader is None:
-            from array_record.python.array_record_data_source import ArrayRecordDataSource  # pylint: disable=g-import-not-at-top
-            self.reader = ArrayRecordDataSource(list(self.files))
+        with OPENING:
+            if self.reader is None:
+                from array_record.python.array_record_data_source import ArrayRecordDataSource  # pylint: disable=g-import-not-at-top
+                self.reader = ArrayRecordDataSource(list(self.files))
         return self.reader
 
     def __getstate__(self):

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from datasets import DataError, Dataset, scale_to_unit
+from datasets import OPENING, DataError, Dataset, scale_to_unit
 
 
 def prepared_builder(name, tfds_data_dir, ways=""):
@@ -50,10 +50,11 @@ class TfdsSource:
         self.length = len(self.open())
 
     def open(self):
-        if self.source is None:
-            import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-            self.source = tfds.data_source(self.name, split=self.split,
-                                           data_dir=self.tfds_data_dir, download=False)
+        with OPENING:
+            if self.source is None:
+                import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+                self.source = tfds.data_source(self.name, split=self.split,
+                                               data_dir=self.tfds_data_dir, download=False)
         return self.source
 
     def __getstate__(self):

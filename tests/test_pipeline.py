@@ -1,8 +1,10 @@
 """The streaming pipeline: ArrayRecord shards, image folders and a TFDS data set, made here from the
 real MNIST, train through Grain workers on the batches the in-memory path sees, resume bitwise
-after SIGKILL whatever the worker count, and each process reads only its own rows."""
+after SIGKILL whatever the worker count and leave no worker behind, and each process reads only its
+own rows."""
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -338,6 +340,56 @@ def test_sigkill_while_streaming_then_resume_is_bitwise(resumed_workers, mnist_r
         same = jax.tree.map(np.array_equal, state_at(augmented_run, 60)[part],
                             state_at(tmp_path, 60)[part])
         assert jax.tree.all(same), part
+
+
+def children(pid):
+    """{/proc folder: (command line, niceness)} of the processes `pid` started through
+    multiprocessing (Grain's workers, their resource tracker)."""
+    found = {}
+    for folder in pathlib.Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (folder / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (folder / "cmdline").read_bytes()
+        except OSError:  # ended meanwhile
+            continue
+        if int(stat[1]) == pid and b"multiprocessing" in command:
+            found[folder] = command, int(stat[16])
+    return found
+
+
+def running(processes):
+    """Those still running: a process that ended is gone, or a zombie with no command line."""
+    def command(folder):
+        try:
+            return (folder / "cmdline").read_bytes()
+        except OSError:
+            return b""
+    return [folder for folder, (was, _) in processes.items() if command(folder) == was]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the workers in /proc")
+def test_workers_end_with_a_sigkilled_trainer(mnist_records, tmp_path):
+    """Grain stops its workers only from the trainer: killed, it would leave them running for
+    ever, holding its stdout and stderr open (a test reading them would wait for ever too)."""
+    run = subprocess.Popen([sys.executable, str(REPO / "scripts" / "train.py"), *MLP,
+                            "--config.dataset.name=array_record", "--config.pipeline.workers=2",
+                            f"--config.dataset.data_dir={mnist_records}", "--config.num_steps=10000",
+                            "--config.eval_every_epochs=0", f"--workdir={tmp_path}"],
+                           cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started = min(os.nice(0) + 10, 19)  # a worker lowers its priority first thing (start_worker)
+    deadline = time.time() + 120
+    while run.poll() is None and time.time() < deadline:
+        workers = children(run.pid)
+        if [nice for command, nice in workers.values() if b"spawn_main" in command] == [started] * 2:
+            break
+        time.sleep(0.05)
+    run.kill()
+    assert run.wait() == -signal.SIGKILL
+    assert sum(b"spawn_main" in command for command, _ in workers.values()) == 2, workers
+    deadline = time.time() + 10
+    while running(workers) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not running(workers)
 
 
 def test_worker_count_changes_no_batch():

@@ -8,7 +8,9 @@ or a run with another number of workers, reads the same batches bit for bit. Gra
 functions in spawned worker processes: this module imports no JAX.
 """
 import dataclasses
+import multiprocessing
 import os
+import threading
 from typing import Callable
 
 import grain
@@ -60,11 +62,21 @@ class EvalBatch:
         return {**stack(read(self.source, indices)), "mask": mask}
 
 
-def yield_to_training(worker_index, worker_count):
+def start_worker(worker_index, worker_count):
     """Workers take the cores the training leaves idle: at full priority they would slow the
-    step they feed where cores are few (measured on 2 CPU cores, docs/speed.md)."""
+    step they feed where cores are few (measured on 2 CPU cores, docs/speed.md). And a worker
+    ends with the trainer, even one killed by SIGKILL: Grain stops its workers only from the
+    trainer, so an orphan would live on, holding the trainer's stdout and stderr open."""
     del worker_index, worker_count
     os.nice(10)
+    threading.Thread(target=exit_with_parent, daemon=True).start()
+
+
+def exit_with_parent():
+    # Returns when the parent's end of multiprocessing's pipe to this worker closes, as it does
+    # when the parent dies, by any signal.
+    multiprocessing.parent_process().join()
+    os._exit(1)
 
 
 def iterate(dataset, workers, buffer):
@@ -73,7 +85,7 @@ def iterate(dataset, workers, buffer):
     stream = dataset.to_iter_dataset()
     if workers:
         stream = stream.mp_prefetch(grain.MultiprocessingOptions(
-            num_workers=workers, per_worker_buffer_size=buffer), worker_init_fn=yield_to_training)
+            num_workers=workers, per_worker_buffer_size=buffer), worker_init_fn=start_worker)
     iterator = iter(stream)
     try:
         yield from iterator
