@@ -145,7 +145,8 @@ def test_two_processes_shard_over_both_like_one_process(mnist_dir, tmp_path):
                                "8 devices"),
     (['--config.sharding_rules=(("params/Dense_1/kernel", (None, "fsdp")),)'],
      "dimension 1 of params/Dense_1/kernel (256, 10) does not divide into the 4 parts of 'fsdp'"),
-    (["--config.parallelism=pmap"], "config.parallelism='pmap' runs data parallel only"),
+    (["--config.parallelism=pmap"], "config.parallelism='pmap' runs data parallel only, and "
+                                    "config.mesh has fsdp=4"),
 ])
 def test_a_bad_mesh_or_rule_is_one_error_line(args, message, mnist_dir, tmp_path):
     result = run_train("--config=configs/mnist_cnn.py", "--config.mesh.fsdp=4", *args,

@@ -234,9 +234,9 @@ def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping
     if step == 0:  # "global": statistics of sharded arrays, computed where their shards are
         logging.info("Parameters:\n%s", parameter_overview.get_parameter_overview(
             state.params, include_stats="global"))
-    logging.info("The train state takes %s on each device, of %s whole (%s).",
+    logging.info("The train state takes %s on each device, of %s whole.",
                  megabytes(sharding.bytes_on(state, jax.local_devices()[0])),
-                 megabytes(sum(x.nbytes for x in jax.tree.leaves(state))), parallel.describe())
+                 megabytes(sum(x.nbytes for x in jax.tree.leaves(state))))
     config_text = config.to_json_best_effort(indent=2)
     writer.write_text(step, "config", config_text)
     write_file(workdir, "config.json", config_text)

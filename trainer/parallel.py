@@ -39,12 +39,12 @@ class Parallel:
         config.sharding_rules (trainer/sharding.py)."""
         self.mode = mode
         self.sizes = sharding.mesh_sizes(mesh or {AXIS: -1})
-        if mode == "pmap" and (rules or any(size > 1 for axis, size in self.sizes.items()
-                                            if axis != AXIS)):
-            raise ConfigError(
-                f"config.parallelism='pmap' runs data parallel only, and config.mesh="
-                f"{self.sizes} or config.sharding_rules shard the state: use "
-                f"--config.parallelism=jit.")
+        sharded_axes = [axis for axis, size in self.sizes.items() if axis != AXIS and size > 1]
+        if mode == "pmap" and (rules or sharded_axes):
+            what = (f"config.mesh has {', '.join(f'{a}={self.sizes[a]}' for a in sharded_axes)}"
+                    if sharded_axes else "config.sharding_rules are set")
+            raise ConfigError(f"config.parallelism='pmap' runs data parallel only, and {what}: "
+                              f"use --config.parallelism=jit to shard the state.")
         self.mesh = sharding.make_mesh(self.sizes)
         self.rules, self.fsdp_min_size = rules, fsdp_min_size
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
