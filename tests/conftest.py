@@ -58,6 +58,30 @@ def logged(workdir):
     return losses, [e["eval/accuracy"] for e in entries if "eval/accuracy" in e]
 
 
+def assert_logged_alike(expected, actual, relative=1e-5):
+    """Two runs' logged(): the same number of train losses, each to `relative`, and the same eval
+    accuracies."""
+    (expected_losses, expected_accuracy), (losses, accuracy) = expected, actual
+    assert len(losses) == len(expected_losses) > 0
+    for a, b in zip(expected_losses, losses):
+        assert abs(a - b) <= relative * abs(a)
+    assert accuracy == expected_accuracy
+
+
+def train_in_turns(workdir, mnist_dir, turns):
+    """SMALL_CNN 10 steps a turn, each turn given as (num_devices, args) and resumed from the
+    checkpoint of the turn before; asserts that each resumed and that the whole kept learning."""
+    for turn, (num_devices, args) in enumerate(turns):
+        end = 10 * (turn + 1)
+        result = train(workdir, mnist_dir, num_devices, *args, f"--config.num_steps={end}",
+                       "--config.optimizer.schedule=constant")
+        if turn:
+            assert f"Resuming from the checkpoint at step {end - 10}" in result.stderr
+        assert json.loads((workdir / "results.json").read_text())["step"] == end
+    losses, _ = logged(workdir)
+    assert len(losses) == 10 * len(turns) and sum(losses[-5:]) < sum(losses[:5])
+
+
 @pytest.fixture(scope="session")
 def one_device_run(tmp_path_factory):
     """logged() of 20 steps of SMALL_CNN on one device, which multi-device runs must match."""

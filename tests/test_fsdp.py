@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from conftest import REPO, SMALL_CNN, devices, logged, run_train, train, train_in_two_processes
+from conftest import (REPO, SMALL_CNN, assert_logged_alike, devices, logged, run_train, train,
+                      train_in_turns, train_in_two_processes)
 
 # The small CNN's conv kernel and both dense kernels are over this many elements: all sharded.
 FSDP = ["--config.mesh.fsdp=4", "--config.fsdp_min_size=1000", "--config.plots=False"]
@@ -42,12 +43,8 @@ def test_a_sharded_run_learns_what_one_device_learns(steps, args, mesh, table, m
     result = train(tmp_path, mnist_dir, 8, *args, "--config.num_steps=20", f"--config.steps={steps}")
     assert mesh in result.stderr
     assert table in result.stderr  # the parameter table shows how the kernel is split
-    one_losses, one_accuracy = one_device_run
-    sharded_losses, sharded_accuracy = logged(tmp_path)
-    assert len(one_losses) == len(sharded_losses) == 20
-    for a, b in zip(one_losses, sharded_losses):
-        assert abs(a - b) <= 1e-5 * abs(a)
-    assert one_accuracy == sharded_accuracy
+    assert len(logged(tmp_path)[0]) == 20
+    assert_logged_alike(one_device_run, logged(tmp_path))
 
 
 MEMORY = """
@@ -88,16 +85,10 @@ def test_each_device_holds_a_quarter_of_the_sharded_state(mnist_dir):
 
 
 def test_checkpoints_of_a_sharded_run_go_on_on_other_meshes(mnist_dir, tmp_path):
-    meshes = [(8, ["--config.mesh.fsdp=4"]), (8, ["--config.mesh.data=8"]),
-              (8, ["--config.mesh.fsdp=8"]), (1, [])]
-    for end, (num_devices, mesh) in zip((10, 20, 30, 40), meshes):
-        result = train(tmp_path, mnist_dir, num_devices, *FSDP[1:], *mesh,
-                       f"--config.num_steps={end}", "--config.optimizer.schedule=constant")
-        if end > 10:
-            assert f"Resuming from the checkpoint at step {end - 10}" in result.stderr
-        assert json.loads((tmp_path / "results.json").read_text())["step"] == end
-    losses, _ = logged(tmp_path)
-    assert len(losses) == 40 and sum(losses[-5:]) < sum(losses[:5])  # it kept learning
+    train_in_turns(tmp_path, mnist_dir, [(8, [*FSDP[1:], "--config.mesh.fsdp=4"]),
+                                         (8, [*FSDP[1:], "--config.mesh.data=8"]),
+                                         (8, [*FSDP[1:], "--config.mesh.fsdp=8"]),
+                                         (1, FSDP[1:])])
 
 
 def test_sigkill_then_resume_of_a_sharded_run_is_bitwise_the_uninterrupted_run(mnist_dir,
@@ -128,12 +119,8 @@ def test_two_processes_shard_over_both_like_one_process(mnist_dir, tmp_path):
     train(tmp_path / "single", mnist_dir, 8, *args)
     outputs = train_in_two_processes(tmp_path / "multi", mnist_dir, *args)
     assert "8 cpu device(s) in 2 process(es), mesh fsdp=8" in outputs[0]
-    single_losses, single_accuracy = logged(tmp_path / "single")
-    multi_losses, multi_accuracy = logged(tmp_path / "multi")
-    assert len(multi_losses) == 10
-    for a, b in zip(single_losses, multi_losses):
-        assert abs(a - b) <= 1e-5 * abs(a)
-    assert single_accuracy == multi_accuracy
+    assert len(logged(tmp_path / "multi")[0]) == 10
+    assert_logged_alike(logged(tmp_path / "single"), logged(tmp_path / "multi"))
 
 
 @pytest.mark.parametrize("args, message", [
