@@ -16,7 +16,7 @@ from configs.base import get_base_config
 def get_config():
     config = get_base_config()
     config.model = ml_collections.ConfigDict(dict(
-        name="mlp", features=(4096,) * 7 + (10,), activation="relu", init_gain=0.0))
+        name="mlp", features=(4096,) * 7 + (10,), activation="relu"))
     config.mesh.data, config.mesh.fsdp = 1, -1  # every device on the fsdp axis
     config.optimizer.name = "adam"
     config.optimizer.learning_rate = 1e-4

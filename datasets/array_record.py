@@ -53,10 +53,11 @@ class ArrayRecordSource:
         self.channels = channels_of(self.reader[0], self.files[0])
 
     def open(self):
-        with OPENING:
-            if self.reader is None:
-                from array_record.python.array_record_data_source import ArrayRecordDataSource  # pylint: disable=g-import-not-at-top
-                self.reader = ArrayRecordDataSource(list(self.files))
+        if self.reader is None:  # every read asks: the lock only while it is not open yet
+            with OPENING:
+                if self.reader is None:
+                    from array_record.python.array_record_data_source import ArrayRecordDataSource  # pylint: disable=g-import-not-at-top
+                    self.reader = ArrayRecordDataSource(list(self.files))
         return self.reader
 
     def __getstate__(self):

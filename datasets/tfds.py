@@ -50,11 +50,12 @@ class TfdsSource:
         self.length = len(self.open())
 
     def open(self):
-        with OPENING:
-            if self.source is None:
-                import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-                self.source = tfds.data_source(self.name, split=self.split,
-                                               data_dir=self.tfds_data_dir, download=False)
+        if self.source is None:  # every read asks: the lock only while it is not open yet
+            with OPENING:
+                if self.source is None:
+                    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+                    self.source = tfds.data_source(self.name, split=self.split,
+                                                   data_dir=self.tfds_data_dir, download=False)
         return self.source
 
     def __getstate__(self):

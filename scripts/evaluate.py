@@ -1,5 +1,6 @@
 """Evaluates a checkpoint on the test split; prints the metrics as one JSON line and writes them
-to WORKDIR/eval_<step>.json. Runs on any device count, also one other than training's.
+to WORKDIR/eval_<step>.json. Runs on any device count, also one other than training's (a run
+trained with a sharding mesh: give one that fits the devices at hand, as the error says).
 
     python scripts/evaluate.py --workdir=runs/mnist [--step=N|best] [--config=configs/mnist_cnn.py]
 

@@ -8,13 +8,51 @@ import subprocess
 import sys
 import time
 
+import collections
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import pytest
 
-from conftest import (REPO, SMALL_CNN, assert_logged_alike, devices, logged, run_train, train,
-                      train_in_turns, train_in_two_processes)
+from configs.base import get_base_config
+from conftest import (REPO, SMALL_CNN, assert_logged_alike, devices, in_two_processes, logged,
+                      run_train, train, train_in_turns, train_in_two_processes)
+from trainer import sharding
+from trainer.optim import create_optimizer
+from trainer.state import create_train_state
 
 # The small CNN's conv kernel and both dense kernels are over this many elements: all sharded.
 FSDP = ["--config.mesh.fsdp=4", "--config.fsdp_min_size=1000", "--config.plots=False"]
+
+
+class Inner(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(8)(x)
+
+
+class NamedLikeAdamsMoment(nn.Module):
+    """Parameters Dense_0/kernel and mu/Dense_0/kernel: Adam's first moment of the one has the
+    path of the other, so only the state's structure tells which parameter it follows."""
+    @nn.compact
+    def __call__(self, x):
+        return Inner(name="mu")(nn.Dense(8)(x))
+
+
+def test_optimizer_state_and_average_follow_their_parameter_by_structure():
+    config = get_base_config().optimizer
+    config.frozen = "params/Dense_0/bias"  # optax.partition: masked places in Adam's state
+    tx, _ = create_optimizer(config, steps_per_epoch=10, total_steps=100)
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 1})  # specs are kept on axes of size 1 too
+    rules = (("params/Dense_0/kernel", ("fsdp", None)), ("params/mu/Dense_0/kernel", (None, "fsdp")))
+    state = create_train_state(NamedLikeAdamsMoment(), tx, jnp.zeros((1, 8)), 0,
+                               lambda s: sharding.state_shardings(s, mesh, rules), ema=True)
+    specs = collections.Counter(str(x.sharding.spec) for x in jax.tree.leaves(state))
+    # Each kernel, its two moments and its average: four arrays split as the kernel is.
+    assert specs["P('fsdp', None)"] == specs["P(None, 'fsdp')"] == 4
+    assert str(state.ema_params["mu"]["Dense_0"]["kernel"].sharding.spec) == "P(None, 'fsdp')"
+    assert sum(specs.values()) == len(jax.tree.leaves(state))
 
 
 def state_checksums(workdir, step):
@@ -134,6 +172,11 @@ def test_two_processes_shard_over_both_like_one_process(mnist_dir, tmp_path):
      "dimension 1 of params/Dense_1/kernel (256, 10) does not divide into the 4 parts of 'fsdp'"),
     (["--config.parallelism=pmap"], "config.parallelism='pmap' runs data parallel only, and "
                                     "config.mesh has fsdp=4"),
+    (['--config.sharding_rules=(("params/Dense_0/kernel", ((None, "fsdp"), None)),)'],
+     "(None, 'fsdp') is not a spec entry"),
+    (['--config.sharding_rules=(("params/Dense_.*", (None,)), ("params/Dense_0/kernel", ()))'],
+     "config.sharding_rules[1]=('params/Dense_0/kernel', ()): every parameter it matches is taken "
+     "by an earlier rule"),
 ])
 def test_a_bad_mesh_or_rule_is_one_error_line(args, message, mnist_dir, tmp_path):
     result = run_train("--config=configs/mnist_cnn.py", "--config.mesh.fsdp=4", *args,
@@ -143,3 +186,10 @@ def test_a_bad_mesh_or_rule_is_one_error_line(args, message, mnist_dir, tmp_path
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0] and "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()  # found before anything was written
+
+
+def test_an_axis_that_does_not_split_the_batch_must_stay_within_a_process(mnist_dir, tmp_path):
+    """Each process feeds its own rows of the batch: a `model` axis over both processes would
+    need the whole batch on each, and would train on half of it unseen. Refused instead."""
+    for returncode, output in in_two_processes(tmp_path, mnist_dir, "--config.mesh.model=8"):
+        assert returncode == 2 and "each process must hold its own rows of the batch" in output

@@ -162,7 +162,7 @@ def results_written(workdir, step):
 
 
 def megabytes(count):
-    return f"{count / 2**20:.1f} MiB"
+    return f"{count / 1e6:.1f} MB"
 
 
 def write_results(workdir, step, scalars):

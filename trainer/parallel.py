@@ -34,11 +34,11 @@ def local_copy(tree):
 
 class Parallel:
 
-    def __init__(self, mode, mesh=None, rules=(), fsdp_min_size=0):
-        """`mesh`: config.mesh ({axis: size}; None: data parallel over every device); `rules`:
+    def __init__(self, mode, axis_sizes=None, rules=(), fsdp_min_size=0):
+        """`axis_sizes`: config.mesh (None: data parallel over every device); `rules`:
         config.sharding_rules (trainer/sharding.py)."""
         self.mode = mode
-        self.sizes = sharding.mesh_sizes(mesh or {AXIS: -1})
+        self.sizes = sharding.mesh_sizes({AXIS: -1} if axis_sizes is None else axis_sizes)
         sharded_axes = [axis for axis, size in self.sizes.items() if axis != AXIS and size > 1]
         if mode == "pmap" and (rules or sharded_axes):
             what = (f"config.mesh has {', '.join(f'{a}={self.sizes[a]}' for a in sharded_axes)}"
@@ -46,6 +46,7 @@ class Parallel:
             raise ConfigError(f"config.parallelism='pmap' runs data parallel only, and {what}: "
                               f"use --config.parallelism=jit to shard the state.")
         self.mesh = sharding.make_mesh(self.sizes)
+        sharding.check_rows_per_process(self.mesh, self.sizes)
         self.rules, self.fsdp_min_size = rules, fsdp_min_size
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         self.split = NamedSharding(self.mesh, sharding.batch_spec(self.mesh))

@@ -9,13 +9,16 @@ rule: split over the "fsdp" axis along its largest dimension that divides by the
 replicated if it has fewer than config.fsdp_min_size elements or no such dimension. Of equal
 dimensions the last is split: a Dense kernel by its output features, which XLA computes in place,
 gathering the (small) activations rather than the kernel (measured: docs/devices.md). The
-optimizer state and the moving average follow the parameter they mirror (found by path and
-shape); the model's other state (BatchNorm statistics), step and RNG key are replicated.
+optimizer state and the moving average follow the parameter they mirror (found by structure: a
+copy of the parameters' tree); the model's other state (BatchNorm statistics), step and RNG key
+are replicated.
 """
 import math
 import re
+from collections.abc import Mapping
 
 import jax
+import optax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from trainer.checkpoint import path_name
@@ -29,8 +32,11 @@ def mesh_sizes(mesh_config):
     """{axis: size} of config.mesh, -1 resolved to the devices left; checked against the devices."""
     sizes = dict(mesh_config)
     devices = jax.device_count()
-    fix = (f"Give sizes that multiply to {devices}, or one size -1 for the devices left "
-           f"(e.g. --config.mesh.fsdp={devices}).")
+    # Data parallel always fits: the first axis takes every device, the others none.
+    fitting = " ".join(f"--config.mesh.{axis}={-1 if i == 0 else 1}"
+                       for i, (axis, size) in enumerate(sizes.items()) if size != 1 or i == 0)
+    fix = (f"Give sizes that multiply to {devices}, or one size -1 for the devices left, e.g. "
+           f"{fitting}.")
     if not sizes or not all(isinstance(name, str) and isinstance(size, int) and not isinstance(
             size, bool) and (size > 0 or size == -1) for name, size in sizes.items()):
         raise ConfigError(f"config.mesh={sizes}: give named axes and positive sizes, one of them "
@@ -56,6 +62,21 @@ def batch_spec(mesh):
     return PartitionSpec(tuple(axis for axis in mesh.axis_names if axis in BATCH_AXES))
 
 
+def check_rows_per_process(mesh, sizes):
+    """Each process feeds its own contiguous rows of every batch (batching.py): the devices of a
+    process must hold just those rows, which an axis that does not split the batch (`model`)
+    spanning processes, or placed before the batch axes, breaks."""
+    count, index, rows = jax.process_count(), jax.process_index(), jax.device_count()
+    held = NamedSharding(mesh, batch_spec(mesh)).addressable_devices_indices_map((rows,))
+    held = {i for index_slice in held.values() for i in range(rows)[index_slice[0]]}
+    if held != set(range(index * rows // count, (index + 1) * rows // count)):
+        raise ConfigError(
+            f"config.mesh={sizes} over {count} processes: each process must hold its own rows of "
+            f"the batch, so the axes that split it ({', '.join(BATCH_AXES)}) come first and "
+            f"together span the processes; an axis that does not split the batch must stay within "
+            f"a process. Give it fewer devices or move it last.")
+
+
 def parse_rules(rules, mesh):
     """config.sharding_rules as [(compiled regex, PartitionSpec)], each checked against the mesh."""
     parsed = []
@@ -72,7 +93,12 @@ def parse_rules(rules, mesh):
         except re.error as e:
             raise ConfigError(f"{where}: {pattern!r} is not a regular expression ({e}).") from e
         spec = tuple(tuple(s) if isinstance(s, list) else s for s in spec)
-        axes = [a for s in spec for a in (s if isinstance(s, tuple) else (s,)) if a is not None]
+        for entry in spec:
+            if not (entry is None or isinstance(entry, str) or isinstance(entry, tuple) and entry
+                    and all(isinstance(a, str) for a in entry)):
+                raise ConfigError(f"{where}: {entry!r} is not a spec entry: give, per dimension, "
+                                  f"None (whole), an axis name, or a tuple of axis names.")
+        axes = [a for s in spec if s is not None for a in (s if isinstance(s, tuple) else (s,))]
         for axis in axes:
             if axis not in mesh.axis_names:
                 raise ConfigError(f"{where}: axis {axis!r} is not in config.mesh (axes: "
@@ -104,18 +130,19 @@ def fsdp_spec(shape, mesh, min_size):
 
 
 def params_specs(params, mesh, rules, min_size):
-    """{path: PartitionSpec} of every parameter (abstract arrays), by the rules or the fsdp rule."""
+    """The PartitionSpec of every parameter (a tree of abstract arrays, like `params`), by the
+    rules or the fsdp rule."""
     rules = parse_rules(rules, mesh)
-    used = set()
-    specs, sizes = {}, {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        name = path_name(path)
+    matching, used, sizes = set(), set(), {}
+
+    def spec(path, leaf):
+        name = "params/" + path_name(path)
         sizes[name] = math.prod(leaf.shape)
-        match = next((rule for rule in rules if rule[0].fullmatch(name)), None)
-        if match is None:
-            specs[name] = fsdp_spec(leaf.shape, mesh, min_size)
-            continue
-        _, spec, where = match
+        matches = [rule for rule in rules if rule[0].fullmatch(name)]
+        matching.update(where for _, _, where in matches)
+        if not matches:
+            return fsdp_spec(leaf.shape, mesh, min_size)
+        _, spec, where = matches[0]
         used.add(where)
         if len(spec) > len(leaf.shape):
             raise ConfigError(f"{where}: {name} has {len(leaf.shape)} dimensions {leaf.shape}, "
@@ -125,38 +152,51 @@ def params_specs(params, mesh, rules, min_size):
                 raise ConfigError(f"{where}: dimension {d} of {name} {leaf.shape} does not divide "
                                   f"into the {spec_size(mesh, entry)} parts of {entry!r}. Split "
                                   f"another dimension, or give the axis a size that divides it.")
-        specs[name] = spec
+        return spec
+
+    specs = jax.tree_util.tree_map_with_path(spec, params)
     for _, _, where in rules:
+        if where in matching and where not in used:
+            raise ConfigError(f"{where}: every parameter it matches is taken by an earlier rule "
+                              f"(the first match wins). Reorder the rules or remove it.")
         if where not in used:
-            some = ", ".join(sorted(specs, key=lambda name: -sizes[name])[:3])  # the largest
+            some = ", ".join(sorted(sizes, key=lambda name: -sizes[name])[:3])  # the largest
             raise ConfigError(f"{where} matches no parameter (its regex must match a whole path, "
                               f"e.g. {some}). Fix the regex or remove the rule.")
     return specs
 
 
+def mirrors(tree, params):
+    """Whether `tree` has the structure of `params`, each array of a parameter's shape or masked
+    out (optax.MaskedNode: a frozen parameter's place in the trained part's state)."""
+    if isinstance(params, Mapping):
+        return (isinstance(tree, Mapping) and set(tree) == set(params)
+                and all(mirrors(tree[key], params[key]) for key in params))
+    return isinstance(tree, optax.MaskedNode) or getattr(tree, "shape", None) == params.shape
+
+
 def state_shardings(state, mesh, rules=(), min_size=0):
     """The NamedSharding of every array of `state` (a TrainState of abstract arrays)."""
-    params = {"params": state.params}
-    specs = params_specs(params, mesh, rules, min_size)
-    shapes = {path_name(path): leaf.shape
-              for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
-    # What mirrors a parameter (Adam's moments, the moving average) ends with the parameter's path.
-    mirrored = {name.split("/", 1)[1]: name for name in specs}
+    shardings = jax.tree.map(lambda spec: NamedSharding(mesh, spec),
+                             params_specs(state.params, mesh, rules, min_size),
+                             is_leaf=lambda x: isinstance(x, PartitionSpec))
+    replicated = NamedSharding(mesh, PartitionSpec())
 
-    def sharding(path, leaf):
-        keys = path_name(path).split("/")
-        spec = PartitionSpec()
-        if keys[0] == "params":
-            spec = specs["/".join(keys)]
-        elif keys[0] != "model_state":
-            for i in range(1, len(keys)):
-                name = mirrored.get("/".join(keys[i:]))
-                if name is not None and shapes[name] == leaf.shape:
-                    spec = specs[name]
-                    break
-        return NamedSharding(mesh, spec)
+    def follow_params(tree):
+        """Shardings for `tree`: a copy of the parameters' tree in it (Adam's moments, found by
+        structure, not by name) is sharded as they are; anything else is replicated."""
+        def place(subtree):
+            if not mirrors(subtree, state.params):
+                return replicated
+            masked = lambda x: isinstance(x, optax.MaskedNode)  # pylint: disable=unnecessary-lambda-assignment
+            return jax.tree.map(lambda x, sharding: x if masked(x) else sharding, subtree,
+                                shardings, is_leaf=masked)
 
-    return jax.tree_util.tree_map_with_path(sharding, state)
+        return jax.tree.map(place, tree, is_leaf=lambda x: mirrors(x, state.params))
+
+    return jax.tree.map(lambda _: replicated, state).replace(
+        params=shardings, opt_state=follow_params(state.opt_state),
+        ema_params=None if state.ema_params is None else shardings)
 
 
 def bytes_on(tree, device):
