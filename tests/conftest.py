@@ -51,6 +51,12 @@ def train(workdir, mnist_dir, num_devices, *args):
     return result
 
 
+def history(workdir):
+    """The logged metrics, less the wall-clock speed."""
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "steps_per_sec"} for line in lines]
+
+
 def logged(workdir):
     """(train losses, eval accuracies) as logged, step by step."""
     entries = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]

@@ -1,6 +1,7 @@
 """Parameters and optimizer state sharded over the mesh (config.mesh, config.sharding_rules), on 8
 fake CPU devices: the same training as on one device, a fraction of the state on each device,
 checkpoints that move between meshes, resume after SIGKILL, two processes, and bad rules."""
+import collections
 import json
 import os
 import signal
@@ -8,16 +9,14 @@ import subprocess
 import sys
 import time
 
-import collections
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
 
 from configs.base import get_base_config
-from conftest import (REPO, SMALL_CNN, assert_logged_alike, devices, in_two_processes, logged,
-                      run_train, train, train_in_turns, train_in_two_processes)
+from conftest import (REPO, SMALL_CNN, assert_logged_alike, devices, history, in_two_processes,
+                      logged, run_train, train, train_in_turns, train_in_two_processes)
 from trainer import sharding
 from trainer.optim import create_optimizer
 from trainer.state import create_train_state
@@ -59,11 +58,6 @@ def state_checksums(workdir, step):
     """The checksum of every array of the checkpoint at `step`, as saved with it: equal checksums
     are equal bits."""
     return json.loads((workdir / "checkpoints" / str(step) / "checksums" / "metadata").read_text())
-
-
-def metric_history(workdir):
-    lines = (workdir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "steps_per_sec"} for line in lines]
 
 
 TENSOR_PARALLEL = ["--config.mesh.model=2", "--config.plots=False", "--config.sharding_rules=("
@@ -149,7 +143,7 @@ def test_sigkill_then_resume_of_a_sharded_run_is_bitwise_the_uninterrupted_run(m
     assert "Resuming from the checkpoint at step" in result.stderr
     assert (state_checksums(tmp_path / "killed", 30)
             == state_checksums(tmp_path / "uninterrupted", 30))
-    assert metric_history(tmp_path / "killed") == metric_history(tmp_path / "uninterrupted")
+    assert history(tmp_path / "killed") == history(tmp_path / "uninterrupted")
 
 
 def test_two_processes_shard_over_both_like_one_process(mnist_dir, tmp_path):

@@ -17,7 +17,7 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from configs import poly_regression
-from conftest import REPO, files, run_train
+from conftest import REPO, files, history, run_train
 from trainer.checkpoint import Checkpoints
 from trainer.loop import train_and_evaluate
 
@@ -40,12 +40,6 @@ def assert_same_state(expected_workdir, actual_workdir, step):
     expected, actual = saved_state(expected_workdir, step), saved_state(actual_workdir, step)
     for part in ("params", "model_state", "opt_state", "step", "rng"):
         assert jax.tree.all(jax.tree.map(np.array_equal, expected[part], actual[part])), part
-
-
-def history(workdir):
-    """The logged metrics, less the wall-clock speed."""
-    lines = (workdir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "steps_per_sec"} for line in lines]
 
 
 def tensorboard_scalars(workdir):

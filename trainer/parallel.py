@@ -46,10 +46,10 @@ class Parallel:
             raise ConfigError(f"config.parallelism='pmap' runs data parallel only, and {what}: "
                               f"use --config.parallelism=jit to shard the state.")
         self.mesh = sharding.make_mesh(self.sizes)
-        sharding.check_rows_per_process(self.mesh, self.sizes)
         self.rules, self.fsdp_min_size = rules, fsdp_min_size
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         self.split = NamedSharding(self.mesh, sharding.batch_spec(self.mesh))
+        sharding.check_rows_per_process(self.split, self.sizes)
         # On the CPU, several multi-device programs in flight deadlock XLA's all-reduce.
         self.one_step_in_flight = jax.default_backend() == "cpu" and jax.device_count() > 1
 

@@ -62,12 +62,12 @@ def batch_spec(mesh):
     return PartitionSpec(tuple(axis for axis in mesh.axis_names if axis in BATCH_AXES))
 
 
-def check_rows_per_process(mesh, sizes):
+def check_rows_per_process(batch_sharding, sizes):
     """Each process feeds its own contiguous rows of every batch (batching.py): the devices of a
     process must hold just those rows, which an axis that does not split the batch (`model`)
     spanning processes, or placed before the batch axes, breaks."""
     count, index, rows = jax.process_count(), jax.process_index(), jax.device_count()
-    held = NamedSharding(mesh, batch_spec(mesh)).addressable_devices_indices_map((rows,))
+    held = batch_sharding.addressable_devices_indices_map((rows,))
     held = {i for index_slice in held.values() for i in range(rows)[index_slice[0]]}
     if held != set(range(index * rows // count, (index + 1) * rows // count)):
         raise ConfigError(
@@ -135,7 +135,7 @@ def params_specs(params, mesh, rules, min_size):
     rules = parse_rules(rules, mesh)
     matching, used, sizes = set(), set(), {}
 
-    def spec(path, leaf):
+    def spec_of(path, leaf):
         name = "params/" + path_name(path)
         sizes[name] = math.prod(leaf.shape)
         matches = [rule for rule in rules if rule[0].fullmatch(name)]
@@ -154,7 +154,7 @@ def params_specs(params, mesh, rules, min_size):
                                   f"another dimension, or give the axis a size that divides it.")
         return spec
 
-    specs = jax.tree_util.tree_map_with_path(spec, params)
+    specs = jax.tree_util.tree_map_with_path(spec_of, params)
     for _, _, where in rules:
         if where in matching and where not in used:
             raise ConfigError(f"{where}: every parameter it matches is taken by an earlier rule "
@@ -175,27 +175,31 @@ def mirrors(tree, params):
     return isinstance(tree, optax.MaskedNode) or getattr(tree, "shape", None) == params.shape
 
 
+def follow_params(tree, params, shardings, replicated):
+    """Shardings for `tree` (an optimizer state): each copy of the parameters' tree in it (Adam's
+    moments, found by structure, not by name) is sharded as `shardings` say; the rest (a step
+    count) is replicated."""
+    def is_masked(x):
+        return isinstance(x, optax.MaskedNode)
+
+    def place(subtree):
+        if not isinstance(subtree, Mapping):  # an array outside any copy: is_leaf stopped at copies
+            return replicated
+        return jax.tree.map(lambda x, sharding: x if is_masked(x) else sharding, subtree, shardings,
+                            is_leaf=is_masked)
+
+    return jax.tree.map(place, tree, is_leaf=lambda x: mirrors(x, params))
+
+
 def state_shardings(state, mesh, rules=(), min_size=0):
     """The NamedSharding of every array of `state` (a TrainState of abstract arrays)."""
     shardings = jax.tree.map(lambda spec: NamedSharding(mesh, spec),
                              params_specs(state.params, mesh, rules, min_size),
                              is_leaf=lambda x: isinstance(x, PartitionSpec))
     replicated = NamedSharding(mesh, PartitionSpec())
-
-    def follow_params(tree):
-        """Shardings for `tree`: a copy of the parameters' tree in it (Adam's moments, found by
-        structure, not by name) is sharded as they are; anything else is replicated."""
-        def place(subtree):
-            if not mirrors(subtree, state.params):
-                return replicated
-            masked = lambda x: isinstance(x, optax.MaskedNode)  # pylint: disable=unnecessary-lambda-assignment
-            return jax.tree.map(lambda x, sharding: x if masked(x) else sharding, subtree,
-                                shardings, is_leaf=masked)
-
-        return jax.tree.map(place, tree, is_leaf=lambda x: mirrors(x, state.params))
-
     return jax.tree.map(lambda _: replicated, state).replace(
-        params=shardings, opt_state=follow_params(state.opt_state),
+        params=shardings, opt_state=follow_params(state.opt_state, state.params, shardings,
+                                                  replicated),
         ema_params=None if state.ema_params is None else shardings)
 
 
