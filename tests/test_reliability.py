@@ -23,7 +23,7 @@ from trainer.loop import train_and_evaluate
 
 CNN_ARGS = ["--config=configs/mnist_cnn.py", "--config.batch_size=32", "--config.num_steps=120",
             "--config.eval_every_epochs=0", "--config.eval_every_steps=40",
-            "--config.log_every_steps=10", "--config.checkpoint_every_steps=20"]
+            "--config.log_every_steps=10", "--config.checkpoint_every_steps=25"]
 POLY = "--config=configs/poly_regression.py"
 
 
@@ -161,6 +161,36 @@ def test_signal_saves_and_stops_cleanly(signal_number, mnist_dir, tmp_path, unin
     assert "Run the same command to resume" in stderr and "Traceback" not in stderr
     subprocess.run(train_command(mnist_dir, tmp_path), check=True, capture_output=True, cwd=REPO)
     assert_same_state(uninterrupted, tmp_path, 120)
+    assert history(tmp_path) == history(uninterrupted)
+
+
+MLP_ARGS = ["--config=configs/mnist_mlp.py", "--config.num_steps=60", "--config.log_every_steps=20",
+            "--config.eval_every_epochs=0", "--config.eval_every_steps=30",
+            "--config.checkpoint_every_steps=1000", "--config.plots=False"]
+
+
+@pytest.mark.parametrize("path", ["per_step", "fused"])
+def test_a_stop_off_every_boundary_resumes_to_the_same_logged_history(path, mnist_dir, tmp_path):
+    """The running train metrics of the steps since the last log live in the checkpoint: the log
+    after a resume averages the same steps, bit for bit, as in a run never stopped."""
+    args = [*MLP_ARGS, f"--config.steps={path}", f"--config.dataset.data_dir={mnist_dir}"]
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    assert run_train(*args, f"--workdir={whole}").returncode == 0
+    run = subprocess.Popen([sys.executable, str(REPO / "scripts" / "train.py"), *args,
+                            f"--workdir={stopped}"], cwd=REPO, text=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    for line in run.stderr:
+        if "Steps run" in line:  # compiling the first step: the stop comes a step or two later
+            run.send_signal(signal.SIGTERM)
+            break
+    stderr = run.communicate(timeout=120)[1]
+    assert run.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    stopped_at = int(re.search(r"Stopped by SIGTERM at step (\d+)", stderr)[1])
+    assert stopped_at % 20 and stopped_at % 30  # off every log and eval boundary
+    resumed = run_train(*args, f"--workdir={stopped}")
+    assert f"Resuming from the checkpoint at step {stopped_at}" in resumed.stderr
+    assert history(stopped) == history(whole)
+    assert tensorboard_scalars(stopped) == tensorboard_scalars(whole)
 
 
 def damage_truncate(step_folder):

@@ -2,7 +2,9 @@
 
 A checkpoint holds three items: `state`, the TrainState, which is all a resume needs (params,
 optimizer state, BatchNorm statistics, step, RNG key, the non-finite counters, the moving
-average); `loop`, the loop's own few values (early stopping's count); and `checksums`, a checksum
+average); `loop`, the loop's own few values (early stopping's count, and the running train
+metrics of the steps since the last log, so that a resumed run logs what an uninterrupted one
+does); and `checksums`, a checksum
 of every array of the state, verified on restore, so a checkpoint whose bytes changed on disk is
 caught even where it still reads. The data position is the step (the order is a function of
 seed and epoch). Orbax writes each checkpoint to a temporary folder and renames it when complete,

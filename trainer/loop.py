@@ -205,7 +205,8 @@ def train_and_evaluate_in(config, setup, workdir):
             end = setup.total_steps if early_stopping.stopped_at is None else early_stopping.stopped_at
             if step < end:
                 state, step, eval_scalars = train(config, setup, workdir, checkpoints, state, step,
-                                                  stop, early_stopping)
+                                                  stop, early_stopping,
+                                                  loop_values.get("train_metrics"))
             elif results_written(workdir, step):
                 logging.info("The run in %s is already complete: step %d of %d%s.", workdir, step,
                              setup.total_steps, "" if step == setup.total_steps else
@@ -226,9 +227,11 @@ def train_and_evaluate_in(config, setup, workdir):
     return state, eval_scalars
 
 
-def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping):
+def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping, saved_metrics):
     """Steps from `step` to the end, or to an early stop; returns (state in checkpoint form, the
-    step reached, the final evaluation's scalars)."""
+    step reached, the final evaluation's scalars). `saved_metrics`: the running train metrics of
+    the checkpoint resumed from (the steps since its last log), so that the next log averages the
+    same steps as in a run never stopped."""
     parallel, task, total_steps = setup.parallel, setup.task, setup.total_steps
     writer = MetricWriter(config, workdir, step)
     if step == 0:  # "global": statistics of sharded arrays, computed where their shards are
@@ -248,7 +251,8 @@ def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping
     timetable = Timetable.from_config(config, setup.steps_per_epoch, total_steps)
     logging.info("Steps run %s.", runner.description)
     state = parallel.to_device_form(state)
-    train_metrics, eval_scalars = parallel.empty_metrics(task.collection), {}
+    train_metrics = parallel.metrics_from_values(task.collection, saved_metrics)
+    eval_scalars = {}
     last_log_time, last_log_step = time.perf_counter(), step
     profile = Profile(config, workdir)
     try:
@@ -294,7 +298,8 @@ def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping
                 if "checkpoint" in events or stopping or stopped_early or evaluated_for_best:
                     check_finite(config, state, parallel, checkpoints, step)
                     checkpoints.save(parallel.to_checkpoint_form(state),
-                                     loop={"early_stopping": early_stopping.values()},
+                                     loop={"early_stopping": early_stopping.values(),
+                                           "train_metrics": parallel.metrics_values(train_metrics)},
                                      metrics=eval_scalars if "eval" in events else None)
                 if stopped_early:
                     logging.info("%s", stopped_early)

@@ -142,6 +142,20 @@ class Parallel:
             return jax.tree.map(lambda x: np.stack([x] * jax.local_device_count()), empty)
         return empty
 
+    def metrics_values(self, metrics):
+        """Running metrics (device form) as JSON numbers, exact: float32 and int32 values are
+        Python floats and ints without rounding."""
+        return [x.item() for x in jax.tree.leaves(self.to_host(metrics))]
+
+    def metrics_from_values(self, collection, values):
+        """metrics_values() back in device form; an empty collection where they do not fit it
+        (none saved, or another task's)."""
+        leaves, treedef = jax.tree.flatten(collection.empty())
+        if not isinstance(values, list) or len(values) != len(leaves):
+            return self.empty_metrics(collection)
+        return self.put_replicated(jax.tree.unflatten(
+            treedef, [np.asarray(v, dtype=leaf.dtype) for leaf, v in zip(leaves, values)]))
+
     def compile(self, step, donate_state=False, **step_args):
         """jit or pmap of `step(state, ..., **step_args)`, every argument in device form."""
         if self.mode == "pmap":
