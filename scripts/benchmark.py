@@ -16,8 +16,9 @@ For a classification config. Three measurements, each a JSON section and a table
   pipeline    the streaming pipeline alone, no model: host examples/s by worker count
               (--pipeline_workers), over --records and over 32x32x3 PNG records with random crop
               and flip (the shape of CIFAR; made here, random pixels).
-  accumulation  memory of the compiled train step by config.grad_accum_steps (--accum_steps),
-              from XLA's memory analysis: the temporaries (activations, gradients) fall with k.
+  accumulation  the compiled train step by config.grad_accum_steps (--accum_steps), its
+              microbatches in a scan and unrolled: memory from XLA's memory analysis (the
+              temporaries fall with k in a scan) and steps/s (the same examples a step).
   fsdp        data parallel against the state sharded over every device (config.mesh fsdp=N;
               run with N devices, e.g. XLA_FLAGS=--xla_force_host_platform_device_count=8 and
               --config=configs/wide_mlp.py): per-device bytes of the compiled train step, from
@@ -78,6 +79,8 @@ SECTIONS = flags.DEFINE_list("sections", ["in_process", "command"],
                              "fsdp, checkpoint.")
 ACCUM_STEPS = flags.DEFINE_list("accum_steps", ["1", "2", "4", "8"],
                                 "accumulation: the grad_accum_steps to compile.")
+ACCUM_TIMED_STEPS = flags.DEFINE_integer("accum_timed_steps", 10,
+                                         "accumulation: steps timed each way.")
 FSDP_STEPS = flags.DEFINE_integer("fsdp_steps", 3, "fsdp: steps timed each way.")
 SAVES = flags.DEFINE_integer("saves", 10, "checkpoint: saves timed.")
 RECORDS = flags.DEFINE_string("records", None, "ArrayRecord shards of the config's data set "
@@ -185,20 +188,34 @@ def pipeline(batch_size, worker_counts, steps):
     return rows
 
 
-def accumulation(config, accum_steps):
-    """{k: bytes} of the per-step train step compiled with grad_accum_steps=k, on one batch."""
+def accumulation(config, accum_steps, steps):
+    """{"k=K, FORM": memory and speed} of the per-step train step compiled with
+    grad_accum_steps=K, its microbatches in a scan or unrolled (FORM; the framework unrolls on
+    the CPU), on one batch: bytes from XLA's memory analysis, the median of `steps` timed steps."""
     rows = {}
-    for k in accum_steps:
-        config = config.copy_and_resolve_references()
-        config.grad_accum_steps = int(k)
-        setup = build(config)
-        batch = setup.parallel.put_batch(next(setup.train_batches(0)))
-        step = jax.jit(functools.partial(train_step, **step_args(config, setup)))
-        memory = step.lower(setup.state, batch).compile().memory_analysis()
-        rows[k] = {"temp_bytes": memory.temp_size_in_bytes,
-                   "argument_bytes": memory.argument_size_in_bytes,
-                   "output_bytes": memory.output_size_in_bytes,
-                   "peak_bytes": getattr(memory, "peak_memory_in_bytes", None)}
+    for k in map(int, accum_steps):
+        for unrolled in ((False,) if k == 1 else (False, True)):
+            config = config.copy_and_resolve_references()
+            config.grad_accum_steps = k
+            setup = build(config)
+            batch = setup.parallel.put_batch(next(setup.train_batches(0)))
+            step = jax.jit(functools.partial(train_step, **{
+                **step_args(config, setup), "unroll_accumulation": unrolled}))
+            compiled = step.lower(setup.state, batch).compile()
+            memory = compiled.memory_analysis()
+            state, seconds = setup.state, []
+            for _ in range(steps + 1):  # the first is not timed
+                start = time.perf_counter()
+                state, metrics = compiled(state, batch)
+                jax.block_until_ready(metrics)
+                seconds.append(time.perf_counter() - start)
+            rows[f"k={k}, {'unrolled' if unrolled else 'scan'}"] = {
+                "temp_bytes": memory.temp_size_in_bytes,
+                "argument_bytes": memory.argument_size_in_bytes,
+                "steps_per_sec": round(1 / statistics.median(seconds[1:]), 2)}
+    first = rows["k=1, scan"]["steps_per_sec"]
+    for row in rows.values():
+        row["speed_of_k_1"] = round(row["steps_per_sec"] / first, 3)
     return rows
 
 
@@ -330,9 +347,9 @@ def main(argv):
             print(f"pipeline, {name}: " + ", ".join(f"{w} workers {r} examples/s"
                                                      for w, r in rates.items()))
     if "accumulation" in SECTIONS.value:
-        results["accumulation"] = accumulation(config, ACCUM_STEPS.value)
-        for k, memory in results["accumulation"].items():
-            print(f"grad_accum_steps={k}: " + ", ".join(f"{n} {v}" for n, v in memory.items()))
+        results["accumulation"] = accumulation(config, ACCUM_STEPS.value, ACCUM_TIMED_STEPS.value)
+        for name, row in results["accumulation"].items():
+            print(f"grad_accum_steps {name}: " + ", ".join(f"{n} {v}" for n, v in row.items()))
     if "fsdp" in SECTIONS.value:
         results["fsdp"] = sharded_against_replicated(config, FSDP_STEPS.value)
         for name in ("data_parallel", "fsdp"):

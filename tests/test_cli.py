@@ -84,6 +84,8 @@ BAD_INPUTS = [
     ([XOR, "--config.parallelism=gpu"], "config.parallelism='gpu' is invalid"),
     ([XOR, "--config.nonfinite=ignore"], "config.nonfinite='ignore' is invalid"),
     ([XOR, "--config.profile_steps=(20, 10)"], "config.profile_steps=(20, 10) is invalid"),
+    ([XOR, "--config.profile_steps=(1000, 1010)"], "config.profile_steps=(1000, 1010) starts past "
+                                                   "the end of training (1000 steps)"),
     ([XOR, "--config.dataset.name=cifar"], "config.dataset.name='cifar' is not a data set"),
     # what runs need past the first one
     ([XOR, "--config.grad_accum_steps=3"], "config.grad_accum_steps=3 does not divide the batch"),
@@ -109,6 +111,11 @@ BAD_INPUTS = [
      "three ways"),
     ([MNIST, "--config.dataset.tfds_data_dir={root}/interrupted_tfds"],
      "{root}/interrupted_tfds/mnist/3.0.1 holds an incomplete copy"),
+    # several hosts, asked for where there are none
+    ([XOR, "--coordinator_address=127.0.0.1:1234"], "--coordinator_address needs --num_processes"),
+    ([XOR, "--num_processes=2", "--process_id=0"], "--num_processes and --process_id need "
+                                                   "--coordinator_address"),
+    ([XOR, "--multihost"], "--multihost: JAX found no cluster in this machine's environment"),
     # the workdir
     ([XOR, "--workdir={root}/a_file"], "is a file, not a folder"),
     ([XOR, "--workdir={root}/a_file/run"], "cannot create --workdir"),

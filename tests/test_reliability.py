@@ -266,6 +266,30 @@ def test_damaged_latest_checkpoint_falls_back_to_the_one_before(damage, tmp_path
     assert jax.tree.all(jax.tree.map(np.array_equal, expected["params"], actual["params"]))
 
 
+def test_a_damaged_checkpoint_used_by_the_scripts_is_one_line_naming_step(tmp_path):
+    """Bytes that fail the storage's own CRC (OCDBT's b-tree nodes, in state/d/)."""
+    args = ["--config=configs/xor_mlp.py", "--config.model.features=(4096, 1)",
+            "--config.checkpoint_every_steps=100", "--config.num_steps=200", "--config.plots=False"]
+    assert run_train(*args, f"--workdir={tmp_path}").returncode == 0
+    for path in (tmp_path / "checkpoints" / "200" / "state" / "d").iterdir():
+        data = bytearray(path.read_bytes())
+        middle = len(data) // 2
+        data[middle:middle + 8] = bytes(b ^ 0xFF for b in data[middle:middle + 8])
+        path.write_bytes(bytes(data))
+    for script in ("evaluate.py", "predict.py", "plot.py"):
+        result = subprocess.run([sys.executable, str(REPO / "scripts" / script),
+                                 f"--workdir={tmp_path}"], capture_output=True, text=True, cwd=REPO)
+        assert result.returncode == 2, (script, result.stderr[-2000:])
+        [line] = result.stderr.strip().splitlines()
+        assert line.startswith(f"error: the checkpoint at step 200 in {tmp_path}/checkpoints is "
+                               f"damaged (") and "CRC-32C checksum verification failed" in line
+        assert line.endswith("Give another --step (there are [100]).")
+    earlier = subprocess.run([sys.executable, str(REPO / "scripts" / "evaluate.py"),
+                              f"--workdir={tmp_path}", "--step=100"], capture_output=True, text=True,
+                             cwd=REPO)
+    assert earlier.returncode == 0 and json.loads(earlier.stdout)["step"] == 100
+
+
 def test_checkpoint_of_another_model_is_named_and_left_alone(tmp_path):
     assert run_train(POLY, "--config.num_epochs=50", f"--workdir={tmp_path}").returncode == 0
     before = files(tmp_path / "checkpoints")

@@ -7,6 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs import xor_mlp
 from configs.base import get_base_config
 from trainer import batching
 from trainer.checkpoint import Checkpoints
@@ -14,7 +15,8 @@ from trainer.optim import create_optimizer
 from trainer.parallel import Parallel
 from trainer.state import create_train_state
 from trainer.steps import eval_step, evaluate, train_step
-from trainer.setup import build_model
+from trainer.runners import step_args
+from trainer.setup import build, build_model
 from trainer.tasks import classification
 
 
@@ -102,12 +104,14 @@ def mlp_state(seed=0, features=(32, 10)):
     return create_train_state(model, tx, jnp.zeros((1, 28, 28, 1)), seed)
 
 
-def test_grad_accumulation_gives_the_update_of_the_whole_batch():
+@pytest.mark.parametrize("unrolled", [False, True])
+def test_grad_accumulation_gives_the_update_of_the_whole_batch(unrolled):
     """Without BatchNorm or dropout, 4 microbatches make the update of one batch, to float32
     rounding; and the logged metrics are those of the whole batch."""
     batch = fake_batch(64)
     one = jax.jit(functools.partial(train_step, **STEP_FNS))
-    four = jax.jit(functools.partial(train_step, grad_accum_steps=4, **STEP_FNS))
+    four = jax.jit(functools.partial(train_step, grad_accum_steps=4, unroll_accumulation=unrolled,
+                                     **STEP_FNS))
     state_one = state_four = mlp_state()
     for _ in range(5):
         state_one, metrics_one = one(state_one, batch)
@@ -118,6 +122,17 @@ def test_grad_accumulation_gives_the_update_of_the_whole_batch():
     np.testing.assert_allclose(metrics_one.compute()["loss"], metrics_four.compute()["loss"],
                                rtol=1e-5)
     assert metrics_one.compute()["accuracy"] == metrics_four.compute()["accuracy"]
+
+
+def test_on_the_cpu_the_microbatches_are_not_a_loop():
+    """XLA's CPU backend runs convolutions inside a loop about 8x slower (docs/speed.md): there
+    the train step unrolls its microbatches."""
+    config = xor_mlp.get_config()
+    config.grad_accum_steps = 2
+    setup = build(config)
+    step = jax.jit(functools.partial(train_step, **step_args(config, setup)))
+    lowered = step.lower(setup.state, setup.parallel.put_batch(next(setup.train_batches(0))))
+    assert "while" not in lowered.as_text()
 
 
 def test_ema_follows_the_parameters():

@@ -201,13 +201,18 @@ def test_progress_bar_on_a_terminal_and_lines_elsewhere(tmp_path):
     assert "step/s]" not in plain.stderr
 
 
-@pytest.mark.parametrize("steps", ["fused", "per_step"])
-def test_profile_steps_writes_a_trace_of_those_steps(steps, tmp_path):
+@pytest.mark.parametrize("steps, profile_steps, traced", [
+    ("fused", "(10, 15)", "11 to 15"),
+    ("per_step", "(35, 60)", "36 to 40"),  # the end of training comes first, and is said
+])
+def test_profile_steps_writes_a_trace_of_those_steps(steps, profile_steps, traced, tmp_path):
     result = run_train("--config=configs/xor_mlp.py", f"--workdir={tmp_path}", "--config.plots=False",
-                       "--config.num_steps=40", "--config.profile_steps=(10, 15)",
+                       "--config.num_steps=40", f"--config.profile_steps={profile_steps}",
                        f"--config.steps={steps}")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"Profile of steps 11 to 15 written to {tmp_path / 'profile'}" in result.stderr
+    cut_short = " (the run ended at step 40, before step 60)" if traced == "36 to 40" else ""
+    assert f"Profile of steps {traced} written to {tmp_path / 'profile'}{cut_short}." in (
+        result.stderr)
     (xplane,) = (tmp_path / "profile").rglob("*.xplane.pb")  # TensorBoard's profile plugin
     (trace,) = (tmp_path / "profile").rglob("*.trace.json.gz")  # Perfetto
     assert xplane.stat().st_size > 0

@@ -113,6 +113,21 @@ def test_a_sigkill_keeps_all_but_the_last_second(tmp_path):
     assert logged in history(records(folder, env))
 
 
+def test_online_without_a_login_fails_before_writing_anything(tmp_path):
+    workdir = tmp_path / "run"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("WANDB_")},
+           "HOME": str(tmp_path / "home")}  # no W&B settings, no .netrc, no key
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), *XOR,
+                             f"--workdir={workdir}"], capture_output=True, text=True, cwd=REPO,
+                            env=env, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: config.writers names 'wandb', which logs online, and no W&B API key is "
+        "configured: run `wandb login` or set WANDB_API_KEY; or keep the run here, to upload "
+        "later: WANDB_MODE=offline."]
+    assert not workdir.exists()
+
+
 def test_without_wandb_installed_the_run_fails_before_writing_anything(tmp_path):
     # A `wandb` that cannot be imported, ahead of any installed one.
     stub = tmp_path / "stub" / "wandb"

@@ -65,6 +65,16 @@ def checksums(tree):
     return {path_name(path): checksum(leaf) for path, leaf in leaves}
 
 
+def what_failed(error, limit=240):
+    """One line of a failed read: TensorStore's errors run to a kilobyte on one line, its spec
+    last; the cause is at the start and the end of what comes before."""
+    text = str(error).splitlines()[0] if str(error) else ""
+    text = text.split(" [tensorstore_spec=")[0]
+    if len(text) > limit:
+        text = f"{text[:limit // 3]} ... {text[-(limit * 2 // 3):]}"
+    return f"{type(error).__name__}: {text}"
+
+
 class ChecksumError(Exception):
     """A restored array whose checksum differs from the one saved with it."""
 
@@ -210,9 +220,8 @@ class Checkpoints:
 
     def set_aside(self, step, error):
         target = os.path.join(self.workdir, "damaged_checkpoints", str(step))
-        logging.warning("The checkpoint at step %d is damaged (%s: %s); moving it to %s and "
-                        "trying the one before.", step, type(error).__name__,
-                        str(error).splitlines()[0][:200], target)
+        logging.warning("The checkpoint at step %d is damaged (%s); moving it to %s and trying "
+                        "the one before.", step, what_failed(error), target)
         if jax.process_index() == 0:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             shutil.move(os.path.join(self.directory, str(step)), target)

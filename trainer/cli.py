@@ -19,7 +19,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from configs.base import get_base_config
-from trainer.errors import USER_ERRORS, Stopped, WorkdirError
+from trainer.errors import USER_ERRORS, ConfigError, Stopped, WorkdirError
 
 CONFIG_HELP = ("Config file, e.g. configs/mnist_cnn.py; override any field with "
                "--config.FIELD=VALUE (e.g. --config.num_epochs=2).")
@@ -215,10 +215,27 @@ def enable_compilation_cache():
 
 def initialize_distributed():
     """Joins the processes of a multi-host run; only process 0 logs below warnings."""
+    given = [f"--{flag.name}" for flag in (NUM_PROCESSES, PROCESS_ID) if flag.value is not None]
     if COORDINATOR.value:
+        if len(given) < 2:
+            raise ConfigError(
+                "--coordinator_address needs --num_processes (how many processes in all) and "
+                "--process_id (this one's index, 0 to num_processes - 1) too; or --multihost to "
+                "find all three in a cluster's environment (TPU pod, SLURM, ...).")
         jax.distributed.initialize(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value)
+    elif given:
+        raise ConfigError(f"{' and '.join(given)} need{'s' if len(given) == 1 else ''} "
+                          f"--coordinator_address=HOST:PORT of process 0 (or --multihost on a "
+                          f"cluster that tells JAX all three).")
     elif MULTIHOST.value:
-        jax.distributed.initialize()
+        try:
+            jax.distributed.initialize()
+        except (ValueError, RuntimeError) as e:
+            raise ConfigError(
+                f"--multihost: JAX found no cluster in this machine's environment "
+                f"({str(e).rstrip('.')}). Run it "
+                f"on a TPU pod or under SLURM or another cluster JAX knows, or give "
+                f"--coordinator_address, --num_processes and --process_id.") from e
     else:
         return
     if jax.process_index() != 0:
@@ -235,8 +252,8 @@ def run(main, config_required=True, reads_a_run=False):
     def main_with_errors(argv):
         quiet_logging()
         enable_compilation_cache()
-        initialize_distributed()
         try:
+            initialize_distributed()
             main(argv)
         except USER_ERRORS as e:
             if DEBUG.value:

@@ -27,7 +27,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from trainer.checkpoint import ChecksumError, Checkpoints, path_name, shapes_by_name, verify
+from trainer.checkpoint import (ChecksumError, Checkpoints, path_name, shapes_by_name, verify,
+                                what_failed)
 from trainer.errors import SHOWN, ConfigError, listed
 
 LOADABLE = ("params", "model_state")  # the parts of a TrainState fine-tuning loads
@@ -113,7 +114,7 @@ def saved_names(folder):
         return shapes_by_name({part: tree[part] for part in LOADABLE if part in tree})
     except Exception as e:  # pylint: disable=broad-except
         raise ConfigError(f"config.init_from: the checkpoint {folder} cannot be read "
-                          f"({type(e).__name__}: {str(e).splitlines()[0][:200]}).") from e
+                          f"({what_failed(e)}).") from e
     finally:
         handler.close()
 
@@ -188,7 +189,7 @@ def load(init_plan, state):
                 partial_restore=True))
     except Exception as e:  # pylint: disable=broad-except  (files missing or damaged)
         raise ConfigError(f"config.init_from: the checkpoint {init_plan.folder} cannot be read "
-                          f"({type(e).__name__}: {str(e).splitlines()[0][:200]}).") from e
+                          f"({what_failed(e)}).") from e
     finally:
         handler.close()
     check_sums(init_plan.folder, restored)

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 
 import datasets
-from trainer.checkpoint import ChecksumError, Checkpoints
+from trainer.checkpoint import ChecksumError, Checkpoints, what_failed
 from trainer.errors import ConfigError, WorkdirError
 from trainer.parallel import local_copy
 from trainer.setup import build
@@ -50,9 +50,14 @@ def restore(config, workdir, step=None, ema=False):
     step = checkpoint_step(checkpoints, config, step)
     try:
         state, _ = checkpoints.restore(setup.state, step)
-    except ChecksumError as e:
-        raise WorkdirError(f"the checkpoint at step {step} in {checkpoints.directory} is "
-                           f"damaged: {e}. Give another --step.") from e
+    except WorkdirError:  # another model's checkpoint
+        raise
+    except Exception as e:  # pylint: disable=broad-except  (unreadable, or bytes changed: damaged)
+        others = [s for s in checkpoints.manager.all_steps() if s != step]
+        raise WorkdirError(
+            f"the checkpoint at step {step} in {checkpoints.directory} is damaged "
+            f"({e if isinstance(e, ChecksumError) else what_failed(e)}). Give another --step"
+            f"{f' (there are {sorted(others)})' if others else ''}.") from e
     finally:
         checkpoints.close()
     if ema:

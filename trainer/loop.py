@@ -115,22 +115,28 @@ class Profile:
         self.start, self.end = tuple(config.profile_steps) or (None, None)
         self.folder = os.path.join(workdir, "profile")
         self.tracing = False
+        self.reached = None  # the last step run while tracing
 
     def at(self, step, pending):
         """Starts or ends the trace at `step`; `pending`: arrays the traced steps compute."""
+        if self.tracing:
+            self.reached = step
         if step == self.start:
             jax.profiler.start_trace(self.folder)
-            self.tracing = True
+            self.tracing, self.reached = True, step
         elif step == self.end:
             self.stop(pending)
 
     def stop(self, pending):
+        """Ends the trace at the end step, or where the run ended or stopped before it."""
         if self.tracing:
             jax.block_until_ready(pending)  # the traced steps' device work, in the trace
             jax.profiler.stop_trace()
             self.tracing = False
-            logging.info("Profile of steps %d to %d written to %s.", self.start + 1, self.end,
-                         self.folder)
+            cut_short = (f" (the run ended at step {self.reached}, before step {self.end})"
+                         if self.reached < self.end else "")
+            logging.info("Profile of steps %d to %d written to %s%s.", self.start + 1,
+                         self.reached, self.folder, cut_short)
 
 
 def check_finite(config, state, parallel, checkpoints, step):

@@ -181,6 +181,10 @@ def build(config, training=True) -> Setup:
         raise ConfigError(f"config.batch_size={config.batch_size} is larger than the training split "
                           f"({dataset.num_train} examples). Use a batch size <= {dataset.num_train}.")
     total_steps = config.num_steps or config.num_epochs * steps_per_epoch
+    if config.profile_steps and config.profile_steps[0] >= total_steps:
+        raise ConfigError(f"config.profile_steps={tuple(config.profile_steps)} starts past the end "
+                          f"of training ({total_steps} steps), so it would trace nothing. Give a "
+                          f"start below {total_steps}.")
     tx, learning_rate = create_optimizer(config.optimizer, steps_per_epoch, total_steps)
     example_inputs = dataset.prepare_inputs(datasets.examples(dataset.train, [0])["inputs"])
     try:

@@ -32,12 +32,15 @@ def whole_batch(tree):
 
 
 def train_step(state: TrainState, batch, *, task, prepare_inputs, nonfinite="stop",
-               grad_accum_steps=1, ema_decay=0.0, state_sharding=None, axis_name=None):
+               grad_accum_steps=1, unroll_accumulation=False, ema_decay=0.0, state_sharding=None,
+               axis_name=None):
     """One gradient update on `batch` ({"inputs", "targets"}); returns (new state, metrics).
 
     `grad_accum_steps` = k > 1: the batch is split into k microbatches, run one after another in a
     scan (activations of one at a time), their mean gradients averaged into one update; the
     model's state (BatchNorm statistics) is carried from each microbatch to the next.
+    `unroll_accumulation`: the scan unrolled, for XLA's CPU backend, which runs convolutions
+    inside a loop about 8x slower (docs/speed.md#gradient-accumulation).
     `nonfinite` (config.nonfinite): an update with a NaN or an Inf is never applied; with "stop"
     no later one is applied either, since the run stops at the first.
     `ema_decay` > 0: state.ema_params follows the parameters as their moving average.
@@ -66,7 +69,8 @@ def train_step(state: TrainState, batch, *, task, prepare_inputs, nonfinite="sto
 
         zeros = jax.tree.map(jnp.zeros_like, state.params)
         (grads_sum, model_state, _), (outputs, per_example_loss) = jax.lax.scan(
-            accumulate, (zeros, state.model_state, 0), microbatches(batch, grad_accum_steps))
+            accumulate, (zeros, state.model_state, 0), microbatches(batch, grad_accum_steps),
+            unroll=unroll_accumulation)
         grads = jax.tree.map(lambda g: g / grad_accum_steps, grads_sum)
         outputs, per_example_loss = whole_batch((outputs, per_example_loss))
     if axis_name:

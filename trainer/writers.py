@@ -130,7 +130,20 @@ class WandB:
 
     @staticmethod
     def check():
-        wandb_package()
+        """The package, and W&B's credentials where it logs online: without them W&B fails only
+        once the run has started writing its workdir."""
+        sdk = wandb_package()
+        settings = sdk.Settings()
+        settings.update_from_system_settings()  # `wandb offline` and W&B's settings files
+        settings.update_from_env_vars(dict(os.environ))  # WANDB_MODE, WANDB_API_KEY, ...
+        if settings.mode in ("offline", "dryrun", "disabled"):
+            return
+        from wandb.sdk.lib.wbauth import authenticate  # pylint: disable=import-outside-toplevel
+        if authenticate.authenticate_session(host=settings.base_url, source="flaxfit",
+                                             prompt=False, update_session=False) is None:
+            raise ConfigError("config.writers names 'wandb', which logs online, and no W&B API key "
+                              "is configured: run `wandb login` or set WANDB_API_KEY; or keep the "
+                              "run here, to upload later: WANDB_MODE=offline.")
 
     def __init__(self, workdir, config):
         sdk = wandb_package()
