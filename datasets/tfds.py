@@ -7,8 +7,11 @@ syntax (`train[:90%]`). The data set must be prepared in array_record format in 
 """
 import dataclasses
 import functools
+import glob
 import importlib.util
+import json
 import os
+import re
 
 import numpy as np
 
@@ -23,7 +26,11 @@ def prepared_builder(name, tfds_data_dir, ways=""):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     try:
         builder = tfds.builder(name, data_dir=tfds_data_dir)
-    except Exception as e:  # pylint: disable=broad-except  (TFDS: not a known name)
+    except Exception as e:  # pylint: disable=broad-except  (TFDS: not a known name, or damaged)
+        damaged = unreadable_info(name, tfds_data_dir or tfds.core.constants.DATA_DIR)
+        if damaged:
+            raise DataError(f"{damaged} is damaged (not JSON): the data set {name} cannot be "
+                            f"read. Prepare it again in that folder.") from e
         raise DataError(f"{name} is not a TFDS data set known here ({type(e).__name__}: "
                         f"{str(e).splitlines()[0]}). Check the name, or prepare it in "
                         f"--config.dataset.tfds_data_dir. {ways}") from e
@@ -33,6 +40,18 @@ def prepared_builder(name, tfds_data_dir, ways=""):
                  else f"{name} is not prepared in {builder.data_dir}.")
         raise DataError(f"{name} was not found: {found} {ways}".strip())
     return builder
+
+
+def unreadable_info(name, data_dir):
+    """The path of a prepared version's dataset_info.json that is not JSON, or None."""
+    folder = os.path.join(os.path.expanduser(data_dir), re.split("[/:]", name)[0])
+    for path in sorted(glob.glob(os.path.join(folder, "**", "dataset_info.json"), recursive=True)):
+        try:
+            with open(path, encoding="utf-8") as f:
+                json.load(f)
+        except (OSError, ValueError):
+            return path
+    return None
 
 
 @dataclasses.dataclass

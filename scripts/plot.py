@@ -1,5 +1,6 @@
 """Writes the PNG figures of a training run into its workdir (training writes them at the end):
-curves, and predictions over the ground truth or a confusion matrix and misclassified images.
+curves, and predictions over the ground truth or a confusion matrix and misclassified images
+(with --ema, of the moving average of the parameters: confusion_matrix_ema.png, ...).
 
     python scripts/plot.py --workdir=runs/mnist
 """
@@ -17,7 +18,9 @@ def main(argv):
     del argv
     config = cli.config()
     setup, state, _ = inference.restore(config, WORKDIR.value, STEP.value, EMA.value)
-    for path in inference.write_figures(setup, state, WORKDIR.value):
+    # The moving average's figures beside the parameters', not over them.
+    for path in inference.write_figures(setup, state, WORKDIR.value,
+                                        suffix="_ema" if EMA.value else ""):
         print(path)
 
 

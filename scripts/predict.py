@@ -48,13 +48,16 @@ def read_images(paths, shape):
 
 def parse_rows(text, width):
     try:
-        rows = np.array([[float(v) for v in row.split(",")] for row in text.split(";")], np.float32)
+        rows = [[float(v) for v in row.split(",")] for row in text.split(";")]
     except ValueError as e:
         raise ConfigError(f"--inputs={text!r}: {e}; write numbers, ',' between values and ';' "
                           f"between rows.") from e
-    if rows.shape[1] != width:
-        raise ConfigError(f"--inputs: rows of {rows.shape[1]} values; this model takes {width}.")
-    return rows
+    for number, row in enumerate(rows, 1):
+        if len(row) != width:
+            raise ConfigError(f"--inputs={text!r}: row {number} has {len(row)} value(s); this "
+                              f"model takes {width} an input, ',' between values and ';' between "
+                              f"rows.")
+    return np.array(rows, np.float32)
 
 
 def parse_indices(values, count):
@@ -85,7 +88,8 @@ def main(argv):
     count = datasets.num_examples(test)
     example_shape = datasets.examples(test, [0])["inputs"].shape[1:]
     labels, names = None, None
-    print(f"# {config.model.name} at step {step}, task {config.task}")
+    print(f"# {config.model.name} at step {step}, task {config.task}"
+          + (", the moving average of its parameters (--ema)" if EMA.value else ""))
     if IMAGES.value:
         inputs, names = read_images(IMAGES.value, example_shape), IMAGES.value
     elif INPUTS.value:

@@ -15,6 +15,7 @@ host_memory.restart_with_reusing_malloc()  # before JAX allocates anything
 from absl import flags  # pylint: disable=wrong-import-position
 
 from trainer import cli, loop  # pylint: disable=wrong-import-position
+from trainer.config_check import validate_config  # pylint: disable=wrong-import-position
 
 WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and TensorBoard.")
 SHOW_CONFIG = flags.DEFINE_bool("show_config", False, "Print the resolved config and exit.")
@@ -23,6 +24,7 @@ SHOW_CONFIG = flags.DEFINE_bool("show_config", False, "Print the resolved config
 def main(argv):
     del argv
     if SHOW_CONFIG.value:
+        validate_config(cli.config())  # an invalid config is said, not printed as if it were fine
         print(cli.config())
         return
     if not WORKDIR.value:

@@ -96,6 +96,9 @@ BAD_INPUTS = [
                                             "evaluation logs eval/loss, eval/accuracy."),
     ([XOR, "--config.early_stopping.metric=eval_ema/loss"],
      "config.early_stopping.metric='eval_ema/loss' is never logged"),
+    ([XOR, "--config.best_metric=eval_ema/accuracy"],
+     "eval_ema/... is the moving average of the parameters, which --config.ema_decay=0.999 (say) "
+     "keeps."),
     ([XOR, "--config.early_stopping.patience=0"], "config.early_stopping.patience=0 is invalid"),
     ([XOR, "--config.best_mode=up"], "config.best_mode='up' is invalid"),
     ([XOR, "--config.optimizer.frozen=params/(Dense"], "config.optimizer.frozen='params/(Dense' is "
@@ -176,6 +179,11 @@ def test_show_config_prints_the_resolved_config():
     assert "learning_rate: 0.5" in result.stdout and "name: xor" in result.stdout
     relative = run_train(MNIST, "--config.dataset.data_dir=../shared/data/mnist", "--show_config")
     assert f"data_dir: {REPO.parent / 'shared' / 'data' / 'mnist'}" in relative.stdout  # absolute
+    invalid = run_train(XOR, "--config.batch_size=-5", "--show_config")
+    assert invalid.returncode == 2 and not invalid.stdout
+    assert invalid.stderr.strip().splitlines() == [
+        "error: config.batch_size=-5 is invalid: it must be a positive integer. Fix the config "
+        "file or pass --config.batch_size=VALUE."]
 
 
 def test_our_datasets_package_wins_over_hugging_faces(tmp_path):

@@ -3,6 +3,7 @@
 are one clear line each."""
 import dataclasses
 import json
+import re
 import shutil
 
 import jax
@@ -97,6 +98,9 @@ def test_fine_tuning_a_new_head_with_frozen_convolutions(user_folder, source, mn
                    f"--config.num_steps={FINE_TUNE_STEPS}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert files(source) == before  # the source run is only read
+    assert re.search(r"Frozen by config.optimizer.frozen='params/Conv_\.\*': 2 of \d+ arrays, "
+                     r"[\d,]+ of [\d,]+ parameters: params/Conv_0/kernel, params/Conv_1/kernel\.",
+                     result.stderr)
     report = result.stderr[result.stderr.index("Fine-tuning from"):]
     assert report.startswith(f"Fine-tuning from step {SOURCE_STEPS} of "
                              f"{source / 'checkpoints' / str(SOURCE_STEPS)}: loaded 12 arrays, "
@@ -187,12 +191,14 @@ BAD = [
     (["--config.optimizer.frozen=Dense_0"], "error: config.optimizer.frozen='Dense_0' matches no "
                                             "parameter (the whole path must match); the parameters "
                                             "are params/Dense_0/bias, params/Dense_0/kernel,"),
+    (["--config.optimizer.frozen=params/.*"], "error: config.optimizer.frozen='params/.*' matches "
+                                              "every parameter, so nothing would train."),
 ]
 
 
 @pytest.mark.parametrize("args, message", BAD, ids=[
     "missing", "not_a_run", "no_checkpoint", "no_array_fits", "regex_matches_nothing",
-    "frozen_matches_nothing"])
+    "frozen_matches_nothing", "frozen_matches_everything"])
 def test_bad_values_give_one_line_and_write_nothing(args, message, source, tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty_run" / "checkpoints").mkdir(parents=True)

@@ -4,6 +4,7 @@ checkpoints that move between meshes, resume after SIGKILL, two processes, and b
 import collections
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -180,6 +181,20 @@ def test_a_bad_mesh_or_rule_is_one_error_line(args, message, mnist_dir, tmp_path
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0] and "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()  # found before anything was written
+
+
+def test_the_rule_format_error_gives_an_example_that_fits(mnist_dir, tmp_path):
+    args = ["--config=configs/mnist_mlp.py", "--config.mesh.fsdp=8", "--config.num_steps=2",
+            "--config.eval_every_epochs=0", "--config.plots=False",
+            f"--config.dataset.data_dir={mnist_dir}"]
+    result = run_train(*args, '--config.sharding_rules=("params/Dense_0/kernel",)',
+                       f"--workdir={tmp_path / 'refused'}", env=devices(8))
+    assert result.returncode == 2
+    example = re.search(r"e\.g\. (\(.*\))\.$", result.stderr.strip())[1]
+    assert example == "('params/Dense_0/kernel', ('fsdp', None))"  # the largest, 784 rows
+    result = run_train(*args, f"--config.sharding_rules=({example},)",
+                       f"--workdir={tmp_path / 'run'}", env=devices(8))
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_an_axis_that_does_not_split_the_batch_must_stay_within_a_process(mnist_dir, tmp_path):

@@ -5,7 +5,7 @@ import pytest
 
 from configs.base import get_base_config
 from trainer.errors import ConfigError
-from trainer.optim import check_frozen, create_optimizer
+from trainer.optim import create_optimizer, frozen_parameters
 
 
 def optimizer_config(**fields):
@@ -78,11 +78,14 @@ def test_frozen_parameters_get_no_update_not_even_decay_or_clipping(name):
     assert jnp.array_equal(update["Dense_0"]["kernel"], alone["Dense_0"]["kernel"])
 
 
-def test_a_frozen_regex_must_match_a_whole_parameter_path():
+def test_a_frozen_regex_must_match_a_whole_parameter_path_and_not_all():
     params = {"Conv_0": {"kernel": jnp.ones(3)}, "Dense_0": {"kernel": jnp.ones(2)}}
-    check_frozen(optimizer_config(frozen="params/Dense_0/.*"), params)
-    check_frozen(optimizer_config(frozen=""), params)
+    assert frozen_parameters(optimizer_config(frozen="params/Dense_0/.*"), params) == [
+        "params/Dense_0/kernel"]
+    assert frozen_parameters(optimizer_config(frozen=""), params) == []
     with pytest.raises(ConfigError, match=r"config.optimizer.frozen='Dense_0' matches no parameter "
                                           r"\(the whole path must match\); the parameters are "
                                           r"params/Conv_0/kernel, params/Dense_0/kernel\."):
-        check_frozen(optimizer_config(frozen="Dense_0"), params)
+        frozen_parameters(optimizer_config(frozen="Dense_0"), params)
+    with pytest.raises(ConfigError, match=r"matches every parameter, so nothing would train"):
+        frozen_parameters(optimizer_config(frozen="params/.*"), params)

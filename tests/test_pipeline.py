@@ -5,6 +5,7 @@ own rows."""
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,10 +44,11 @@ def accuracy(workdir):
     return json.loads((workdir / "results.json").read_text())["eval/accuracy"]
 
 
-def prepare(*args):
+def prepare(*args, exit_code=0):
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "prepare_data.py"), *args],
                             capture_output=True, text=True, cwd=REPO)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == exit_code, result.stderr[-3000:]
+    return result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +150,13 @@ def test_an_image_folder_trains_and_converts_to_the_same_records(mnist_folder, i
         result = run_train(*SUBSET_RUN, f"--config.dataset.name={name}",
                            f"--config.dataset.data_dir={data}", f"--workdir={tmp_path / name}")
         assert result.returncode == 0, result.stderr[-3000:]
+        assert (f"Training batches are streamed from {name} in {data} (2000 examples), read by "
+                f"{input_pipeline.default_workers()} worker process(es).") in result.stderr
     assert_same_params(tmp_path / "image_folder", tmp_path / "array_record", 150)
+    evaluated = subprocess.run([sys.executable, str(REPO / "scripts" / "evaluate.py"),
+                                f"--workdir={tmp_path / 'image_folder'}"], capture_output=True,
+                               text=True, cwd=REPO)
+    assert evaluated.returncode == 0 and "leaked" not in evaluated.stderr, evaluated.stderr
     assert_same_params(in_memory_subset, tmp_path / "image_folder", 150)
     assert accuracy(in_memory_subset) == accuracy(tmp_path / "image_folder") > 0.8
 
@@ -511,11 +519,19 @@ BAD_DATA = [
       "--config.dataset.image_key=picture"],
      "the TFDS data set mnist_sample has no feature 'picture'; its features are "
      "['image', 'label']"),
+    (["--config.dataset.name=tfds:mnist_sample",
+      "--config.dataset.tfds_data_dir={root}/damaged_tfds"],
+     "{root}/damaged_tfds/mnist_sample/1.0.0/dataset_info.json is damaged (not JSON): the data set "
+     "mnist_sample cannot be read. Prepare it again in that folder."),
 ]
 
 
 @pytest.mark.parametrize("args, message", BAD_DATA, ids=[a[-1] for a, _ in BAD_DATA])
 def test_bad_data_gives_one_line_and_writes_nothing(args, message, bad_data, tfds_folder, tmp_path):
+    if "damaged_tfds" in args[-1]:  # a copy whose dataset_info.json was cut short
+        shutil.copytree(tfds_folder, bad_data / "damaged_tfds", dirs_exist_ok=True)
+        (info,) = (bad_data / "damaged_tfds").rglob("dataset_info.json")
+        info.write_text(info.read_text()[:100])
     args = [a.format(root=bad_data, tfds=tfds_folder) for a in args]
     before = files(bad_data)
     result = run_train(*MLP, *args, f"--workdir={tmp_path / 'run'}")
@@ -553,3 +569,10 @@ def test_raw_records_hold_the_pixels_as_they_are(mnist_folder, tmp_path):
             read = source.__getitems__(rows)
             assert np.array_equal(np.stack([r["inputs"] for r in read]), split["inputs"][rows])
             assert np.array_equal([r["targets"] for r in read], split["targets"][rows])
+    # Refused, as every script refuses bad input: one line, exit 2, nothing written.
+    message = prepare(f"--from_mnist={MNIST_DIR}", f"--out={tmp_path / 'mnist'}", exit_code=2)
+    assert message.strip() == f"error: --out={tmp_path / 'mnist'} exists; give a new folder " \
+                              f"(nothing was written)."
+    message = prepare(f"--from_mnist={tmp_path / 'nowhere'}", f"--out={tmp_path / 'new'}",
+                      exit_code=2)
+    assert len(message.strip().splitlines()) == 1 and not (tmp_path / "new").exists()

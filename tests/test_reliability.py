@@ -56,12 +56,12 @@ def config_texts(workdir):
     return events.Tensors("config/text_summary")
 
 
-def refused(workdir, *args):
+def refused(workdir, *args, exit_code=2):
     """Runs train.py on a workdir that holds checkpoints; checks that it stops with one message
     and leaves the checkpoints byte-identical; returns the message."""
     before = files(workdir / "checkpoints")
     result = run_train(*args, f"--workdir={workdir}")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.returncode == exit_code and "Traceback" not in result.stderr
     assert files(workdir / "checkpoints") == before
     return result.stderr
 
@@ -295,6 +295,18 @@ def test_checkpoint_of_another_model_is_named_and_left_alone(tmp_path):
     before = files(tmp_path / "checkpoints")
     message = refused(tmp_path, POLY, "--config.num_epochs=50", "--config.model.features=(64, 1)")
     assert "params/Dense_0/bias is (128,) there and (64,) in the config" in message
+    assert "The run's config.json differs in model.features ([128, 1] there, [64, 1] here)." in (
+        message)
+    # Another model that also keeps an EMA: the model's own parameters are named first.
+    message = refused(tmp_path, POLY, "--config.num_epochs=50", "--config.model.features=(64, 1)",
+                      "--config.ema_decay=0.9")
+    assert "params/Dense_0/bias is (128,) there and (64,) in the config" in message
+    assert "ema_decay (0.0 there, 0.9 here)" in message
+    # Only the frozen parameters changed: the optimizer's state differs, and the setting is named.
+    message = refused(tmp_path, POLY, "--config.num_epochs=50",
+                      "--config.optimizer.frozen=params/Dense_0/.*")
+    assert "opt_state" in message and ("The run's config.json differs in optimizer.frozen ('' "
+                                       "there, 'params/Dense_0/.*' here).") in message
 
     fresh = run_train(POLY, "--config.num_epochs=50", "--config.model.features=(64, 1)",
                       "--config.resume=False", f"--workdir={tmp_path}")
@@ -306,7 +318,7 @@ def test_checkpoint_of_another_model_is_named_and_left_alone(tmp_path):
 def test_nonfinite_loss_stops_the_run_with_its_checkpoints_intact(tmp_path):
     assert run_train(POLY, "--config.num_epochs=100", f"--workdir={tmp_path}").returncode == 0
     message = refused(tmp_path, POLY, "--config.num_epochs=200",
-                      "--config.optimizer.learning_rate=1e30")
+                      "--config.optimizer.learning_rate=1e30", exit_code=3)  # not bad input: 3
     first_bad = int(re.search(r"a NaN or Inf in the loss or gradients at step (\d+) ", message)[1])
     assert 100 < first_bad <= 200  # after the good checkpoint, where the learning rate exploded
     assert "latest: step 100" in message
@@ -318,14 +330,14 @@ def test_nonfinite_stops_a_fused_run_at_the_end_of_its_call(tmp_path):
                        "--config.checkpoint_every_steps=50000", "--config.eval_every_epochs=0",
                        "--config.steps=fused", "--config.optimizer.learning_rate=1e30",
                        f"--workdir={tmp_path}")
-    assert result.returncode == 2
+    assert result.returncode == 3
     first, seen = map(int, re.search(r"at step (\d+) \(seen at step (\d+)\)", result.stderr).groups())
     assert first <= seen < 50000
 
 
 def test_nonfinite_before_any_checkpoint_says_so(tmp_path):
     result = run_train(POLY, "--config.optimizer.learning_rate=1e30", f"--workdir={tmp_path}")
-    assert result.returncode == 2
+    assert result.returncode == 3
     assert "without applying it or any update after it, and no checkpoint had been saved yet" in (
         result.stderr)
     assert "None" not in result.stderr and not finished_steps(tmp_path)

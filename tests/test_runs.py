@@ -13,6 +13,7 @@ import orbax.checkpoint as ocp
 
 from conftest import REPO, run_train
 from test_reliability import finished_steps, saved_state
+from trainer import plots
 
 XOR = ["--config=configs/xor_mlp.py", "--config.plots=False"]
 
@@ -45,6 +46,23 @@ def test_ema_and_grad_accumulation_resume_bitwise_after_sigkill(tmp_path):
     final = logged(killed)[-1]
     assert {"eval/loss", "eval/accuracy", "eval_ema/loss", "eval_ema/accuracy"} <= set(final)
     assert final == logged(whole)[-1] | {"step": 1500}
+    assert set(plots.curves(logged(killed))["loss"]) == {"train", "eval", "eval_ema"}
+
+    # The moving average, used by the scripts: said so, and its figures beside the others.
+    predicted = subprocess.run([sys.executable, str(REPO / "scripts" / "predict.py"),
+                                f"--workdir={killed}", "--ema"], capture_output=True, text=True,
+                               cwd=REPO)
+    assert predicted.stdout.startswith("# mlp at step 1500, task binary_regression, the moving "
+                                       "average of its parameters (--ema)\n"), predicted.stderr
+    written = {}
+    for ema in ([], ["--ema"]):
+        figures = subprocess.run([sys.executable, str(REPO / "scripts" / "plot.py"),
+                                  f"--workdir={killed}", *ema], capture_output=True, text=True,
+                                 cwd=REPO)
+        assert figures.returncode == 0, figures.stderr
+        written[bool(ema)] = set(figures.stdout.split())
+    assert written == {False: {str(killed / "curves.png"), str(killed / "confusion_matrix.png")},
+                       True: {str(killed / "curves.png"), str(killed / "confusion_matrix_ema.png")}}
 
 
 def test_the_best_checkpoint_is_kept_while_newer_ones_rotate(tmp_path):

@@ -118,6 +118,9 @@ def test_predict_refuses_what_it_cannot_read(cnn_run, xor_run, tmp_path):
     Image.new("L", (28, 28)).save(tmp_path / "digit.png")
     message = refused("predict.py", f"--workdir={xor_run}", f"--images={tmp_path / 'digit.png'}")
     assert "--images needs a run on image data; this run's inputs have shape (2,)" in message
+    message = refused("predict.py", f"--workdir={xor_run}", "--inputs=0,1;1")
+    assert message.strip() == ("error: --inputs='0,1;1': row 2 has 1 value(s); this model takes "
+                               "2 an input, ',' between values and ';' between rows.")
 
 
 def test_a_run_is_read_from_any_folder_and_its_config_overridden(tmp_path):

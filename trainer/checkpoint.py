@@ -75,6 +75,28 @@ def what_failed(error, limit=240):
     return f"{type(error).__name__}: {text}"
 
 
+class CheckpointMismatch(WorkdirError):
+    """A checkpoint of another model or optimizer than the config's: nothing is read or changed.
+    `changed`: which settings of the run's own config differ, where the caller knows."""
+
+    def __init__(self, step, directory, what, changed=""):
+        self.step, self.directory, self.what = step, directory, what
+        super().__init__(
+            f"the checkpoint at step {step} in {directory} does not fit the config: {what}. "
+            f"{changed}{' ' if changed else ''}Use the config that run was started with, or pass "
+            f"--config.resume=False to start a fresh run in a new subfolder (the checkpoints stay "
+            f"as they are).")
+
+
+# The order in which a mismatch names the state's arrays: the model's own first.
+PARTS_IN_ORDER = ("params", "model_state", "opt_state", "ema_params")
+
+
+def part_order(name):
+    part = name.split("/", 1)[0]
+    return (PARTS_IN_ORDER.index(part) if part in PARTS_IN_ORDER else len(PARTS_IN_ORDER), name)
+
+
 class ChecksumError(Exception):
     """A restored array whose checksum differs from the one saved with it."""
 
@@ -180,29 +202,24 @@ class Checkpoints:
                 **{item: ocp.args.JsonRestore() for item in extra}))
         except ValueError as e:
             if "structure" in str(e):  # an empty part (an optimizer state) that differs
-                raise WorkdirError(self.does_not_fit(step, str(e).splitlines()[0][:300])) from e
+                raise CheckpointMismatch(step, self.directory,
+                                         str(e).splitlines()[0][:300]) from e
             raise
         state = like_state.replace(**restored.state)
         if "checksums" in extra:
             verify(state, restored.checksums)
         return state, restored.loop if "loop" in extra else {}
 
-    def does_not_fit(self, step, what):
-        return (f"the checkpoint at step {step} in {self.directory} does not fit the config: "
-                f"{what}. Use the config that run was started with, or pass "
-                f"--config.resume=False to start a fresh run in a new subfolder (the checkpoints "
-                f"stay as they are).")
-
     def check_fits(self, step, like_state):
-        """Raises WorkdirError naming the first array whose shape differs from `like_state`;
-        returns the saved tree's metadata."""
+        """Raises CheckpointMismatch naming the first array (the model's first) whose shape
+        differs from `like_state`; returns the saved tree's metadata."""
         tree = self.manager.item_metadata(step)["state"].tree
         saved, wanted = shapes_by_name(tree), shapes_by_name(like_state)
-        for name in sorted(set(saved) | set(wanted)):
+        for name in sorted(set(saved) | set(wanted), key=part_order):
             if saved.get(name) != wanted.get(name):
-                raise WorkdirError(self.does_not_fit(
-                    step, f"{name} is {saved.get(name, 'absent')} there and "
-                          f"{wanted.get(name, 'absent')} in the config"))
+                raise CheckpointMismatch(step, self.directory,
+                                         f"{name} is {saved.get(name, 'absent')} there and "
+                                         f"{wanted.get(name, 'absent')} in the config")
         return tree
 
     def restore_latest_good(self, like_state):

@@ -19,7 +19,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from configs.base import get_base_config
-from trainer.errors import USER_ERRORS, ConfigError, Stopped, WorkdirError
+from trainer.errors import USER_ERRORS, ConfigError, Stopped, WorkdirError, fail
 
 CONFIG_HELP = ("Config file, e.g. configs/mnist_cnn.py; override any field with "
                "--config.FIELD=VALUE (e.g. --config.num_epochs=2).")
@@ -47,11 +47,6 @@ def define_run_flags(ema=True):
     return workdir, step, flags.DEFINE_bool(
         "ema", False, "Use the moving average of the parameters that the run kept "
         "(config.ema_decay) instead of the parameters.")
-
-
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 def tuples(value):
@@ -258,7 +253,7 @@ def run(main, config_required=True, reads_a_run=False):
         except USER_ERRORS as e:
             if DEBUG.value:
                 raise
-            fail(str(e))
+            fail(str(e), getattr(e, "exit_code", 2))
         except Stopped as e:
             logging.warning("%s", e)
             sys.exit(e.exit_code)

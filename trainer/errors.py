@@ -1,4 +1,8 @@
-"""Errors a user can fix. The scripts print their message and exit non-zero, without a traceback."""
+"""Errors a user can fix. The scripts print their message as one `error:` line and exit
+non-zero, without a traceback: 2 for bad input (a config, data, a workdir), 3 for a run stopped by
+a NaN or Inf (its checkpoints intact), 128 + the signal's number for a run stopped by a signal."""
+import sys
+
 from datasets import DataError
 
 
@@ -21,6 +25,7 @@ class WorkdirError(Exception):
 
 class NonFiniteError(Exception):
     """A NaN or Inf in the loss or gradients stopped the run; its checkpoints are intact."""
+    exit_code = 3
 
 
 class Stopped(Exception):
@@ -32,3 +37,9 @@ class Stopped(Exception):
 
 
 USER_ERRORS = (ConfigError, WorkdirError, DataError, NonFiniteError)
+
+
+def fail(message, exit_code=2):
+    """A script's end on an error a user can fix: one line on stderr, no traceback."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(exit_code)

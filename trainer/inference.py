@@ -112,14 +112,14 @@ def predict(setup, state, inputs, chunk=1000):
         for i in range(0, len(inputs), chunk)])
 
 
-def write_figures(setup, state, workdir):
+def write_figures(setup, state, workdir, suffix=""):
     """The PNG figures of the model on the test split, its first FIGURE_EXAMPLES examples
-    (trainer/plots.py); returns their paths. Every process calls it (for the predictions); only
-    process 0 draws, and the others return []."""
+    (trainer/plots.py), those of predictions named with `suffix`; returns their paths. Every
+    process calls it (for the predictions); only process 0 draws, and the others return []."""
     from trainer import plots  # pylint: disable=g-import-not-at-top  (matplotlib: only here)
     test = setup.dataset.test
     test = datasets.examples(test, range(min(datasets.num_examples(test), FIGURE_EXAMPLES)))
     outputs = predict(setup, state, test["inputs"])
     if jax.process_index() != 0:
         return []
-    return plots.plot_all(workdir, setup.task, test, outputs, setup.dataset.decode_outputs)
+    return plots.plot_all(workdir, setup.task, test, outputs, setup.dataset.decode_outputs, suffix)

@@ -7,7 +7,9 @@ it is the step, and an example's augmentation is drawn from (seed, epoch, index)
 or a run with another number of workers, reads the same batches bit for bit. Grain runs the map
 functions in spawned worker processes: this module imports no JAX.
 """
+import atexit
 import dataclasses
+import gc
 import multiprocessing
 import os
 import threading
@@ -15,6 +17,7 @@ from typing import Callable
 
 import grain
 import numpy as np
+from grain._src.python.ipc import shared_memory_array as grain_shared_memory
 
 from trainer import batching
 
@@ -87,10 +90,23 @@ def iterate(dataset, workers, buffer):
         stream = stream.mp_prefetch(grain.MultiprocessingOptions(
             num_workers=workers, per_worker_buffer_size=buffer), worker_init_fn=start_worker)
     iterator = iter(stream)
+    atexit.register(unlink_freed_batches)  # once: registering the same function again is a no-op
     try:
         yield from iterator
     finally:
         iterator.close()
+
+
+def unlink_freed_batches():
+    """Batches come from the workers in shared memory, which Grain unlinks when their arrays are
+    freed, in a thread of its own. At the end of an evaluation its last batches are still held in
+    reference cycles (seen: a frame of Grain's prefetch thread), and a process that ends then
+    would report them as leaked shared_memory objects: at exit, this frees them and waits for
+    Grain's thread to unlink them."""
+    gc.collect()
+    pool = getattr(grain_shared_memory.SharedMemoryArray, "_del_thread_pool", None)
+    if pool is not None:
+        pool.apply(int)  # a no-op queued behind every unlink: it returns when they are done
 
 
 def train_batches(source, start_step, end_step, *, augment, workers, buffer, **order):

@@ -16,10 +16,10 @@ import jax
 from absl import logging
 from clu import parameter_overview
 
-from trainer import finetune, inference, sharding
-from trainer.checkpoint import Checkpoints
+from trainer import finetune, inference, optim, sharding
+from trainer.checkpoint import CheckpointMismatch, Checkpoints
 from trainer.early_stopping import EarlyStopping
-from trainer.errors import NonFiniteError, Stopped, WorkdirError
+from trainer.errors import NonFiniteError, Stopped, WorkdirError, listed
 from trainer.parallel import local_copy
 from trainer.progress import Progress
 from trainer.runners import make_runner
@@ -177,6 +177,34 @@ def write_results(workdir, step, scalars):
     write_file(workdir, "results.json", json.dumps({"step": step, **json_safe(scalars)}))
 
 
+# The settings that shape the train state: where a checkpoint does not fit, one of them changed.
+STATE_SETTINGS = ("model", "dataset", "task", "optimizer", "ema_decay")
+
+
+def settings_changed(config, workdir):
+    """Which settings that shape the state differ between the run's own config.json and `config`,
+    said for a CheckpointMismatch ("" if none does, or the run wrote no config.json)."""
+    try:
+        with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return ""
+    now = json.loads(config.to_json_best_effort())
+
+    def flat(tree, prefix=""):
+        if not isinstance(tree, dict):
+            return {prefix[:-1]: tree}
+        return {name: value for key, subtree in tree.items()
+                for name, value in flat(subtree, f"{prefix}{key}.").items()}
+
+    before, after = (flat({key: tree[key] for key in STATE_SETTINGS if key in tree})
+                     for tree in (saved, now))
+    absent = "absent"
+    changes = [f"{name} ({before.get(name, absent)!r} there, {after.get(name, absent)!r} here)"
+               for name in sorted(set(before) | set(after)) if before.get(name) != after.get(name)]
+    return f"The run's config.json differs in {listed(changes)}." if changes else ""
+
+
 def train_and_evaluate(config, workdir):
     """Trains to the end given by the config, resuming from the latest good checkpoint in `workdir`.
 
@@ -200,7 +228,11 @@ def train_and_evaluate_in(config, setup, workdir):
                                   best_mode=config.best_mode)
         try:
             state, loop_values = setup.state, {}
-            restored = checkpoints.restore_latest_good(state)
+            try:
+                restored = checkpoints.restore_latest_good(state)
+            except CheckpointMismatch as e:
+                raise CheckpointMismatch(e.step, e.directory, e.what,
+                                         settings_changed(config, workdir)) from e
             if restored is not None:
                 state, loop_values = restored
                 logging.info("Resuming from the checkpoint at step %d.", state.step)
@@ -243,6 +275,9 @@ def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping
     if step == 0:  # "global": statistics of sharded arrays, computed where their shards are
         logging.info("Parameters:\n%s", parameter_overview.get_parameter_overview(
             state.params, include_stats="global"))
+    frozen = optim.describe_frozen(config.optimizer, state.params)
+    if frozen:
+        logging.info("%s", frozen)
     logging.info("The train state takes %s on each device, of %s whole.",
                  megabytes(sharding.bytes_on(state, jax.local_devices()[0])),
                  megabytes(sum(x.nbytes for x in jax.tree.leaves(state))))
@@ -256,6 +291,8 @@ def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping
     eval_fn = inference.compile_eval(setup)
     timetable = Timetable.from_config(config, setup.steps_per_epoch, total_steps)
     logging.info("Steps run %s.", runner.description)
+    if setup.describe_streaming():
+        logging.info("%s", setup.describe_streaming())
     state = parallel.to_device_form(state)
     train_metrics = parallel.metrics_from_values(task.collection, saved_metrics)
     eval_scalars = {}

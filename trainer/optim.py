@@ -80,9 +80,29 @@ def frozen_labels(frozen, params):
         params)
 
 
-def check_frozen(config, params):
-    """A `frozen` regex that matches no parameter is a mistake: raises ConfigError naming them."""
+def frozen_parameters(config, params):
+    """The paths of the parameters `frozen` matches. One that matches none, or every one (nothing
+    would train), is a mistake: raises ConfigError naming them."""
+    if not config.frozen:
+        return []
     names = parameter_names(params)
-    if config.frozen and not any(re.fullmatch(config.frozen, name) for name in names):
+    frozen = [name for name in names if re.fullmatch(config.frozen, name)]
+    if not frozen:
         raise ConfigError(f"config.optimizer.frozen={config.frozen!r} matches no parameter (the "
                           f"whole path must match); the parameters are {listed(names)}.")
+    if len(frozen) == len(names):
+        raise ConfigError(f"config.optimizer.frozen={config.frozen!r} matches every parameter, so "
+                          f"nothing would train. Match only those to keep as they are; the "
+                          f"parameters are {listed(names)}.")
+    return frozen
+
+
+def describe_frozen(config, params):
+    """The log line of what `frozen` keeps as it is, or None."""
+    frozen = frozen_parameters(config, params)
+    if not frozen:
+        return None
+    sizes = dict(zip(parameter_names(params), (x.size for x in jax.tree.leaves(params))))
+    return (f"Frozen by config.optimizer.frozen={config.frozen!r}: {len(frozen)} of {len(sizes)} "
+            f"arrays, {sum(sizes[n] for n in frozen):,} of {sum(sizes.values()):,} parameters: "
+            f"{listed(frozen)}.")

@@ -1,9 +1,13 @@
 """PNG figures in the workdir: training curves, and what the model predicts on the test split.
 
-    curves.png            train and eval loss (and accuracy) against steps (from metrics.jsonl)
+    curves.png            train and eval loss (and accuracy) against steps (from metrics.jsonl),
+                          and eval_ema, the moving average's, where the run kept one
     predictions.png       a task of values with one input: predictions over the ground truth
     confusion_matrix.png  a task of classes: true against predicted class
     misclassified.png     classes of images: a grid of misclassified test images
+
+The last three are of the parameters, or with the suffix "_ema" (predictions_ema.png, ...) of
+their moving average.
 """
 import json
 import os
@@ -22,18 +26,25 @@ def save(figure, workdir, name):
     return path
 
 
+SPLIT_STYLES = {"train": "-", "eval": "o-", "eval_ema": "s--"}
+
+
+def curves(entries):
+    """{metric: {split: [(step, value), ...]}} of the logged rows, for loss and accuracy."""
+    found = {metric: {split: sorted((e["step"], e[f"{split}/{metric}"]) for e in entries
+                                    if f"{split}/{metric}" in e) for split in SPLIT_STYLES}
+             for metric in ("loss", "accuracy")}
+    return {metric: {split: points for split, points in splits.items() if points}
+            for metric, splits in found.items() if any(splits.values())}
+
+
 def plot_curves(workdir):
     with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-        entries = [json.loads(line) for line in f]
-    metrics = [m for m in ("loss", "accuracy") if any(f"eval/{m}" in e or f"train/{m}" in e
-                                                      for e in entries)]
-    figure, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4), squeeze=False)
-    for axis, metric in zip(axes[0], metrics):
-        for split, style in (("train", "-"), ("eval", "o-")):
-            points = sorted((e["step"], e[f"{split}/{metric}"]) for e in entries
-                            if f"{split}/{metric}" in e)
-            if points:
-                axis.plot(*zip(*points), style, label=split, markersize=3)
+        series = curves([json.loads(line) for line in f])
+    figure, axes = plt.subplots(1, len(series), figsize=(6 * len(series), 4), squeeze=False)
+    for axis, (metric, splits) in zip(axes[0], series.items()):
+        for split, points in splits.items():
+            axis.plot(*zip(*points), SPLIT_STYLES[split], label=split, markersize=3)
         axis.set(xlabel="step", ylabel=metric, title=metric)
         if metric == "loss":
             axis.set_yscale("log")
@@ -43,7 +54,7 @@ def plot_curves(workdir):
     return save(figure, workdir, "curves.png")
 
 
-def plot_regression(workdir, inputs, targets, outputs):
+def plot_regression(workdir, inputs, targets, outputs, suffix=""):
     order = np.argsort(inputs[:, 0])
     figure, axis = plt.subplots(figsize=(6, 4))
     axis.scatter(inputs[:, 0], targets[:, 0], s=4, alpha=0.5, label="test data")
@@ -51,10 +62,10 @@ def plot_regression(workdir, inputs, targets, outputs):
     axis.set(xlabel="input", ylabel="target", title="Predictions over the ground truth")
     axis.legend()
     figure.tight_layout()
-    return save(figure, workdir, "predictions.png")
+    return save(figure, workdir, f"predictions{suffix}.png")
 
 
-def plot_confusion_matrix(workdir, labels, predicted, num_classes):
+def plot_confusion_matrix(workdir, labels, predicted, num_classes, suffix=""):
     counts = np.zeros((num_classes, num_classes), int)
     np.add.at(counts, (labels, predicted), 1)
     figure, axis = plt.subplots(figsize=(1 + 0.6 * num_classes, 0.6 * num_classes + 0.6))
@@ -66,10 +77,10 @@ def plot_confusion_matrix(workdir, labels, predicted, num_classes):
              yticks=range(num_classes),
              title=f"Confusion matrix ({(labels == predicted).mean():.2%} right)")
     figure.tight_layout()
-    return save(figure, workdir, "confusion_matrix.png")
+    return save(figure, workdir, f"confusion_matrix{suffix}.png")
 
 
-def plot_misclassified(workdir, images, labels, predicted, count=25, columns=5):
+def plot_misclassified(workdir, images, labels, predicted, suffix="", count=25, columns=5):
     """The first `count` misclassified images (NHWC, grey or colour), tiled into one picture with a
     caption above each (an axes per image took seconds of layout)."""
     wrong = np.flatnonzero(labels != predicted)[:count]
@@ -89,12 +100,12 @@ def plot_misclassified(workdir, images, labels, predicted, count=25, columns=5):
                   ha="center", va="bottom", fontsize=9)
     axis.imshow(tiles[..., 0] if channels == 1 else tiles, cmap="gray", vmin=0, vmax=1)
     figure.suptitle(f"Misclassified test images ({len(wrong)} shown)")
-    return save(figure, workdir, "misclassified.png")
+    return save(figure, workdir, f"misclassified{suffix}.png")
 
 
-def plot_all(workdir, task, test, outputs, decode_outputs):
+def plot_all(workdir, task, test, outputs, decode_outputs, suffix=""):
     """Every figure that fits the run's task, given the test split and the model's `outputs` on it
-    (in natural units); returns the paths written."""
+    (in natural units); returns the paths written. `suffix`: of the figures of `outputs`."""
     paths = [plot_curves(workdir)] if os.path.exists(os.path.join(workdir, "metrics.jsonl")) else []
     inputs, targets = test["inputs"], np.asarray(decode_outputs(test["targets"]))
     count = len(targets)
@@ -102,9 +113,9 @@ def plot_all(workdir, task, test, outputs, decode_outputs):
         labels = targets.reshape(count).astype(int)
         predicted = np.asarray(task.predict(outputs)).reshape(count).astype(int)
         num_classes = max(outputs.shape[-1], 2, labels.max() + 1, predicted.max() + 1)
-        paths.append(plot_confusion_matrix(workdir, labels, predicted, num_classes))
+        paths.append(plot_confusion_matrix(workdir, labels, predicted, num_classes, suffix))
         if inputs.ndim == 4:  # images, NHWC
-            paths.append(plot_misclassified(workdir, inputs, labels, predicted))
+            paths.append(plot_misclassified(workdir, inputs, labels, predicted, suffix))
     elif not task.classes and inputs.ndim == 2 and inputs.shape[1] == 1 and targets.ndim == 2:
-        paths.append(plot_regression(workdir, inputs, targets, outputs))
+        paths.append(plot_regression(workdir, inputs, targets, outputs, suffix))
     return paths

@@ -11,7 +11,7 @@ from datasets.augment import Augment, normalized
 from trainer import batching, finetune, input_pipeline, parts
 from trainer.config_check import validate_config
 from trainer.errors import ConfigError
-from trainer.optim import check_frozen, create_optimizer
+from trainer.optim import create_optimizer, frozen_parameters
 from trainer.parallel import Parallel
 from trainer.state import TrainState, create_train_state
 from trainer.tasks import Task
@@ -41,6 +41,17 @@ class Setup:
         workers = self.config.pipeline.workers
         return dict(workers=input_pipeline.default_workers() if workers < 0 else workers,
                     buffer=self.config.pipeline.buffer)
+
+    def describe_streaming(self):
+        """Where streamed training batches come from, for the log; None for in-memory batches."""
+        if not self.streams:
+            return None
+        dataset = self.config.dataset
+        folder = dataset.get("data_dir") or dataset.get("tfds_data_dir")
+        workers = self.pipeline_settings()["workers"]
+        return (f"Training batches are streamed from {dataset.name}"
+                f"{f' in {folder}' if folder else ''} ({self.dataset.num_train} examples), read "
+                f"{'and augmented ' if self.augment else ''}by {workers} worker process(es).")
 
     def train_batches(self, start_step):
         """This process's rows of the training batch of every step from `start_step` (host
@@ -156,8 +167,11 @@ def check_metric_names(config, task):
     for field, name in (("best_metric", config.best_metric),
                         ("early_stopping.metric", config.early_stopping.metric)):
         if name and name not in logged:
+            without_ema = name.startswith("eval_ema/") and not config.ema_decay
             raise ConfigError(f"config.{field}={name!r} is never logged: evaluation logs "
-                              f"{', '.join(logged)}.")
+                              f"{', '.join(logged)}" + (
+                                  "; eval_ema/... is the moving average of the parameters, which "
+                                  "--config.ema_decay=0.999 (say) keeps." if without_ema else "."))
 
 
 def build(config, training=True) -> Setup:
@@ -197,7 +211,7 @@ def build(config, training=True) -> Setup:
             f"config.model ({config.model.name!r}) cannot take the inputs of data set "
             f"{config.dataset.name!r}, of shape {tuple(example_inputs.shape[1:])}: "
             f"{type(e).__name__}: {str(e).splitlines()[0]}") from e
-    check_frozen(config.optimizer, state.params)
+    frozen_parameters(config.optimizer, state.params)  # checked
     setup = Setup(parallel, dataset, task, state, learning_rate, steps_per_epoch, total_steps,
                   build_augment(config.augment), config,
                   finetune.plan(config, state) if training else None)

@@ -77,8 +77,19 @@ def check_rows_per_process(batch_sharding, sizes):
             f"a process. Give it fewer devices or move it last.")
 
 
-def parse_rules(rules, mesh):
-    """config.sharding_rules as [(compiled regex, PartitionSpec)], each checked against the mesh."""
+def example_rule(params, mesh):
+    """A rule that fits this model and mesh, for messages: its largest parameter, split over
+    "fsdp" along a dimension that divides."""
+    named = {"params/" + path_name(path): leaf.shape
+             for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+    name = max(named, key=lambda n: math.prod(named[n]))
+    spec = tuple(fsdp_spec(named[name], mesh, 0)) or (None,) * len(named[name])
+    return f"({name!r}, {spec})"
+
+
+def parse_rules(rules, mesh, example):
+    """config.sharding_rules as [(compiled regex, PartitionSpec)], each checked against the mesh;
+    `example`: a rule that fits, for messages."""
     parsed = []
     for i, rule in enumerate(rules):
         where = f"config.sharding_rules[{i}]={tuple(rule) if isinstance(rule, list) else rule!r}"
@@ -86,7 +97,7 @@ def parse_rules(rules, mesh):
                 and isinstance(rule[1], (tuple, list))):
             raise ConfigError(f"{where}: a rule is (regex over parameter paths, spec), the spec a "
                               f"tuple with an axis name, a tuple of names or None per dimension, "
-                              f"e.g. ('params/Dense_.*/kernel', (None, 'fsdp')).")
+                              f"e.g. {example}.")
         pattern, spec = rule
         try:
             regex = re.compile(pattern)
@@ -132,7 +143,7 @@ def fsdp_spec(shape, mesh, min_size):
 def params_specs(params, mesh, rules, min_size):
     """The PartitionSpec of every parameter (a tree of abstract arrays, like `params`), by the
     rules or the fsdp rule."""
-    rules = parse_rules(rules, mesh)
+    rules = parse_rules(rules, mesh, example_rule(params, mesh))
     matching, used, sizes = set(), set(), {}
 
     def spec_of(path, leaf):
