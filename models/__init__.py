@@ -1,6 +1,6 @@
-"""Models: a linen Module in each module of this package, exposed as `Model`, found by name
-(trainer/parts.py).
+"""Models: a Module in each module of this package, linen (cnn, mlp) or NNX (nnx_cnn), exposed as
+`Model`, found by name (trainer/parts.py).
 
-Any linen module written elsewhere works too ('my_models:CNN'): the trainer calls it with `train=`,
-`training=`, `deterministic=` or none of them, as its __call__ asks (trainer/state.py).
+Any linen or NNX module written elsewhere works too ('my_models:CNN'): trainer/model.py says how
+the trainer builds and calls each (docs/models.md).
 """

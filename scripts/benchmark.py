@@ -16,6 +16,10 @@ For a classification config. Three measurements, each a JSON section and a table
   pipeline    the streaming pipeline alone, no model: host examples/s by worker count
               (--pipeline_workers), over --records and over 32x32x3 PNG records with random crop
               and flip (the shape of CIFAR; made here, random pixels).
+  against     the per-step path of --config against that of --against, another config of
+              another model on the same data (configs/mnist_cnn_nnx.py, the CNN in NNX, against
+              configs/mnist_cnn.py): alternating, --repeats times each, --against_steps steps;
+              examples/s (the median of the logged rates but each run's first) and the ratio.
   accumulation  the compiled train step by config.grad_accum_steps (--accum_steps), its
               microbatches in a scan and unrolled: memory from XLA's memory analysis (the
               temporaries fall with k in a scan) and steps/s (the same examples a step).
@@ -51,6 +55,7 @@ host_memory.restart_with_reusing_malloc()  # before JAX allocates anything
 
 import jax  # pylint: disable=wrong-import-position
 import ml_collections  # pylint: disable=wrong-import-position
+from ml_collections import config_flags  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 from absl import flags  # pylint: disable=wrong-import-position
 from array_record.python.array_record_module import ArrayRecordWriter  # pylint: disable=wrong-import-position
@@ -75,8 +80,8 @@ WAYS = flags.DEFINE_multi_enum(
     "In-process: which ways to run, in this order (the fused CNN on a CPU takes ~8 min an "
     "epoch; streaming needs --records).")
 SECTIONS = flags.DEFINE_list("sections", ["in_process", "command"],
-                             "What to measure: in_process, command, pipeline, accumulation, "
-                             "fsdp, checkpoint.")
+                             "What to measure: in_process, command, pipeline, against, "
+                             "accumulation, fsdp, checkpoint.")
 ACCUM_STEPS = flags.DEFINE_list("accum_steps", ["1", "2", "4", "8"],
                                 "accumulation: the grad_accum_steps to compile.")
 ACCUM_TIMED_STEPS = flags.DEFINE_integer("accum_timed_steps", 10,
@@ -89,6 +94,9 @@ PIPELINE_WORKERS = flags.DEFINE_list("pipeline_workers", ["0", "1", "2"],
                                      "pipeline: the worker counts to measure.")
 PIPELINE_STEPS = flags.DEFINE_integer("pipeline_steps", 200, "pipeline: batches timed each way.")
 OUT = flags.DEFINE_string("out", None, "Write the JSON here too.")
+AGAINST = config_flags.DEFINE_config_file("against", None, "against: a config of another model; "
+                                          "its data set is --config's.")
+AGAINST_STEPS = flags.DEFINE_integer("against_steps", 300, "against: steps of each run.")
 
 COMPILE_SECONDS = []
 jax.monitoring.register_event_duration_secs_listener(
@@ -144,6 +152,34 @@ def in_process(config, epochs, ways):
         rows.append(summary(name, steps_per_epoch, config.batch_size, step_seconds,
                             sum(COMPILE_SECONDS), accuracy, time.perf_counter() - start))
     return rows
+
+
+def against(config, other, steps, repeats):
+    """{"config": ..., "against": ..., "ratio": against / config} of examples/s on the per-step
+    path, the two configs alternating so that the machine's drift falls on both alike."""
+    rates = {"config": [], "against": []}
+    other = other.copy_and_resolve_references()
+    other.dataset = config.dataset
+    for _ in range(repeats):
+        for name, run_config in (("config", config), ("against", other)):
+            run_config = run_config.copy_and_resolve_references()
+            run_config.steps, run_config.num_steps, run_config.num_epochs = "per_step", steps, 0
+            run_config.log_every_steps = steps // 5
+            run_config.eval_every_epochs, run_config.eval_every_steps = 0, 0
+            run_config.checkpoint_every_steps, run_config.plots = 10**9, False
+            with tempfile.TemporaryDirectory() as workdir:
+                train_and_evaluate(run_config, workdir)
+                with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+                    logged = [json.loads(line) for line in f]
+            rates[name] += [e["steps_per_sec"] for e in logged if "steps_per_sec" in e][1:]
+    result = {name: {"model": run_config.model.name,
+                     "examples_per_sec": round(statistics.median(r) * config.batch_size, 1),
+                     "rates_logged": len(r)}
+              for name, r, run_config in (("config", rates["config"], config),
+                                          ("against", rates["against"], other))}
+    result["ratio"] = round(result["against"]["examples_per_sec"]
+                            / result["config"]["examples_per_sec"], 3)
+    return result
 
 
 def pipeline_rate(source, augment, batch_size, workers, steps):
@@ -346,6 +382,11 @@ def main(argv):
         for name, rates in results["pipeline"].items():
             print(f"pipeline, {name}: " + ", ".join(f"{w} workers {r} examples/s"
                                                      for w, r in rates.items()))
+    if "against" in SECTIONS.value:
+        if AGAINST.value is None:
+            cli.fail("--sections=against needs --against=CONFIG, e.g. configs/mnist_cnn_nnx.py.")
+        results["against"] = against(config, AGAINST.value, AGAINST_STEPS.value, REPEATS.value)
+        print(f"against: {results['against']}")
     if "accumulation" in SECTIONS.value:
         results["accumulation"] = accumulation(config, ACCUM_STEPS.value, ACCUM_TIMED_STEPS.value)
         for name, row in results["accumulation"].items():

@@ -21,7 +21,8 @@ import optax  # pylint: disable=wrong-import-position
 from flax.training import train_state  # pylint: disable=wrong-import-position
 
 from trainer.optim import create_optimizer  # pylint: disable=wrong-import-position
-from trainer.setup import build_dataset, build_model  # pylint: disable=wrong-import-position
+from trainer.model import linen_module  # pylint: disable=wrong-import-position
+from trainer.setup import build_dataset  # pylint: disable=wrong-import-position
 
 
 class HandState(train_state.TrainState):
@@ -31,7 +32,7 @@ class HandState(train_state.TrainState):
 def train_and_evaluate(config, epochs):
     """Returns {"epoch_seconds": [...], "accuracy": test accuracy, "steps_per_epoch": ...}."""
     data = build_dataset(config.dataset)
-    model = build_model(config.model)
+    model = linen_module(config.model)
     steps_per_epoch = data.num_train // config.batch_size
     tx, _ = create_optimizer(config.optimizer, steps_per_epoch, epochs * steps_per_epoch)
     images = data.prepare_inputs

@@ -9,7 +9,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # this checkout first
 
-from trainer import cli, inference  # pylint: disable=wrong-import-position
+from trainer import cli, evaluation, inference  # pylint: disable=wrong-import-position
 
 WORKDIR, STEP, EMA = cli.define_run_flags()
 
@@ -19,7 +19,7 @@ def main(argv):
     config = cli.config()
     setup, state, _ = inference.restore(config, WORKDIR.value, STEP.value, EMA.value)
     # The moving average's figures beside the parameters', not over them.
-    for path in inference.write_figures(setup, state, WORKDIR.value,
+    for path in evaluation.write_figures(setup, state, WORKDIR.value,
                                         suffix="_ema" if EMA.value else ""):
         print(path)
 

@@ -19,7 +19,7 @@ import numpy as np  # pylint: disable=wrong-import-position
 from absl import flags  # pylint: disable=wrong-import-position
 
 import datasets  # pylint: disable=wrong-import-position
-from trainer import cli, inference  # pylint: disable=wrong-import-position
+from trainer import cli, evaluation, inference  # pylint: disable=wrong-import-position
 from trainer.errors import ConfigError  # pylint: disable=wrong-import-position
 
 DEFAULT_COUNT = 10  # test examples shown when none are asked for
@@ -108,7 +108,7 @@ def main(argv):
         names = [f"test #{i}" if inputs[0].size > 8 else np.array2string(inputs[n], precision=4)
                  for n, i in enumerate(indices)]
     task = setup.task
-    outputs = inference.predict(setup, state, inputs)
+    outputs = evaluation.predict(setup, state, inputs)
     predictions = np.asarray(task.predict(outputs))
     for i, output in enumerate(outputs):
         name = names[i] if names else np.array2string(inputs[i], precision=4)

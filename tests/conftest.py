@@ -43,9 +43,9 @@ def devices(n):
     return {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
 
 
-def train(workdir, mnist_dir, num_devices, *args):
-    """SMALL_CNN on `num_devices` fake CPU devices; asserts that it succeeded."""
-    result = run_train(*SMALL_CNN, f"--config.dataset.data_dir={mnist_dir}", f"--workdir={workdir}",
+def train(workdir, mnist_dir, num_devices, *args, base=SMALL_CNN):
+    """`base` (SMALL_CNN) on `num_devices` fake CPU devices; asserts that it succeeded."""
+    result = run_train(*base, f"--config.dataset.data_dir={mnist_dir}", f"--workdir={workdir}",
                        *args, env=devices(num_devices))
     assert result.returncode == 0, result.stderr[-3000:]
     return result

@@ -19,6 +19,7 @@ from configs.base import get_base_config
 from conftest import (REPO, SMALL_CNN, assert_logged_alike, devices, history, in_two_processes,
                       logged, run_train, train, train_in_turns, train_in_two_processes)
 from trainer import sharding
+from trainer.model import LinenModel
 from trainer.optim import create_optimizer
 from trainer.state import create_train_state
 
@@ -46,8 +47,9 @@ def test_optimizer_state_and_average_follow_their_parameter_by_structure():
     tx, _ = create_optimizer(config, steps_per_epoch=10, total_steps=100)
     mesh = sharding.make_mesh({"data": 1, "fsdp": 1})  # specs are kept on axes of size 1 too
     rules = (("params/Dense_0/kernel", ("fsdp", None)), ("params/mu/Dense_0/kernel", (None, "fsdp")))
-    state = create_train_state(NamedLikeAdamsMoment(), tx, jnp.zeros((1, 8)), 0,
-                               lambda s: sharding.state_shardings(s, mesh, rules), ema=True)
+    state = create_train_state(LinenModel(NamedLikeAdamsMoment()), tx, jnp.zeros((1, 8)), 0,
+                               lambda s, annotations: sharding.state_shardings(s, mesh, rules),
+                               ema=True)
     specs = collections.Counter(str(x.sharding.spec) for x in jax.tree.leaves(state))
     # Each kernel, its two moments and its average: four arrays split as the kernel is.
     assert specs["P('fsdp', None)"] == specs["P(None, 'fsdp')"] == 4

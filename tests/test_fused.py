@@ -59,9 +59,9 @@ def test_bfloat16_computes_in_bf16_with_float32_parameters(mnist_dir, tmp_path):
               if x.ndim}
     assert dtypes == {np.dtype("float32")}
     outputs = jax.eval_shape(
-        lambda p: state.apply_fn({"params": p, **state.model_state},
-                                 np.zeros((2, 28, 28, 1), np.float32), train=False,
-                                 capture_intermediates=True), state.params)
+        lambda p: state.model.module.apply({"params": p, **state.model_state},
+                                           np.zeros((2, 28, 28, 1), np.float32), train=False,
+                                           capture_intermediates=True), state.params)
     conv_output = outputs[1]["intermediates"]["Conv_0"]["__call__"][0]
     assert conv_output.dtype == jax.numpy.bfloat16
 

@@ -6,11 +6,12 @@ import ml_collections
 import pytest
 
 from trainer.errors import ConfigError
-from trainer.setup import build_model
+from trainer.model import build as build_model
 
 
 def build(**fields):
-    return build_model(ml_collections.ConfigDict(fields))
+    """The linen Module config.model names."""
+    return build_model(ml_collections.ConfigDict(fields)).module
 
 
 def test_cnn_with_batchnorm_and_dropout():

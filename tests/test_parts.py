@@ -133,17 +133,17 @@ def test_an_import_error_inside_a_users_module_is_named(tmp_path, monkeypatch):
 
 def test_models_are_called_as_their_signature_asks(on_path):
     from my_models import DropoutMLP, CountingMLP, CNN  # pylint: disable=import-outside-toplevel
-    from trainer.state import ModelApply  # pylint: disable=import-outside-toplevel
-    assert ModelApply(DropoutMLP()).mode(train=True) == {"deterministic": False}
-    assert ModelApply(CountingMLP()).mode(train=True) == {"training": True}
-    assert ModelApply(CNN()).mode(train=True) == {}
+    from trainer.model import LinenModel  # pylint: disable=import-outside-toplevel
+    assert LinenModel(DropoutMLP()).mode_argument == "deterministic"
+    assert LinenModel(CountingMLP()).mode_argument == "training"
+    assert LinenModel(CNN()).mode_argument is None
     images = np.ones((2, 8, 8, 1), np.float32)
-    apply = ModelApply(DropoutMLP(rate=0.5))
-    variables = apply.init({"params": jax.random.PRNGKey(0)}, images)
-    train_outputs = apply(variables, images, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
-    eval_outputs = apply(variables, images, train=False)
+    model = LinenModel(DropoutMLP(rate=0.5))
+    params, state = model.init(jax.random.PRNGKey(0), jax.random.PRNGKey(2), images)
+    train_outputs, _ = model.apply(params, state, images, True, jax.random.PRNGKey(1))
+    eval_outputs, _ = model.apply(params, state, images, False)
     assert not np.allclose(train_outputs, eval_outputs)  # dropout on in training only
-    assert np.allclose(eval_outputs, apply(variables, images, train=False))
+    assert np.allclose(eval_outputs, model.apply(params, state, images, False)[0])
 
 
 def test_optimizer_fields_are_its_keyword_arguments():
@@ -164,6 +164,6 @@ def test_optimizer_fields_are_its_keyword_arguments():
 
 def test_a_model_name_that_gives_no_module(on_path):
     del on_path
-    from trainer.setup import build_model  # pylint: disable=import-outside-toplevel
-    with pytest.raises(ConfigError, match="gave a Dataset, not a linen Module"):
+    from trainer.model import build as build_model  # pylint: disable=import-outside-toplevel
+    with pytest.raises(ConfigError, match="gave a Dataset, not a linen or NNX Module"):
         build_model(ml_collections.ConfigDict({"name": "my_data:load"}))

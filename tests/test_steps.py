@@ -14,9 +14,12 @@ from trainer.checkpoint import Checkpoints
 from trainer.optim import create_optimizer
 from trainer.parallel import Parallel
 from trainer.state import create_train_state
-from trainer.steps import eval_step, evaluate, train_step
+from trainer.evaluation import evaluate
+from trainer.model import LinenModel
+from trainer.steps import eval_step, train_step
 from trainer.runners import step_args
-from trainer.setup import build, build_model
+from trainer.model import build as build_model
+from trainer.setup import build
 from trainer.tasks import classification
 
 
@@ -63,8 +66,7 @@ def test_train_step_is_reproducible_with_dropout():
 
 def test_eval_counts_every_example_once_with_padding():
     state, split = make_state(), fake_batch(n=10, seed=1)
-    outputs = state.apply_fn({"params": state.params, **state.model_state},
-                             scale(split["inputs"]), train=False)
+    outputs, _ = state.model.apply(state.params, state.model_state, scale(split["inputs"]), False)
     expected_accuracy = float(np.mean(np.argmax(outputs, -1) == split["targets"]))
     batches = list(batching.eval_batches(split, 4))
     assert [int(b["mask"].sum()) for b in batches] == [4, 4, 2]
@@ -159,7 +161,7 @@ class Sowing(nn.Module):
 
 def test_what_a_model_sows_is_not_carried_as_state():
     tx, _ = create_optimizer(get_base_config().optimizer, steps_per_epoch=10, total_steps=100)
-    state = create_train_state(Sowing(), tx, jnp.zeros((1, 28, 28, 1)), 0)
+    state = create_train_state(LinenModel(Sowing()), tx, jnp.zeros((1, 28, 28, 1)), 0)
     assert "intermediates" not in state.model_state
     for _ in range(2):
         state, _ = train(state, fake_batch())  # the same compiled step: the state does not grow

@@ -1,1 +1,1 @@
-"""One generic trainer for Flax linen models: `train_and_evaluate(config, workdir)`."""
+"""One generic trainer for Flax models, linen or NNX: `train_and_evaluate(config, workdir)`."""

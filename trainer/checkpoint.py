@@ -23,11 +23,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from trainer.errors import WorkdirError
-
-
-def path_name(path):
-    """'params/Dense_0/kernel' for a tree path, whatever the kinds of its keys."""
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+from trainer.model import path_name
 
 
 def shapes_by_name(tree):

@@ -27,9 +27,9 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from trainer.checkpoint import (ChecksumError, Checkpoints, path_name, shapes_by_name, verify,
-                                what_failed)
+from trainer.checkpoint import ChecksumError, Checkpoints, shapes_by_name, verify, what_failed
 from trainer.errors import SHOWN, ConfigError, listed
+from trainer.model import path_name
 
 LOADABLE = ("params", "model_state")  # the parts of a TrainState fine-tuning loads
 

@@ -1,18 +1,9 @@
-"""Using a trained run: restore a checkpoint, evaluate it, run the model on inputs, draw figures."""
-import functools
-
-import jax
-import numpy as np
-
-import datasets
+"""Using a trained run: restore one of its checkpoints (by step, the latest or the best), with the
+run's own config, for evaluate.py, predict.py and plot.py (trainer/evaluation.py does the rest)."""
 from trainer.checkpoint import ChecksumError, Checkpoints, what_failed
 from trainer.errors import ConfigError, WorkdirError
-from trainer.parallel import local_copy
+from trainer.evaluation import evaluate_state
 from trainer.setup import build
-from trainer.steps import apply_model, eval_step, evaluate
-from trainer.writers import prefixed
-
-FIGURE_EXAMPLES = 10000  # of the test split, read into memory for the figures
 
 
 def checkpoint_step(checkpoints, config, step):
@@ -68,58 +59,7 @@ def restore(config, workdir, step=None, ema=False):
     return setup, state, step
 
 
-def compile_eval(setup):
-    return setup.parallel.compile(eval_step, task=setup.task,
-                                  prepare_inputs=setup.dataset.prepare_inputs)
-
-
-def evaluate_scalars(eval_fn, setup, state):
-    """{"eval/loss": ..., ...} of a state in device form on the test split, and "eval_ema/..."
-    of its moving average where it keeps one."""
-    scalars = prefixed("eval", evaluate(eval_fn, state, setup.eval_batches(), setup.parallel))
-    if state.ema_params is not None:
-        scalars.update(prefixed("eval_ema", evaluate(eval_fn, state.replace(
-            params=state.ema_params), setup.eval_batches(), setup.parallel)))
-    return scalars
-
-
-def evaluate_state(setup, state):
-    """evaluate_scalars of a state in checkpoint form, on all devices JAX sees."""
-    return evaluate_scalars(compile_eval(setup), setup, setup.parallel.to_device_form(state))
-
-
 def evaluate_checkpoint(config, workdir, step=None):
     """{"step": ..., "eval/loss": ..., ...} on the test split ("eval_ema/..." too, where kept)."""
     setup, state, step = restore(config, workdir, step)
     return {"step": step, **evaluate_state(setup, state)}
-
-
-def predict(setup, state, inputs, chunk=1000):
-    """The model's outputs for raw `inputs` (as the data set stores them), in natural units;
-    `chunk` examples at a time, to bound the memory of the activations. `state`: in checkpoint
-    form, on the mesh, where its arrays stay (sharded ones are never gathered); every process
-    calls this with the same inputs, and gets all the outputs."""
-    parallel = setup.parallel
-
-    @functools.partial(jax.jit, out_shardings=parallel.replicated)
-    def outputs_of(state, inputs):
-        outputs, _ = apply_model(state, state.params, setup.dataset.prepare_inputs(inputs), False)
-        return setup.dataset.decode_outputs(outputs)
-
-    inputs = np.asarray(inputs)
-    return np.concatenate([
-        np.asarray(local_copy(outputs_of(state, parallel.replicate(inputs[i:i + chunk]))))
-        for i in range(0, len(inputs), chunk)])
-
-
-def write_figures(setup, state, workdir, suffix=""):
-    """The PNG figures of the model on the test split, its first FIGURE_EXAMPLES examples
-    (trainer/plots.py), those of predictions named with `suffix`; returns their paths. Every
-    process calls it (for the predictions); only process 0 draws, and the others return []."""
-    from trainer import plots  # pylint: disable=g-import-not-at-top  (matplotlib: only here)
-    test = setup.dataset.test
-    test = datasets.examples(test, range(min(datasets.num_examples(test), FIGURE_EXAMPLES)))
-    outputs = predict(setup, state, test["inputs"])
-    if jax.process_index() != 0:
-        return []
-    return plots.plot_all(workdir, setup.task, test, outputs, setup.dataset.decode_outputs, suffix)

@@ -16,7 +16,7 @@ import jax
 from absl import logging
 from clu import parameter_overview
 
-from trainer import finetune, inference, optim, sharding
+from trainer import evaluation, finetune, optim, sharding
 from trainer.checkpoint import CheckpointMismatch, Checkpoints
 from trainer.early_stopping import EarlyStopping
 from trainer.errors import NonFiniteError, Stopped, WorkdirError, listed
@@ -253,13 +253,13 @@ def train_and_evaluate_in(config, setup, workdir):
             else:
                 logging.info("The run in %s is complete (step %d), but it was stopped before its "
                              "results were written; writing them now.", workdir, step)
-                eval_scalars = inference.evaluate_state(setup, state)
+                eval_scalars = evaluation.evaluate_state(setup, state)
         finally:
             checkpoints.wait()
             checkpoints.close()
     write_results(workdir, step, eval_scalars)
     if config.plots:  # every process computes the predictions, of a state maybe sharded over them
-        figures = inference.write_figures(setup, state, workdir)
+        figures = evaluation.write_figures(setup, state, workdir)
         if figures:
             logging.info("Figures: %s", ", ".join(figures))
     return state, eval_scalars
@@ -288,7 +288,7 @@ def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping
                  setup.steps_per_epoch, config.batch_size, parallel.describe())
 
     runner = make_runner(config, setup, step)
-    eval_fn = inference.compile_eval(setup)
+    eval_fn = evaluation.compile_eval(setup)
     timetable = Timetable.from_config(config, setup.steps_per_epoch, total_steps)
     logging.info("Steps run %s.", runner.description)
     if setup.describe_streaming():
@@ -330,7 +330,7 @@ def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping
                 stopped_early = None
                 if "eval" in events:
                     eval_start = time.perf_counter()
-                    eval_scalars = inference.evaluate_scalars(eval_fn, setup, state)
+                    eval_scalars = evaluation.evaluate_scalars(eval_fn, setup, state)
                     writer.write_scalars(step, eval_scalars)
                     stopped_early = early_stopping.update(step, eval_scalars)
                     last_log_time += time.perf_counter() - eval_start  # not training speed

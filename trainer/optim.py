@@ -14,8 +14,8 @@ import jax
 import optax
 
 from trainer import parts
-from trainer.checkpoint import path_name
 from trainer.errors import ConfigError, listed
+from trainer.model import map_parameters, parameter_names
 
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "step")
 # The trainer's own fields of config.optimizer; the rest go to the optimizer.
@@ -66,18 +66,10 @@ def create_optimizer(config, steps_per_epoch, total_steps):
     return tx, schedule
 
 
-def parameter_names(params):
-    """The paths `frozen` is matched against, "params/Conv_0/kernel", of a tree of parameters."""
-    return ["params/" + path_name(path)
-            for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-
-
 def frozen_labels(frozen, params):
     """The label of each parameter for optax.partition: "frozen" or "train"."""
     regex = re.compile(frozen)
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: "frozen" if regex.fullmatch("params/" + path_name(path)) else "train",
-        params)
+    return map_parameters(lambda name, _: "frozen" if regex.fullmatch(name) else "train", params)
 
 
 def frozen_parameters(config, params):

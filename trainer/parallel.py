@@ -15,12 +15,13 @@ Both run the same step functions of trainer/steps.py. Between steps the state is
 written shard by shard, and restore onto any mesh and device count in either mode.
 """
 import functools
+import inspect
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from trainer import fused, sharding
+from trainer import sharding
 from trainer.errors import ConfigError
 
 AXIS = "data"
@@ -58,9 +59,17 @@ class Parallel:
         return (f"{self.mode} over {jax.device_count()} {jax.default_backend()} device(s) in "
                 f"{jax.process_count()} process(es){f', mesh {mesh}' if mesh else ''}")
 
-    def state_shardings(self, abstract_state):
-        """Where each array of a state (jax.eval_shape's abstract form) goes (sharding.py)."""
-        return sharding.state_shardings(abstract_state, self.mesh, self.rules, self.fsdp_min_size)
+    @property
+    def axis_name(self):
+        """The axis a step's collectives name (pmap), for the model's BatchNorm; None under jit,
+        where XLA computes over the global batch itself."""
+        return AXIS if self.mode == "pmap" else None
+
+    def state_shardings(self, abstract_state, annotations=None):
+        """Where each array of a state (jax.eval_shape's abstract form) goes (sharding.py);
+        `annotations`: the model's own sharding annotations."""
+        return sharding.state_shardings(abstract_state, self.mesh, self.rules, self.fsdp_min_size,
+                                        annotations)
 
     def step_sharding(self, state):
         """jit: the shardings the train step keeps the state in (those it was created with)."""
@@ -72,12 +81,6 @@ class Parallel:
                 f"config.{field}={batch_size} does not split evenly over the "
                 f"{jax.device_count()} devices ({jax.process_count()} process(es)). "
                 f"Use a multiple of {jax.device_count()}.")
-
-    def with_axis_name(self, model):
-        """pmap: a model with an `axis_name` field (BatchNorm) reduces its statistics over devices."""
-        if self.mode == "pmap" and "axis_name" in getattr(model, "__dataclass_fields__", {}):
-            return model.clone(axis_name=AXIS)
-        return model
 
     def put_batch(self, local):
         """This process's rows of a global batch (host arrays) on its devices, in device form."""
@@ -126,15 +129,6 @@ class Parallel:
             return jax.tree.map(lambda x: x[0], tree)
         return local_copy(tree)
 
-    def compile_fused(self, **step_args):
-        """fused.train_steps(state, data, order, metrics, start_step, num_steps), data and order on
-        the device."""
-        if self.mode == "pmap":
-            return jax.pmap(functools.partial(fused.train_steps, axis_name=AXIS, **step_args),
-                            axis_name=AXIS, in_axes=(0, 0, 0, 0, None, None), donate_argnums=(0,))
-        return jax.jit(functools.partial(fused.train_steps, batch_sharding=self.split, **step_args),
-                       donate_argnums=(0,))
-
     def empty_metrics(self, collection):
         """An empty metrics collection in device form, to accumulate into on the device."""
         empty = collection.empty()
@@ -156,10 +150,21 @@ class Parallel:
         return self.put_replicated(jax.tree.unflatten(
             treedef, [np.asarray(v, dtype=leaf.dtype) for leaf, v in zip(leaves, values)]))
 
-    def compile(self, step, donate_state=False, **step_args):
-        """jit or pmap of `step(state, ..., **step_args)`, every argument in device form."""
+    def compile(self, step, donate_state=False, host_values=(), **step_args):
+        """jit or pmap of `step(state, ..., **step_args)`, every argument in device form but those
+        at the positions `host_values` (plain numbers, the same for every device)."""
+        donate = (0,) if donate_state else ()
         if self.mode == "pmap":
+            positional = [p for p in inspect.signature(step).parameters.values()
+                          if p.kind == p.POSITIONAL_OR_KEYWORD]
             return jax.pmap(functools.partial(step, axis_name=AXIS, **step_args), axis_name=AXIS,
-                            donate_argnums=(0,) if donate_state else ())
-        return jax.jit(functools.partial(step, **step_args),
-                       donate_argnums=(0,) if donate_state else ())
+                            in_axes=tuple(None if i in host_values else 0
+                                          for i in range(len(positional))),
+                            donate_argnums=donate)
+        return jax.jit(functools.partial(step, **step_args), donate_argnums=donate)
+
+    @property
+    def batch_sharding(self):
+        """jit: how a batch gathered inside a step is split over the devices (pmap: each device
+        gathers its own rows)."""
+        return self.split if self.mode == "jit" else None

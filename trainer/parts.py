@@ -17,7 +17,7 @@ import dataclasses
 import importlib
 import inspect
 
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, listed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +33,7 @@ class Kind:
         return f"{self.noun.split(' ', 1)[1]} {name!r}"
 
 
-MODEL = Kind("a model", "config.model.name", "models", "Model", "'mlp', 'cnn'")
+MODEL = Kind("a model", "config.model.name", "models", "Model", "'mlp', 'cnn', 'nnx_cnn'")
 DATASET = Kind("a data set", "config.dataset.name", "datasets", "load",
                "'mnist', 'xor', 'polynomial'")
 TASK = Kind("a task", "config.task", "trainer.tasks", None,
@@ -93,10 +93,28 @@ def find(kind: Kind, name: str):
     return attribute(kind, name, module, attr if colon else kind.default)
 
 
+def section_fields(section):
+    """(name, other fields) of a config section that names a part (config.model, config.dataset);
+    a field that is None is left out, so the part's own default applies."""
+    fields = {field: value for field, value in section.to_dict().items() if value is not None}
+    return fields.pop("name"), fields
+
+
+def takes_anything(signature):
+    return [p.kind for p in signature.parameters.values()] == [
+        inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD]
+
+
 def signature_of(target):
+    """What `target` can be called with; None where nothing tells (some builtins). A class whose
+    metaclass hides its own signature as (*args, **kwargs) (NNX's) by its __init__'s."""
     try:
-        return inspect.signature(target)
-    except (TypeError, ValueError):  # some builtins have none: nothing to check
+        signature = inspect.signature(target)
+        if isinstance(target, type) and takes_anything(signature):
+            init = inspect.signature(target.__init__)
+            signature = init.replace(parameters=list(init.parameters.values())[1:])  # no self
+        return signature
+    except (TypeError, ValueError):
         return None
 
 
@@ -106,25 +124,40 @@ def arguments(signature):
             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in ("parent", "name")]
 
 
-def call_with_fields(target, fields, section, described):
-    """target(**fields); `section` ("config.model") names the fields in messages, `described`
-    ("model 'cnn'") the target."""
+def check_fields(target, fields, section, described, supplied=()):
+    """Raises ConfigError for a field `target` does not take (naming those it does) or an
+    argument it needs that neither the fields nor `supplied` (the trainer's own) give."""
     signature = signature_of(target)
-    if signature is not None:
-        takes_any = any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values())
-        names = arguments(signature)
-        unknown = sorted(set(fields) - set(names))
-        if unknown and not takes_any:
-            raise ConfigError(f"{section}.{unknown[0]} is not an argument of {described}; its "
-                              f"arguments are {', '.join(names) or 'none'}.")
-        missing = [n for n in names if signature.parameters[n].default is inspect.Parameter.empty
-                   and n not in fields]
-        if missing:
-            raise ConfigError(f"{described} needs {section}.{missing[0]}; add it to the config.")
+    if signature is None:
+        return
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values())
+    names = arguments(signature)
+    unknown = sorted(set(fields) - set(names))
+    if unknown and not takes_any:
+        own = [n for n in names if n not in supplied]
+        raise ConfigError(f"{section}.{unknown[0]} is not an argument of {described}; its "
+                          f"arguments are {', '.join(own) or 'none'}"
+                          f"{f' (and {listed(supplied)}, which the trainer gives)' if supplied else ''}.")
+    missing = [n for n in names if signature.parameters[n].default is inspect.Parameter.empty
+               and n not in fields and n not in supplied]
+    if missing:
+        raise ConfigError(f"{described} needs {section}.{missing[0]}; add it to the config.")
+
+
+def call_checked(target, arguments_given, section, described):
+    """target(**arguments_given), its own TypeError or ValueError (a value it refuses) as one
+    line."""
     try:
-        return target(**fields)
+        return target(**arguments_given)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{section} ({described}): {e}.") from e
+
+
+def call_with_fields(target, fields, section, described):
+    """target(**fields), checked first; `section` ("config.model") names the fields in messages,
+    `described` ("model 'cnn'") the target."""
+    check_fields(target, fields, section, described)
+    return call_checked(target, fields, section, described)
 
 
 def call_with_context(target, context, described):

@@ -13,7 +13,7 @@ import time
 import jax
 
 import datasets
-from trainer import batching
+from trainer import batching, fused
 from trainer.steps import train_step_into
 
 CHUNK_SECONDS = 0.5
@@ -39,9 +39,9 @@ def fits_on_device(split):
 def has_convolution(setup):
     """Whether the model's forward pass has a convolution (traced, not run)."""
     state, dataset = setup.state, setup.dataset
-    forward = jax.make_jaxpr(lambda variables, inputs: state.apply_fn(variables, inputs, train=False))
-    variables = {"params": state.params, **state.model_state}
-    return "conv_general_dilated" in str(forward(variables, dataset.prepare_inputs(
+    forward = jax.make_jaxpr(lambda state, inputs: state.model.apply(
+        state.params, state.model_state, inputs, False))
+    return "conv_general_dilated" in str(forward(state, dataset.prepare_inputs(
         datasets.examples(dataset.train, [0])["inputs"])))
 
 
@@ -74,8 +74,12 @@ class FusedSteps:
         self.steps_per_epoch = setup.steps_per_epoch
         self.num_examples = datasets.num_examples(dataset.train)  # the host's: pmap adds an axis
         self.data = parallel.put_replicated(dataset.train)
-        self.steps = parallel.compile_fused(steps_per_epoch=setup.steps_per_epoch,
-                                            batch_size=config.batch_size, **step_args(config, setup))
+        # fused.train_steps(state, data, order, metrics, start_step, num_steps): the last two
+        # are plain numbers, the same for every device.
+        self.steps = parallel.compile(
+            fused.train_steps, donate_state=True, host_values=(4, 5),
+            steps_per_epoch=setup.steps_per_epoch, batch_size=config.batch_size,
+            batch_sharding=parallel.batch_sharding, **step_args(config, setup))
         self.chunk = 1  # the first call compiles; later ones are sized by the time measured
         self.epoch, self.order = None, None
 

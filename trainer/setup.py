@@ -3,7 +3,6 @@ fresh state. Training, evaluate.py, predict.py and plot.py all start here."""
 import dataclasses
 from typing import Callable
 
-import flax.linen as nn
 import jax
 
 import datasets
@@ -11,6 +10,7 @@ from datasets.augment import Augment, normalized
 from trainer import batching, finetune, input_pipeline, parts
 from trainer.config_check import validate_config
 from trainer.errors import ConfigError
+from trainer.model import build as build_model
 from trainer.optim import create_optimizer, frozen_parameters
 from trainer.parallel import Parallel
 from trainer.state import TrainState, create_train_state
@@ -76,25 +76,11 @@ class Setup:
                                            **self.pipeline_settings())
 
 
-def build_part(kind, section):
-    """The part `section.name` names (config.model, config.dataset), built with the section's
-    other fields; a field that is None is left out, so the part's own default applies."""
-    fields = {field: value for field, value in section.to_dict().items() if value is not None}
-    name = fields.pop("name")
-    return parts.call_with_fields(parts.find(kind, name), fields, kind.field.rsplit(".", 1)[0],
-                                  kind.described(name))
-
-
-def build_model(config):
-    model = build_part(parts.MODEL, config)
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"config.model.name={config.name!r} gave a {type(model).__name__}, not a "
-                          f"linen Module: name a Module class, or a function that returns one.")
-    return model
-
-
 def build_dataset(config):
-    dataset = build_part(parts.DATASET, config)
+    """The data set config.dataset names, built with its other fields."""
+    name, fields = parts.section_fields(config)
+    dataset = parts.call_with_fields(parts.find(parts.DATASET, name), fields, "config.dataset",
+                                     parts.DATASET.described(name))
     if not isinstance(dataset, datasets.Dataset):
         raise ConfigError(f"config.dataset.name={config.name!r} gave a {type(dataset).__name__}, "
                           f"not a datasets.Dataset.")
@@ -134,16 +120,6 @@ def with_normalization(dataset, augment):
         raise ConfigError(f"config.augment.std={augment.std}: every value must be > 0.")
     return dataclasses.replace(dataset, prepare_inputs=normalized(
         dataset.prepare_inputs, augment.mean, augment.std))
-
-
-def with_dtype(model, dtype):
-    """config.dtype: the model computes in it; parameters and optimizer state stay float32."""
-    if "dtype" in getattr(model, "__dataclass_fields__", {}):
-        return model.clone(dtype=dtype)
-    if dtype != "float32":
-        raise ConfigError(f"config.dtype={dtype!r} needs a model with a dtype field, and "
-                          f"{type(model).__name__} has none. Add one, or use float32.")
-    return model
 
 
 def check_grad_accum(config):
@@ -189,7 +165,7 @@ def build(config, training=True) -> Setup:
     if training:
         find_writers(config.writers)
     dataset = with_normalization(build_dataset(config.dataset), config.augment)
-    model = parallel.with_axis_name(with_dtype(build_model(config.model), config.dtype))
+    model = build_model(config.model, dtype=config.dtype, axis_name=parallel.axis_name)
     steps_per_epoch = dataset.num_train // config.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(f"config.batch_size={config.batch_size} is larger than the training split "

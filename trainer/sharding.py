@@ -4,9 +4,11 @@ The mesh has named axes, e.g. {"data": 2, "fsdp": 4}. The batch is split over it
 (BATCH_AXES); an array is either replicated or split over some axes by a PartitionSpec.
 
 Each parameter takes the spec of the first rule whose regex matches its whole path
-("params/Dense_0/kernel", as in config.optimizer.frozen); one that no rule matches takes the fsdp
-rule: split over the "fsdp" axis along its largest dimension that divides by the axis size,
-replicated if it has fewer than config.fsdp_min_size elements or no such dimension. Of equal
+("params/Dense_0/kernel", as in config.optimizer.frozen); one that no rule matches takes the
+model's own annotation where it has one (nn.with_partitioning, nnx.with_partitioning, with the
+axes named as in config.mesh), else the fsdp rule: split over the "fsdp" axis along its largest
+dimension that divides by the axis size, replicated if it has fewer than config.fsdp_min_size
+elements or no such dimension. Of equal
 dimensions the last is split: a Dense kernel by its output features, which XLA computes in place,
 gathering the (small) activations rather than the kernel (measured: docs/devices.md). The
 optimizer state and the moving average follow the parameter they mirror (found by structure: a
@@ -21,8 +23,8 @@ import jax
 import optax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
-from trainer.checkpoint import path_name
 from trainer.errors import ConfigError
+from trainer.model import map_parameters, parameter_names
 
 BATCH_AXES = ("data", "fsdp")  # the mesh axes the batch is split over, where the mesh has them
 FSDP = "fsdp"
@@ -80,8 +82,7 @@ def check_rows_per_process(batch_sharding, sizes):
 def example_rule(params, mesh):
     """A rule that fits this model and mesh, for messages: its largest parameter, split over
     "fsdp" along a dimension that divides."""
-    named = {"params/" + path_name(path): leaf.shape
-             for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+    named = dict(zip(parameter_names(params), (leaf.shape for leaf in jax.tree.leaves(params))))
     name = max(named, key=lambda n: math.prod(named[n]))
     spec = tuple(fsdp_spec(named[name], mesh, 0)) or (None,) * len(named[name])
     return f"({name!r}, {spec})"
@@ -109,17 +110,34 @@ def parse_rules(rules, mesh, example):
                     and all(isinstance(a, str) for a in entry)):
                 raise ConfigError(f"{where}: {entry!r} is not a spec entry: give, per dimension, "
                                   f"None (whole), an axis name, or a tuple of axis names.")
-        axes = [a for s in spec if s is not None for a in (s if isinstance(s, tuple) else (s,))]
-        for axis in axes:
-            if axis not in mesh.axis_names:
-                raise ConfigError(f"{where}: axis {axis!r} is not in config.mesh (axes: "
-                                  f"{', '.join(mesh.axis_names)}). Name one of them (sized "
-                                  f"by --config.mesh.AXIS=N), or add {axis!r} to config.mesh "
-                                  f"in the config file.")
-        if len(set(axes)) < len(axes):
-            raise ConfigError(f"{where}: an axis splits at most one dimension.")
+        check_axes(where, spec, mesh)
         parsed.append((regex, PartitionSpec(*spec), where))
     return parsed
+
+
+def check_axes(where, spec, mesh):
+    """Every axis a spec names is one of the mesh's, and splits one dimension at most."""
+    axes = [a for s in spec if s is not None for a in (s if isinstance(s, tuple) else (s,))]
+    for axis in axes:
+        if axis not in mesh.axis_names:
+            raise ConfigError(f"{where}: axis {axis!r} is not in config.mesh (axes: "
+                              f"{', '.join(mesh.axis_names)}). Name one of them (sized "
+                              f"by --config.mesh.AXIS=N), or add {axis!r} to config.mesh "
+                              f"in the config file.")
+    if len(set(axes)) < len(axes):
+        raise ConfigError(f"{where}: an axis splits at most one dimension.")
+
+
+def check_fits(where, name, shape, spec, mesh):
+    """A spec has no more entries than the parameter has dimensions, each dividing its own."""
+    if len(spec) > len(shape):
+        raise ConfigError(f"{where}: {name} has {len(shape)} dimensions {shape}, the spec "
+                          f"{len(spec)}.")
+    for d, entry in enumerate(spec):
+        if shape[d] % spec_size(mesh, entry):
+            raise ConfigError(f"{where}: dimension {d} of {name} {shape} does not divide into the "
+                              f"{spec_size(mesh, entry)} parts of {entry!r}. Split another "
+                              f"dimension, or give the axis a size that divides it.")
 
 
 def spec_size(mesh, entry):
@@ -140,32 +158,30 @@ def fsdp_spec(shape, mesh, min_size):
     return PartitionSpec(*(FSDP if d == split else None for d in range(len(shape))))
 
 
-def params_specs(params, mesh, rules, min_size):
-    """The PartitionSpec of every parameter (a tree of abstract arrays, like `params`), by the
-    rules or the fsdp rule."""
+def params_specs(params, mesh, rules, min_size, annotations=None):
+    """The PartitionSpec of every parameter (a tree of abstract arrays, like `params`): by the
+    first rule that matches its name, else by the model's own annotation (`annotations`, {name:
+    PartitionSpec}: nn.with_partitioning, nnx.with_partitioning), else by the fsdp rule."""
     rules = parse_rules(rules, mesh, example_rule(params, mesh))
+    annotations = annotations or {}
     matching, used, sizes = set(), set(), {}
 
-    def spec_of(path, leaf):
-        name = "params/" + path_name(path)
+    def spec_of(name, leaf):
         sizes[name] = math.prod(leaf.shape)
         matches = [rule for rule in rules if rule[0].fullmatch(name)]
         matching.update(where for _, _, where in matches)
-        if not matches:
+        if matches:
+            _, spec, where = matches[0]
+            used.add(where)
+        elif name in annotations:
+            spec, where = annotations[name], f"the model's sharding annotation of {name}"
+            check_axes(where, tuple(spec), mesh)
+        else:
             return fsdp_spec(leaf.shape, mesh, min_size)
-        _, spec, where = matches[0]
-        used.add(where)
-        if len(spec) > len(leaf.shape):
-            raise ConfigError(f"{where}: {name} has {len(leaf.shape)} dimensions {leaf.shape}, "
-                              f"the spec {len(spec)}.")
-        for d, entry in enumerate(spec):
-            if leaf.shape[d] % spec_size(mesh, entry):
-                raise ConfigError(f"{where}: dimension {d} of {name} {leaf.shape} does not divide "
-                                  f"into the {spec_size(mesh, entry)} parts of {entry!r}. Split "
-                                  f"another dimension, or give the axis a size that divides it.")
+        check_fits(where, name, leaf.shape, spec, mesh)
         return spec
 
-    specs = jax.tree_util.tree_map_with_path(spec_of, params)
+    specs = map_parameters(spec_of, params)
     for _, _, where in rules:
         if where in matching and where not in used:
             raise ConfigError(f"{where}: every parameter it matches is taken by an earlier rule "
@@ -202,10 +218,11 @@ def follow_params(tree, params, shardings, replicated):
     return jax.tree.map(place, tree, is_leaf=lambda x: mirrors(x, params))
 
 
-def state_shardings(state, mesh, rules=(), min_size=0):
-    """The NamedSharding of every array of `state` (a TrainState of abstract arrays)."""
+def state_shardings(state, mesh, rules=(), min_size=0, annotations=None):
+    """The NamedSharding of every array of `state` (a TrainState of abstract arrays);
+    `annotations`: the model's own, as params_specs takes them."""
     shardings = jax.tree.map(lambda spec: NamedSharding(mesh, spec),
-                             params_specs(state.params, mesh, rules, min_size),
+                             params_specs(state.params, mesh, rules, min_size, annotations),
                              is_leaf=lambda x: isinstance(x, PartitionSpec))
     replicated = NamedSharding(mesh, PartitionSpec())
     return jax.tree.map(lambda _: replicated, state).replace(

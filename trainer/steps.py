@@ -9,17 +9,6 @@ import jax.numpy as jnp
 from trainer.state import TrainState
 
 
-def apply_model(state: TrainState, params, inputs, train: bool, dropout_key=None):
-    """Returns (outputs, new model_state): in training every collection besides the parameters is
-    mutable (BatchNorm statistics, or whatever state the model keeps)."""
-    variables = {"params": params, **state.model_state}
-    if not train:
-        return state.apply_fn(variables, inputs, train=False), state.model_state
-    outputs, updates = state.apply_fn(variables, inputs, train=True, rngs={"dropout": dropout_key},
-                                      mutable=list(state.model_state))
-    return outputs, {**state.model_state, **updates}
-
-
 def microbatches(tree, k):
     """(batch, ...) arrays as (k, batch // k, ...): microbatch j holds rows j, j + k, j + 2k, ...,
     so that each is split over the devices like the whole batch."""
@@ -51,8 +40,8 @@ def train_step(state: TrainState, batch, *, task, prepare_inputs, nonfinite="sto
         dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
 
     def loss_fn(params, model_state, batch, key):
-        outputs, model_state = apply_model(state.replace(model_state=model_state), params,
-                                           prepare_inputs(batch["inputs"]), True, key)
+        outputs, model_state = state.model.apply(params, model_state,
+                                                 prepare_inputs(batch["inputs"]), True, key)
         per_example_loss = task.loss(outputs, batch["targets"])
         return per_example_loss.mean(), (outputs, per_example_loss, model_state)
 
@@ -121,17 +110,8 @@ def skip_if_nonfinite(state, new_state, values, nonfinite):
 
 def eval_step(state: TrainState, batch, *, task, prepare_inputs, axis_name=None):
     """Metrics on `batch`; examples whose batch["mask"] is 0 are padding and do not count."""
-    outputs, _ = apply_model(state, state.params, prepare_inputs(batch["inputs"]), False)
+    outputs, _ = state.model.apply(state.params, state.model_state,
+                                   prepare_inputs(batch["inputs"]), False)
     per_example_loss = task.loss(outputs, batch["targets"])
     return task.compute_metrics(outputs, batch["targets"], per_example_loss, mask=batch["mask"],
                                 axis_name=axis_name)
-
-
-def evaluate(eval_fn, state, batches, parallel):
-    """eval_fn (eval_step compiled by `parallel`) over `batches` (this process's rows of each,
-    padded and masked); returns the metrics as floats."""
-    total = None
-    for batch in batches:
-        metrics = parallel.to_host(eval_fn(state, parallel.put_batch(batch)))
-        total = metrics if total is None else total.merge(metrics)
-    return {name: float(value) for name, value in total.compute().items()}

@@ -1,0 +1,292 @@
+"""What a model is, for linen and NNX alike. The one module that imports flax.linen or flax.nnx, or
+knows a collection: a new version of either API is a change here.
+
+A model is found by the name rule (trainer/parts.py): a linen Module class, or a callable that
+returns one; or an `nnx.Module` subclass, or a function that takes `rngs` and returns one. The
+config section's other fields go to it, checked against its signature first. The trainer supplies
+what is its own: to an NNX model its `rngs` (streams named `params` and `dropout`), `dtype`
+(config.dtype) where the constructor takes it, and under pmap the `axis_name` over which BatchNorm
+averages its statistics (a linen field of that name, an NNX constructor argument, or else set on
+each nnx.BatchNorm).
+
+Whichever the API, the trainer sees a `Model`:
+
+    init(params_key, dropout_key, example_inputs) -> (params, model_state)
+    apply(params, model_state, inputs, train, dropout_key) -> (outputs, new model_state)
+    annotations(example_inputs) -> {parameter name: PartitionSpec}, the model's own sharding
+
+`params` are nested dicts of arrays; `model_state` the model's other variables, grouped by
+collection as linen names them ({"batch_stats": {...}}), never RNG keys or counts, nor what a
+model sows. A parameter's name is its path, `params/Conv_0/kernel` (linen) or NNX's attribute path
+`params/conv1/kernel`, `params/layers/0/kernel`: the one name sharding rules, optimizer.frozen,
+init_from_regex, the parameter table and checkpoints use.
+
+Modes and randomness are the trainer's: `train` is True in the train step only (dropout on,
+batch statistics), False in evaluation, prediction and the figures. Linen models get `train=`,
+`training=` or `deterministic=` as their __call__ asks; an NNX model is put in that mode
+(`model.train()`/`model.eval()`, and `nnx.view` for layers that take their mode that way), and its
+__call__ gets the mode argument or `rngs` where it takes them. Dropout keys come from
+`dropout_key`, which the train step folds from (seed, step), so a resumed run draws the same masks.
+"""
+import inspect
+import zlib
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from flax.nnx import spmd, traversals, variablelib
+from jax.sharding import PartitionSpec
+
+from trainer import parts
+from trainer.errors import ConfigError
+
+# How a model's __call__ is told whether it trains, in the order looked for.
+MODE_ARGUMENTS = ("train", "training", "deterministic")
+# What a linen model sows for inspection: not state (carried, it would grow every step).
+SOWN = "intermediates"
+
+
+def path_name(path):
+    """'params/Dense_0/kernel' for a tree path, whatever the kinds of its keys."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def parameter_names(params):
+    """The names of a tree of parameters, "params/Conv_0/kernel", in the order of its leaves."""
+    return ["params/" + path_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+
+
+def map_parameters(function, params):
+    """`params` with each leaf replaced by function(its name, the leaf)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: function("params/" + path_name(path), leaf), params)
+
+
+def mode_argument(call):
+    parameters = inspect.signature(call).parameters
+    return next((name for name in MODE_ARGUMENTS if name in parameters), None)
+
+
+def mode_keywords(argument, train):
+    if argument is None:
+        return {}
+    return {argument: (not train) if argument == "deterministic" else train}
+
+
+class LinenModel:
+    """A linen Module, called with the mode argument its __call__ takes (or none: a model that
+    behaves the same in training and evaluation); every collection it keeps besides `params`
+    (BatchNorm's `batch_stats`, or its own) is mutable in training."""
+
+    def __init__(self, module):
+        self.module = module
+        self.mode_argument = mode_argument(type(module).__call__)
+
+    def variables(self, params_key, dropout_key, example_inputs):
+        """linen's init, boxed where the model annotates sharding (nn.with_partitioning)."""
+        return self.module.init({"params": params_key, "dropout": dropout_key}, example_inputs,
+                                **mode_keywords(self.mode_argument, False))
+
+    def init(self, params_key, dropout_key, example_inputs):
+        variables = dict(nn.meta.unbox(self.variables(params_key, dropout_key, example_inputs)))
+        variables.pop(SOWN, None)
+        return variables.pop("params", {}), variables
+
+    def apply(self, params, model_state, inputs, train, dropout_key=None):
+        variables = {"params": params, **model_state}
+        mode = mode_keywords(self.mode_argument, train)
+        if not train:
+            return self.module.apply(variables, inputs, **mode), model_state
+        outputs, updates = self.module.apply(variables, inputs, rngs={"dropout": dropout_key},
+                                             mutable=list(model_state), **mode)
+        return outputs, {**model_state, **updates}
+
+    def annotations(self, example_inputs):
+        key = jax.random.PRNGKey(0)
+        boxed = jax.eval_shape(self.variables, key, key, example_inputs).get("params", {})
+        specs = nn.get_partition_spec(boxed)
+        return {name: spec for name, spec in zip(
+            parameter_names(boxed), jax.tree.leaves(specs, is_leaf=is_spec)) if spec}
+
+
+def is_spec(x):
+    return isinstance(x, PartitionSpec)
+
+
+class NnxModel:
+    """An NNX Module, held as its graph definition (taken once from an abstract build) and pure
+    trees of arrays: merged into a module at trace time in each step, put in the step's mode,
+    called, and split again, so the compiled step is the same work as a linen model's. RNG
+    variables are never carried: each call gets keys drawn from `dropout_key`."""
+
+    def __init__(self, make, axis_name=None):
+        """`make(rngs)`: the module, built."""
+        self.make, self.axis_name = make, axis_name
+        abstract = nnx.eval_shape(lambda: self.build(nnx.Rngs(params=0, dropout=0)))
+        self.graphdef, state = nnx.split(abstract)
+        # (collection, path as strings) -> (NNX's path, its variable as built, abstract)
+        self.variables = {(collection(v), tuple(map(str, path))): (path, v)
+                          for path, v in nnx.to_flat_state(state) if collection(v)}
+        self.random = [(path, v) for path, v in nnx.to_flat_state(state)
+                       if isinstance(v, nnx.RngState)]
+        call = type(abstract).__call__
+        self.mode_argument = mode_argument(call)
+        self.takes_rngs = "rngs" in inspect.signature(call).parameters
+        self.specs = {"params/" + "/".join(strings): spmd.get_var_pspec(v)
+                      for (kind, strings), (_, v) in self.variables.items() if kind == "params"}
+
+    def build(self, rngs):
+        # Sharding annotations (nnx.with_partitioning) are read, not applied as the variables are
+        # made: the trainer places every array itself (trainer/sharding.py).
+        with nnx.use_eager_sharding(False):
+            module = self.make(rngs)
+        if not isinstance(module, nnx.Module):
+            raise ConfigError(f"config.model.name gave a {type(module).__name__}, not an "
+                              f"nnx.Module: name an nnx.Module class, or a function that takes "
+                              f"rngs and returns one.")
+        if self.axis_name:  # pmap: BatchNorm statistics over the devices' shares of the batch
+            for _, layer in nnx.iter_modules(module):
+                if isinstance(layer, nnx.BatchNorm) and layer.axis_name is None:
+                    layer.axis_name = self.axis_name
+        return module
+
+    def carried(self, state):
+        """{"params": {...}, "batch_stats": {...}, ...} of an nnx.State: nested dicts keyed by the
+        attribute path's parts (as strings, which Orbax keeps)."""
+        tree = {}
+        for path, variable in nnx.to_flat_state(state):
+            if collection(variable):
+                node = tree.setdefault(collection(variable), {})
+                *parents, leaf = map(str, path)
+                for key in parents:
+                    node = node.setdefault(key, {})
+                node[leaf] = variable.get_value()
+        return tree
+
+    def module(self, params, model_state, key):
+        """The module of these trees, its random streams keyed from `key`."""
+        flat = []
+        for kind, tree in {"params": params, **model_state}.items():
+            for strings, value in traversals.flatten_mapping(tree).items():
+                path, variable = self.variables[kind, strings]
+                flat.append((path, variable.replace(value)))
+        for path, variable in self.random:  # streams stored in the model (nnx.Dropout(rngs=...))
+            flat.append((path, variable.replace(
+                jax.random.wrap_key_data(jax.random.fold_in(key, zlib.crc32(variable.tag.encode())))
+                if isinstance(variable, nnx.RngKey) else jnp.zeros((), jnp.uint32))))
+        return nnx.merge(self.graphdef, nnx.from_flat_state(flat))
+
+    def init(self, params_key, dropout_key, example_inputs):
+        tree = self.carried(nnx.state(self.build(nnx.Rngs(params=params_key,
+                                                          dropout=dropout_key))))
+        params, model_state = tree.pop("params", {}), tree
+        self.apply(params, model_state, example_inputs, False)  # traced: does it take the inputs?
+        return params, model_state
+
+    def apply(self, params, model_state, inputs, train, dropout_key=None):
+        key = jax.random.PRNGKey(0) if dropout_key is None else dropout_key
+        modes = dict(deterministic=not train, use_running_average=not train)
+        module = nnx.view(self.module(params, model_state, key), raise_if_not_found=False, **modes)
+        module.set_attributes(raise_if_not_found=False, **modes)
+        keywords = mode_keywords(self.mode_argument, train)
+        if train and self.takes_rngs:  # the tutorial's style: __call__(x, rngs=None)
+            keywords["rngs"] = nnx.Rngs(dropout=key)
+        outputs = module(inputs, **keywords)
+        if not train:
+            return outputs, model_state
+        new = self.carried(nnx.state(module))
+        new.pop("params", None)
+        return outputs, new
+
+    def annotations(self, example_inputs):
+        del example_inputs  # read from the variables as built
+        return {name: spec for name, spec in self.specs.items() if spec}
+
+
+def collection(variable):
+    """The linen collection an NNX variable is carried in; None for what is never carried: RNG
+    keys and counts (drawn afresh each call) and what a model sows."""
+    if isinstance(variable, (nnx.RngState, nnx.Intermediate)):
+        return None
+    if isinstance(variable, nnx.Param):
+        return "params"
+    return variablelib.variable_name_from_type(type(variable), allow_register=True)
+
+
+def is_nnx(target):
+    """An nnx.Module class, or a function that takes `rngs` (and returns one)."""
+    if isinstance(target, type):
+        return issubclass(target, nnx.Module)
+    signature = parts.signature_of(target)
+    return signature is not None and "rngs" in signature.parameters
+
+
+def build(section, dtype="float32", axis_name=None):
+    """The Model config.model names, built with its fields; `dtype`: config.dtype, what it
+    computes in (parameters stay float32); `axis_name`: pmap's."""
+    name, fields = parts.section_fields(section)
+    target = parts.find(parts.MODEL, name)
+    described = parts.MODEL.described(name)
+    if isinstance(target, nnx.Module):
+        raise ConfigError(f"config.model.name={name!r} is an nnx.Module already built, whose seed "
+                          f"and placement are not the run's: name its class (or a function that "
+                          f"takes rngs and returns one), and the trainer builds it.")
+    if is_nnx(target):
+        make = nnx_maker(target, fields, described, dtype, axis_name)
+        try:
+            return NnxModel(make, axis_name)
+        except ConfigError:
+            raise
+        except Exception as e:  # pylint: disable=broad-except  (the user's constructor raised)
+            raise ConfigError(f"config.model ({described}) could not be built: "
+                              f"{type(e).__name__}: {str(e).splitlines()[0]}") from e
+    module = parts.call_with_fields(target, fields, "config.model", described)
+    if not isinstance(module, nn.Module):
+        raise ConfigError(f"config.model.name={name!r} gave a {type(module).__name__}, not a "
+                          f"linen or NNX Module: name a Module class, or a function that returns "
+                          f"one.")
+    if "dtype" in module.__dataclass_fields__:
+        module = module.clone(dtype=dtype)
+    elif dtype != "float32":
+        raise ConfigError(no_dtype(dtype, type(module).__name__))
+    if axis_name and "axis_name" in module.__dataclass_fields__:
+        module = module.clone(axis_name=axis_name)
+    return LinenModel(module)
+
+
+def no_dtype(dtype, model_name):
+    return (f"config.dtype={dtype!r} needs a model that takes a dtype, and {model_name} does not. "
+            f"Add one, or use float32.")
+
+
+def nnx_maker(target, fields, described, dtype, axis_name):
+    """rngs -> the NNX module, with the config's fields and what the trainer supplies; the fields
+    checked first, against __init__ (NNX's metaclass hides the class's own signature)."""
+    signature = parts.signature_of(target)
+    takes = signature.parameters if signature is not None else {}
+    supplied = {"rngs": None} if "rngs" in takes else {}
+    if "dtype" in takes:
+        supplied["dtype"] = jnp.dtype(dtype)
+    elif dtype != "float32":
+        raise ConfigError(no_dtype(dtype, getattr(target, "__name__", str(target))))
+    if axis_name and "axis_name" in takes:
+        supplied["axis_name"] = axis_name
+    parts.check_fields(target, fields, "config.model", described, supplied=supplied)
+
+    def make(rngs):
+        arguments = {**fields, **supplied}
+        if "rngs" in arguments:
+            arguments["rngs"] = rngs
+        return parts.call_checked(target, arguments, "config.model", described)
+
+    return make
+
+
+def linen_module(section):
+    """The plain linen Module of config.model, for code that calls it as linen itself
+    (scripts/hand_loop.py)."""
+    model = build(section)
+    if not isinstance(model, LinenModel):
+        raise ConfigError("a linen model is needed here; config.model names an NNX one.")
+    return model.module
