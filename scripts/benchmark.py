@@ -119,7 +119,7 @@ def framework_run(config, epochs, steps, steps_per_epoch):
     config.plots, config.log_every_steps = False, steps_per_epoch  # each epoch's log times it
     config.checkpoint_every_steps = 10**9  # at the end only
     with tempfile.TemporaryDirectory() as workdir:
-        _, metrics = train_and_evaluate(config, workdir)
+        metrics = train_and_evaluate(config, workdir).final
         with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
             logged = [json.loads(line) for line in f]
     rates = [e["steps_per_sec"] for e in logged if "steps_per_sec" in e]

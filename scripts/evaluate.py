@@ -17,15 +17,15 @@ from trainer import host_memory  # pylint: disable=wrong-import-position
 
 host_memory.restart_with_reusing_malloc()  # before JAX allocates anything
 
-from trainer import cli, inference  # pylint: disable=wrong-import-position
+from trainer import api, cli  # pylint: disable=wrong-import-position
 
 WORKDIR, STEP = cli.define_run_flags(ema=False)  # both eval/ and eval_ema/ are reported
 
 
 def main(argv):
     del argv
-    results = inference.evaluate_checkpoint(cli.config(), WORKDIR.value,
-                                            STEP.value)
+    run = api.load(WORKDIR.value, STEP.value, config=cli.config())
+    results = {"step": run.step, **run.evaluate()}
     print(json.dumps(results))
     with open(os.path.join(WORKDIR.value, f"eval_{results['step']}.json"), "w",
               encoding="utf-8") as f:

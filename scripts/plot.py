@@ -9,18 +9,16 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # this checkout first
 
-from trainer import cli, evaluation, inference  # pylint: disable=wrong-import-position
+from trainer import api, cli  # pylint: disable=wrong-import-position
 
 WORKDIR, STEP, EMA = cli.define_run_flags()
 
 
 def main(argv):
     del argv
-    config = cli.config()
-    setup, state, _ = inference.restore(config, WORKDIR.value, STEP.value, EMA.value)
+    run = api.load(WORKDIR.value, STEP.value, config=cli.config())
     # The moving average's figures beside the parameters', not over them.
-    for path in evaluation.write_figures(setup, state, WORKDIR.value,
-                                        suffix="_ema" if EMA.value else ""):
+    for path in run.plot(ema=EMA.value, show=False):
         print(path)
 
 

@@ -19,7 +19,7 @@ import numpy as np  # pylint: disable=wrong-import-position
 from absl import flags  # pylint: disable=wrong-import-position
 
 import datasets  # pylint: disable=wrong-import-position
-from trainer import cli, evaluation, inference  # pylint: disable=wrong-import-position
+from trainer import api, cli  # pylint: disable=wrong-import-position
 from trainer.errors import ConfigError  # pylint: disable=wrong-import-position
 
 DEFAULT_COUNT = 10  # test examples shown when none are asked for
@@ -83,7 +83,9 @@ def value_text(value, classes):
 def main(argv):
     del argv
     config = cli.config()
-    setup, state, step = inference.restore(config, WORKDIR.value, STEP.value, EMA.value)
+    run = api.load(WORKDIR.value, STEP.value, config=config)
+    run.with_ema(EMA.value)  # a run without a moving average is said before anything is printed
+    setup, step = run.setup, run.step
     test = setup.dataset.test
     count = datasets.num_examples(test)
     example_shape = datasets.examples(test, [0])["inputs"].shape[1:]
@@ -108,7 +110,7 @@ def main(argv):
         names = [f"test #{i}" if inputs[0].size > 8 else np.array2string(inputs[n], precision=4)
                  for n, i in enumerate(indices)]
     task = setup.task
-    outputs = evaluation.predict(setup, state, inputs)
+    outputs = run.predict(inputs, ema=EMA.value)
     predictions = np.asarray(task.predict(outputs))
     for i, output in enumerate(outputs):
         name = names[i] if names else np.array2string(inputs[i], precision=4)

@@ -1,6 +1,8 @@
 """Trains a model from a config, resuming from the latest checkpoint in the workdir.
 
     python scripts/train.py --config=configs/mnist_cnn.py --workdir=runs/mnist
+
+A thin layer over the Python API (trainer.fit, trainer/api.py): flags in, one `error:` line out.
 """
 import pathlib
 import sys
@@ -14,7 +16,7 @@ host_memory.restart_with_reusing_malloc()  # before JAX allocates anything
 
 from absl import flags  # pylint: disable=wrong-import-position
 
-from trainer import cli, loop  # pylint: disable=wrong-import-position
+from trainer import api, cli  # pylint: disable=wrong-import-position
 from trainer.config_check import validate_config  # pylint: disable=wrong-import-position
 
 WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and TensorBoard.")
@@ -29,7 +31,8 @@ def main(argv):
         return
     if not WORKDIR.value:
         cli.fail("--workdir is required: the folder for checkpoints, metrics and TensorBoard.")
-    loop.train_and_evaluate(cli.config(), WORKDIR.value)
+    # A second Ctrl-C ends the process at once, even in the middle of a step.
+    api.train(cli.config(), WORKDIR.value, keep_process=False)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ def short_cnn(mnist_dir, steps, **fields):
 def test_fused_steps_compute_what_per_step_computes(mnist_dir, tmp_path):
     runs = {}
     for steps in ("per_step", "fused"):
-        state, metrics = train_and_evaluate(short_cnn(mnist_dir, steps), str(tmp_path / steps))
+        state, metrics, *_ = train_and_evaluate(short_cnn(mnist_dir, steps), str(tmp_path / steps))
         logged = [json.loads(line) for line in (tmp_path / steps / "metrics.jsonl").open()]
         runs[steps] = state, metrics, [(e["step"], e["train/loss"]) for e in logged
                                        if "train/loss" in e]
@@ -53,7 +53,7 @@ def test_fused_chunks_stop_at_every_boundary(mnist_dir):
 
 def test_bfloat16_computes_in_bf16_with_float32_parameters(mnist_dir, tmp_path):
     config = short_cnn(mnist_dir, "per_step", dtype="bfloat16", num_steps=200)
-    state, metrics = train_and_evaluate(config, str(tmp_path))
+    state, metrics, *_ = train_and_evaluate(config, str(tmp_path))
     assert metrics["eval/accuracy"] > 0.9
     dtypes = {x.dtype for x in jax.tree.leaves((state.params, state.opt_state, state.model_state))
               if x.ndim}

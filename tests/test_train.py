@@ -16,7 +16,7 @@ def test_mnist_cnn_short_run_learns(mnist_dir, tmp_path):
     config.num_steps = 300
     config.log_every_steps = 100
     config.checkpoint_every_steps = 200
-    _, metrics = train_and_evaluate(config, str(tmp_path))
+    metrics = train_and_evaluate(config, str(tmp_path)).final
     assert metrics["eval/accuracy"] > 0.9
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["200", "300"]
     assert list(tmp_path.glob("events.out.tfevents.*"))

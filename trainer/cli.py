@@ -7,18 +7,15 @@ first use; `parse_flags` turns each into one line naming what is wrong and exits
 Scripts that use a trained run (evaluate.py, predict.py, plot.py) take the run's own config.json
 as the config when no --config is given; --config.FIELD=VALUE overrides fields of either.
 """
-import json
-import logging as std_logging
 import os
 import re
 import sys
 
 import jax
-import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from configs.base import get_base_config
+from trainer import configuration, session
 from trainer.errors import USER_ERRORS, ConfigError, Stopped, WorkdirError, fail
 
 CONFIG_HELP = ("Config file, e.g. configs/mnist_cnn.py; override any field with "
@@ -49,13 +46,6 @@ def define_run_flags(ema=True):
         "(config.ema_decay) instead of the parameters.")
 
 
-def tuples(value):
-    """JSON lists back to the tuples configs use (linen modules must be hashable)."""
-    if isinstance(value, dict):
-        return {k: tuples(v) for k, v in value.items()}
-    return tuple(tuples(v) for v in value) if isinstance(value, list) else value
-
-
 def flag_value(argv, name):
     """The value of --name=VALUE or --name VALUE in argv, before the flags are parsed."""
     for i, arg in enumerate(argv):
@@ -76,12 +66,9 @@ def define_config_flag(argv, reads_a_run):
     path = run_config_path(argv) if reads_a_run and flag_value(argv, "config") is None else None
     if path and os.path.isfile(path):
         try:
-            with open(path, encoding="utf-8") as f:
-                # Over today's defaults: a run of an earlier version lacks the fields added since.
-                run_config = get_base_config()
-                run_config.update(tuples(json.load(f)))
-        except (ValueError, TypeError) as e:  # not JSON, or a field of another type
-            fail(f"{path} is not a readable config ({e}). Give the config with --config=FILE.")
+            run_config = configuration.read_run_config(os.path.dirname(path))
+        except ConfigError as e:
+            fail(f"{e} (--config=FILE)")
         _config["flag"] = config_flags.DEFINE_config_dict("config", run_config, RUN_CONFIG_HELP,
                                                           lock_config=True)
         _config["from_run"] = True
@@ -99,17 +86,6 @@ def config():
         raise WorkdirError(f"{_config['run_config_path']} does not exist: --workdir is not the "
                            f"folder of a training run (or give --config=FILE).")
     return value
-
-
-def resolve_paths(config_dict):
-    """Fields named *_dir or *_path (and init_from) hold paths: stored absolute, so that a run's
-    config.json reads the same from any folder."""
-    for name, value in config_dict.items():
-        if isinstance(value, ml_collections.ConfigDict):
-            resolve_paths(value)
-        elif isinstance(value, str) and value and (name.endswith(("_dir", "_path"))
-                                                   or name == "init_from"):
-            config_dict[name] = os.path.abspath(os.path.expanduser(value))
 
 
 def describe_config_error(error, argv):
@@ -157,12 +133,19 @@ def print_help():
           "\nAll of absl's flags: --helpfull.")
 
 
+def unsets(arg):
+    """--config.FIELD=None: set back to None (the part's own default) once the flags are parsed;
+    the flag parser takes None for no type."""
+    return arg.startswith("--config.") and arg.endswith("=None")
+
+
 def parse_flags(argv, config_required):
     if any(a in HELP_FLAGS for a in argv[1:]):
         print_help()
         sys.exit(0)
+    unset = [a[len("--config."):-len("=None")] for a in argv if unsets(a)]
     try:
-        rest = flags.FLAGS(argv)
+        rest = flags.FLAGS([a for a in argv if not unsets(a)])
         if _config["flag"].value is None:
             if config_required:
                 fail("--config=FILE is required, e.g. --config=configs/mnist_cnn.py.")
@@ -172,40 +155,18 @@ def parse_flags(argv, config_required):
         if "--debug" in argv:
             raise
         fail(describe_config_error(e, argv))
-    resolve_paths(_config["flag"].value)
+    config = _config["flag"].value
+    with config.unlocked():
+        try:
+            configuration.override(config, {field: None for field in unset},
+                                   written=lambda field: f"--config.{field}",
+                                   listing="--show_config")
+        except ConfigError as e:
+            fail(str(e))
+    configuration.resolve_paths(config)
     if len(rest) > 1:
         fail(f"unexpected arguments {rest[1:]}; flags are written --name=value.")
     return rest
-
-
-def is_noise(record):
-    """Orbax's and TFDS's INFO lines (several per save, per data set opened), Orbax's note that a
-    checkpoint has no metrics, JAX's note that it found no TPU library, and TFDS's warning of a missing data set folder (the data error names the
-    folder itself)."""
-    message = record.getMessage()
-    return ((record.levelno < std_logging.WARNING
-             and ("orbax" in record.pathname or "tensorflow_datasets" in record.pathname))
-            or message.startswith("Unable to initialize backend")
-            # Orbax, for each checkpoint saved between evaluations when best_metric is set
-            or message.startswith("Requested `tracked_metric`; did not provide metrics")
-            or (message.startswith("Variant folder") and "has no dataset_info.json" in message))
-
-
-def quiet_logging():
-    """Short log lines, without the noise unless --debug."""
-    handler = logging.get_absl_handler()
-    handler.setFormatter(std_logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    if not DEBUG.value:
-        handler.addFilter(lambda record: not is_noise(record))
-
-
-def enable_compilation_cache():
-    """JAX's persistent compilation cache, on by default: a later run of the same config skips
-    most of its compile. JAX_COMPILATION_CACHE_DIR, where set, chooses the folder."""
-    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-        cache_home = os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache"))
-        jax.config.update("jax_compilation_cache_dir", os.path.join(cache_home, "flaxfit", "jax"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def initialize_distributed():
@@ -245,8 +206,8 @@ def run(main, config_required=True, reads_a_run=False):
     define_config_flag(sys.argv, reads_a_run)
 
     def main_with_errors(argv):
-        quiet_logging()
-        enable_compilation_cache()
+        session.quiet_logging(keep_noise=DEBUG.value)
+        session.enable_compilation_cache()
         try:
             initialize_distributed()
             main(argv)

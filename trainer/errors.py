@@ -28,8 +28,9 @@ class NonFiniteError(Exception):
     exit_code = 3
 
 
-class Stopped(Exception):
-    """SIGTERM or SIGINT stopped the run after saving a checkpoint."""
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGINT stopped the run after saving a checkpoint. A KeyboardInterrupt, as an
+    interrupted notebook cell expects, so `except Exception` does not swallow it."""
 
     def __init__(self, message, signal_number):
         super().__init__(message)

@@ -2,7 +2,6 @@
 run's own config, for evaluate.py, predict.py and plot.py (trainer/evaluation.py does the rest)."""
 from trainer.checkpoint import ChecksumError, Checkpoints, what_failed
 from trainer.errors import ConfigError, WorkdirError
-from trainer.evaluation import evaluate_state
 from trainer.setup import build
 
 
@@ -32,9 +31,9 @@ def checkpoint_step(checkpoints, config, step):
     return step
 
 
-def restore(config, workdir, step=None, ema=False):
+def restore(config, workdir, step=None):
     """Returns (setup, state, step) for the checkpoint at `step` (None: the latest; "best": the
-    best by config.best_metric; or a number). `ema`: its moving average as the parameters."""
+    best by config.best_metric; or a number)."""
     setup = build(config, training=False)
     checkpoints = Checkpoints(workdir, read_only=True, best_metric=config.best_metric,
                               best_mode=config.best_mode)
@@ -51,15 +50,4 @@ def restore(config, workdir, step=None, ema=False):
             f"{f' (there are {sorted(others)})' if others else ''}.") from e
     finally:
         checkpoints.close()
-    if ema:
-        if state.ema_params is None:
-            raise WorkdirError(f"--ema: the run in {workdir} kept no moving average of its "
-                               f"parameters (train with --config.ema_decay=0.999).")
-        state = state.replace(params=state.ema_params)
     return setup, state, step
-
-
-def evaluate_checkpoint(config, workdir, step=None):
-    """{"step": ..., "eval/loss": ..., ...} on the test split ("eval_ema/..." too, where kept)."""
-    setup, state, step = restore(config, workdir, step)
-    return {"step": step, **evaluate_state(setup, state)}

@@ -11,12 +11,13 @@ import os
 import signal
 import threading
 import time
+from typing import NamedTuple
 
 import jax
 from absl import logging
 from clu import parameter_overview
 
-from trainer import evaluation, finetune, optim, sharding
+from trainer import configuration, evaluation, finetune, optim, parts, sharding
 from trainer.checkpoint import CheckpointMismatch, Checkpoints
 from trainer.early_stopping import EarlyStopping
 from trainer.errors import NonFiniteError, Stopped, WorkdirError, listed
@@ -82,12 +83,16 @@ def fresh_subfolder(workdir):
 
 class StopSignals:
     """SIGTERM and SIGINT ask the loop to save a checkpoint and stop. The first one puts back the
-    system's default action, so a second one ends the process at once, even mid-step. With
-    several processes JAX's preemption notice is used instead (see Checkpoints)."""
+    system's default action, so a second one ends the process at once, even mid-step; or, where
+    the process must live on (`keep_process`: a notebook's kernel), a second SIGINT raises
+    KeyboardInterrupt at once. With several processes JAX's preemption notice is used instead (see
+    Checkpoints)."""
 
-    def __init__(self):
+    def __init__(self, keep_process=False):
         self.received = None
         self.previous = {}
+        self.second = {signal.SIGTERM: signal.SIG_DFL,
+                       signal.SIGINT: signal.default_int_handler if keep_process else signal.SIG_DFL}
 
     def __enter__(self):
         if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
@@ -98,7 +103,7 @@ class StopSignals:
         del frame
         self.received = signal_number
         for s in self.previous:
-            signal.signal(s, signal.SIG_DFL)
+            signal.signal(s, self.second[s])
 
     def __exit__(self, *exc_info):
         for signal_number, handler in self.previous.items():
@@ -157,14 +162,18 @@ def check_finite(config, state, parallel, checkpoints, step):
 
 
 def results_written(workdir, step):
+    """The final evaluation results.json holds for `step` ({} where it holds none: a run stopped
+    before writing it)."""
     path = os.path.join(workdir, "results.json")
     if not os.path.exists(path):
-        return False
+        return {}
     with open(path, encoding="utf-8") as f:
         try:
-            return json.load(f).get("step") == step
+            results = json.load(f)
         except ValueError:  # cut short by a kill
-            return False
+            return {}
+    return {name: value for name, value in results.items() if name != "step"} if results.get(
+        "step") == step else {}
 
 
 def megabytes(count):
@@ -205,12 +214,19 @@ def settings_changed(config, workdir):
     return f"The run's config.json differs in {listed(changes)}." if changes else ""
 
 
-def train_and_evaluate(config, workdir):
-    """Trains to the end given by the config, resuming from the latest good checkpoint in `workdir`.
+class Trained(NamedTuple):
+    state: object  # the final TrainState, in checkpoint form
+    final: dict  # the final evaluation: {"eval/loss": ..., ...}, "eval_ema/..." with ema_decay
+    workdir: str  # where the run is: `workdir`, or a new subfolder of it with resume=False
+    setup: object  # what the config built (trainer/setup.py)
+    figures: list  # the paths of the figures written at the end
 
-    Returns (final state, scalars of the final evaluation: {"eval/loss": ..., ...}, and
-    "eval_ema/..." with config.ema_decay; empty if the run was already complete).
-    SIGTERM or SIGINT at any time saves a checkpoint after the current step and raises Stopped.
+
+def train_and_evaluate(config, workdir, keep_process=False):
+    """Trains to the end given by the config, resuming from the latest good checkpoint in `workdir`;
+    returns what it Trained. SIGTERM or SIGINT at any time saves a checkpoint after the current
+    step and raises Stopped; `keep_process`: a second SIGINT raises KeyboardInterrupt (a notebook's
+    kernel lives on) rather than ending the process at once.
     """
     setup = build(config)
     prepare_workdir(workdir)
@@ -218,16 +234,37 @@ def train_and_evaluate(config, workdir):
         if not config.resume:
             workdir = fresh_subfolder(workdir)
             prepare_workdir(workdir)
-        return train_and_evaluate_in(config, setup, workdir)
+        return train_and_evaluate_in(config, setup, workdir, keep_process)
 
 
-def train_and_evaluate_in(config, setup, workdir):
+def given_changed(config, workdir):
+    """Raises WorkdirError where the run in `workdir` was trained with an object given in Python
+    (a "given:..." name in its config.json: trainer/parts.py) and `config` names another part: a
+    model or data of the same shapes would otherwise resume silently."""
+    try:
+        with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+            saved = configuration.tuples(json.load(f))
+    except (OSError, ValueError):
+        return
+    for kind in (parts.MODEL, parts.DATASET, parts.TASK, parts.OPTIMIZER):
+        before, now = (configuration.field(tree, kind.field) for tree in (saved, config))
+        if before != now and parts.GIVEN in f"{before}{now}":
+            raise WorkdirError(
+                f"the run in {workdir} was trained with {kind.field}={before!r}, and this config "
+                f"has {now!r}: an object given in Python must be given again, the same, to resume "
+                f"(trainer.fit(..., {kind.keyword}=...)); or pass resume=False to start afresh in "
+                f"a new subfolder (the checkpoints stay as they are).")
+
+
+def train_and_evaluate_in(config, setup, workdir, keep_process):
     """train_and_evaluate, in a workdir this process holds."""
-    with StopSignals() as stop:
+    with StopSignals(keep_process) as stop:
         checkpoints = Checkpoints(workdir, config.keep_checkpoints, best_metric=config.best_metric,
                                   best_mode=config.best_mode)
         try:
             state, loop_values = setup.state, {}
+            if checkpoints.latest_step() is not None:
+                given_changed(config, workdir)
             try:
                 restored = checkpoints.restore_latest_good(state)
             except CheckpointMismatch as e:
@@ -249,7 +286,7 @@ def train_and_evaluate_in(config, setup, workdir):
                 logging.info("The run in %s is already complete: step %d of %d%s.", workdir, step,
                              setup.total_steps, "" if step == setup.total_steps else
                              ", stopped early (other early_stopping settings go on from there)")
-                return state, {}
+                return Trained(state, results_written(workdir, step), workdir, setup, [])
             else:
                 logging.info("The run in %s is complete (step %d), but it was stopped before its "
                              "results were written; writing them now.", workdir, step)
@@ -258,11 +295,12 @@ def train_and_evaluate_in(config, setup, workdir):
             checkpoints.wait()
             checkpoints.close()
     write_results(workdir, step, eval_scalars)
+    figures = []
     if config.plots:  # every process computes the predictions, of a state maybe sharded over them
         figures = evaluation.write_figures(setup, state, workdir)
         if figures:
             logging.info("Figures: %s", ", ".join(figures))
-    return state, eval_scalars
+    return Trained(state, eval_scalars, workdir, setup, figures)
 
 
 def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping, saved_metrics):
@@ -317,13 +355,15 @@ def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping
                         "train", parallel.to_host(train_metrics).compute()).items()}
                     now = time.perf_counter()
                     steps_per_sec = (step - last_log_step) / (now - last_log_time)
-                    scalars.update(learning_rate=setup.learning_rate(step - 1),
-                                   steps_per_sec=steps_per_sec)
+                    if setup.learning_rate is not None:  # None: an optimizer given built
+                        scalars["learning_rate"] = setup.learning_rate(step - 1)
+                    scalars["steps_per_sec"] = steps_per_sec
                     skipped = check_finite(config, state, parallel, checkpoints, step)
                     if skipped:
                         scalars["train/nonfinite_updates"] = skipped
                     writer.write_scalars(step, scalars)
                     progress.report(step, steps_per_sec)
+                    progress.show(step, scalars)
                     train_metrics = parallel.empty_metrics(task.collection)
                     last_log_time, last_log_step = now, step
 
@@ -332,6 +372,7 @@ def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping
                     eval_start = time.perf_counter()
                     eval_scalars = evaluation.evaluate_scalars(eval_fn, setup, state)
                     writer.write_scalars(step, eval_scalars)
+                    progress.show(step, eval_scalars)
                     stopped_early = early_stopping.update(step, eval_scalars)
                     last_log_time += time.perf_counter() - eval_start  # not training speed
 
@@ -351,7 +392,8 @@ def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping
                     checkpoints.wait()
                     name = signal.Signals(stop.received).name if stop.received else "preemption"
                     raise Stopped(f"Stopped by {name} at step {step}, with a checkpoint saved in "
-                                  f"{checkpoints.directory}. Run the same command to resume.",
+                                  f"{checkpoints.directory}. Run the same command (or call "
+                                  f"trainer.fit() again, the same) to resume.",
                                   stop.received or signal.SIGTERM)
     finally:
         profile.stop(train_metrics)

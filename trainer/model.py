@@ -28,6 +28,7 @@ batch statistics), False in evaluation, prediction and the figures. Linen models
 __call__ gets the mode argument or `rngs` where it takes them. Dropout keys come from
 `dropout_key`, which the train step folds from (seed, step), so a resumed run draws the same masks.
 """
+import functools
 import inspect
 import zlib
 
@@ -215,9 +216,11 @@ def collection(variable):
 
 
 def is_nnx(target):
-    """An nnx.Module class, or a function that takes `rngs` (and returns one)."""
-    if isinstance(target, type):
-        return issubclass(target, nnx.Module)
+    """An nnx.Module class, or a function that takes `rngs` (and returns one); either inside a
+    functools.partial too."""
+    base = target.func if isinstance(target, functools.partial) else target
+    if isinstance(base, type):
+        return issubclass(base, nnx.Module)
     signature = parts.signature_of(target)
     return signature is not None and "rngs" in signature.parameters
 
@@ -241,7 +244,11 @@ def build(section, dtype="float32", axis_name=None):
         except Exception as e:  # pylint: disable=broad-except  (the user's constructor raised)
             raise ConfigError(f"config.model ({described}) could not be built: "
                               f"{type(e).__name__}: {str(e).splitlines()[0]}") from e
-    module = parts.call_with_fields(target, fields, "config.model", described)
+    if isinstance(target, nn.Module):  # a linen module is only a description: used as given
+        parts.no_fields(fields, "config.model", "a linen module built")
+        module = target
+    else:
+        module = parts.call_with_fields(target, fields, "config.model", described)
     if not isinstance(module, nn.Module):
         raise ConfigError(f"config.model.name={name!r} gave a {type(module).__name__}, not a "
                           f"linen or NNX Module: name a Module class, or a function that returns "

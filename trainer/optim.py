@@ -38,19 +38,26 @@ def create_schedule(config, steps_per_epoch, total_steps):
 
 
 def create_optimizer(config, steps_per_epoch, total_steps):
-    """Returns (optax transformation, learning-rate schedule) for `config.optimizer`."""
+    """Returns (optax transformation, learning-rate schedule: step -> rate, or None where the
+    optimizer was given built, with its own) for `config.optimizer`."""
     schedule = create_schedule(config, steps_per_epoch, total_steps)
     factory = parts.find(parts.OPTIMIZER, config.name)
-    fields = {"learning_rate": schedule, **{name: value for name, value in config.items()
-                                            if name not in TRAINER_FIELDS and value is not None}}
-    signature = parts.signature_of(factory)
-    # An optimizer with its own weight decay applies it its way (decoupled for adamw); for the
-    # others it is added to the gradient.
-    decays_itself = signature is not None and "weight_decay" in signature.parameters
-    if decays_itself:
-        fields["weight_decay"] = config.weight_decay
-    optimizer = parts.call_with_fields(factory, fields, "config.optimizer",
-                                       parts.OPTIMIZER.described(config.name))
+    own_fields = {name: value for name, value in config.items()
+                  if name not in TRAINER_FIELDS and value is not None}
+    decays_itself = False
+    if isinstance(factory, optax.GradientTransformation):  # given built, in Python
+        parts.no_fields(own_fields, "config.optimizer", "an Optax transformation")
+        optimizer, schedule = factory, None
+    else:
+        fields = {"learning_rate": schedule, **own_fields}
+        signature = parts.signature_of(factory)
+        # An optimizer with its own weight decay applies it its way (decoupled for adamw); for
+        # the others it is added to the gradient.
+        decays_itself = signature is not None and "weight_decay" in signature.parameters
+        if decays_itself:
+            fields["weight_decay"] = config.weight_decay
+        optimizer = parts.call_with_fields(factory, fields, "config.optimizer",
+                                           parts.OPTIMIZER.described(config.name))
     if not isinstance(optimizer, optax.GradientTransformation):
         raise ConfigError(f"config.optimizer.name={config.name!r} gave a {type(optimizer).__name__}, "
                           f"not an Optax GradientTransformation.")

@@ -7,13 +7,17 @@ A part is named by a string:
                     (optax.lamb, trainer.tasks.classification), else the importable module `name`
                     (its default attribute);
     "module:attr"   the attribute `attr` of a module: a home's module by its short name, or any
-                    importable module, top-level or dotted (`my_models:CNN`, `my.pkg.nets:ResNet18`).
+                    importable module, top-level or dotted (`my_models:CNN`, `my.pkg.nets:ResNet18`);
+    "given:..."     an object given to trainer.fit() or trainer.load() in Python (`model=CNN`),
+                    named so in the run's config.json, found while that call runs (given()).
 
 A class or function found is called with the config's fields as keyword arguments (those that are
 not None), checked against its signature first (the bound arguments of a functools.partial
 included), so that a wrong field is one line that names the right ones.
 """
+import contextlib
 import dataclasses
+import functools
 import importlib
 import inspect
 
@@ -27,23 +31,41 @@ class Kind:
     home: str  # where the parts that ship live
     default: str | None  # the attribute used when a module is named alone
     shipped: str  # how to name the parts that ship, for messages
+    keyword: str | None = None  # trainer.fit()'s argument that gives it as an object
 
     def described(self, name):
         """ "model 'cnn'" """
         return f"{self.noun.split(' ', 1)[1]} {name!r}"
 
 
-MODEL = Kind("a model", "config.model.name", "models", "Model", "'mlp', 'cnn', 'nnx_cnn'")
+MODEL = Kind("a model", "config.model.name", "models", "Model", "'mlp', 'cnn', 'nnx_cnn'",
+             "model")
 DATASET = Kind("a data set", "config.dataset.name", "datasets", "load",
-               "'mnist', 'xor', 'polynomial'")
+               "'mnist', 'xor', 'polynomial'", "dataset")
 TASK = Kind("a task", "config.task", "trainer.tasks", None,
-            "'classification', 'regression', 'binary_regression'")
+            "'classification', 'regression', 'binary_regression'", "task")
 OPTIMIZER = Kind("an optimizer", "config.optimizer.name", "optax", None,
-                 "any Optax optimizer by its name ('sgd', 'adam', 'adamw', 'lamb', 'lion', ...)")
+                 "any Optax optimizer by its name ('sgd', 'adam', 'adamw', 'lamb', 'lion', ...)",
+                 "optimizer")
 TRANSFORM = Kind("an augmentation", "config.augment.transform", "datasets.augment", None,
                  "'module:function' of your own, (example, rng) -> example")
 WRITER = Kind("a metric writer", "config.writers", "trainer.writers", "Writer",
-              "'tensorboard', 'jsonl', 'wandb'")
+              "'tensorboard', 'jsonl', 'wandb'", "writers")
+
+GIVEN = "given:"
+_given = {}  # name -> object, while a call of trainer.fit() or trainer.load() runs
+
+
+@contextlib.contextmanager
+def given(objects):
+    """Objects given in Python, {name: object} with names "given:...", found by `find` while this
+    lasts."""
+    _given.update(objects)
+    try:
+        yield
+    finally:
+        for name in objects:
+            _given.pop(name, None)
 
 
 def import_if_exists(module_name, kind, name):
@@ -78,6 +100,14 @@ def find(kind: Kind, name: str):
     """The object `name` stands for, by the rule above; a ConfigError if there is none."""
     if not isinstance(name, str) or not name.strip(":"):
         raise not_found(kind, name, "the name is empty")
+    if name.startswith(GIVEN):
+        if name not in _given:
+            raise ConfigError(
+                f"{kind.field}={name!r} is an object given to trainer.fit() in Python, which a "
+                f"run's config.json names but cannot hold: use this run from Python, giving the "
+                f"same object again: trainer.fit(..., {kind.keyword}=...) or "
+                f"trainer.load(workdir, {kind.keyword}=...).")
+        return _given[name]
     module_name, colon, attr = name.partition(":")
     shipped = import_if_exists(f"{kind.home}.{module_name}", kind, name)
     if shipped is not None:
@@ -107,12 +137,16 @@ def takes_anything(signature):
 
 def signature_of(target):
     """What `target` can be called with; None where nothing tells (some builtins). A class whose
-    metaclass hides its own signature as (*args, **kwargs) (NNX's) by its __init__'s."""
+    metaclass hides its own signature as (*args, **kwargs) (NNX's) by its __init__'s, also inside
+    a functools.partial."""
     try:
         signature = inspect.signature(target)
-        if isinstance(target, type) and takes_anything(signature):
-            init = inspect.signature(target.__init__)
-            signature = init.replace(parameters=list(init.parameters.values())[1:])  # no self
+        base = target.func if isinstance(target, functools.partial) else target
+        if isinstance(base, type) and takes_anything(signature):
+            init = list(inspect.signature(base.__init__).parameters.values())[1:]  # no self
+            bound = target.keywords if isinstance(target, functools.partial) else {}
+            signature = signature.replace(parameters=[
+                p.replace(default=bound[p.name]) if p.name in bound else p for p in init])
         return signature
     except (TypeError, ValueError):
         return None
@@ -142,6 +176,13 @@ def check_fields(target, fields, section, described, supplied=()):
                and n not in fields and n not in supplied]
     if missing:
         raise ConfigError(f"{described} needs {section}.{missing[0]}; add it to the config.")
+
+
+def no_fields(fields, section, given_as):
+    """An object given built takes no fields of its config section."""
+    if fields:
+        raise ConfigError(f"{section}.{sorted(fields)[0]}: the part was given as {given_as}, which "
+                          f"takes no fields; build it with them yourself, or give the class.")
 
 
 def call_checked(target, arguments_given, section, described):

@@ -1,10 +1,20 @@
-"""Progress: on a terminal, a bar per epoch with steps/s and ETA; elsewhere (CI, log files), a
-plain line every log_every_steps."""
+"""Progress: on a terminal, a bar per epoch with steps/s and ETA, the log lines above it; in a
+Jupyter notebook, one bar for the run with the latest train metrics beside it and a line per
+evaluation (the API keeps other log lines out of the cell); elsewhere (CI, log files), a plain line
+every log_every_steps."""
 import shutil
 import sys
 
 import tqdm
+import tqdm.auto
 from absl import logging
+
+
+def in_notebook():
+    """Whether this process is a Jupyter kernel (IPython's ZMQ shell)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
 
 
 class LinesAboveTheBar:
@@ -22,7 +32,8 @@ class Progress:
 
     def __init__(self, steps_per_epoch, total_steps, active=True):
         self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
-        self.interactive = active and sys.stderr.isatty()
+        self.notebook = active and in_notebook()
+        self.interactive = active and not self.notebook and sys.stderr.isatty()
         self.bar = None
         self.log_stream = None
 
@@ -40,6 +51,11 @@ class Progress:
 
     def advance(self, step, count):
         """Called after `count` steps that end at `step` (steps done), all within one epoch."""
+        if self.notebook:
+            if self.bar is None:
+                self.bar = tqdm.auto.tqdm(total=self.total_steps, initial=step - count,
+                                          desc="training", unit="step")
+            self.bar.update(count)
         if not self.interactive:
             return
         epoch, done = divmod(step - count, self.steps_per_epoch)
@@ -57,6 +73,19 @@ class Progress:
 
     def report(self, step, steps_per_sec):
         """A plain progress line, where no bar shows it."""
-        if not self.interactive:
+        if not (self.interactive or self.notebook):
             logging.info("epoch %.2f, %.1f steps/s, ETA %.0f s", step / self.steps_per_epoch,
                          steps_per_sec, (self.total_steps - step) / steps_per_sec)
+
+    def show(self, step, scalars):
+        """Logged scalars, in a notebook (elsewhere the log lines show them): train metrics beside
+        the bar, an evaluation as a line of its own."""
+        if not self.notebook or self.bar is None:
+            return
+        shown = {name.split("/")[-1]: f"{value:.4g}" for name, value in scalars.items()
+                 if "/" in name}
+        if any(name.startswith("eval") for name in scalars):
+            self.bar.write(f"step {step}: " + ", ".join(f"{name}={value:.4g}"
+                                                         for name, value in scalars.items()))
+        else:
+            self.bar.set_postfix(shown, refresh=False)

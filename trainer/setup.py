@@ -79,8 +79,12 @@ class Setup:
 def build_dataset(config):
     """The data set config.dataset names, built with its other fields."""
     name, fields = parts.section_fields(config)
-    dataset = parts.call_with_fields(parts.find(parts.DATASET, name), fields, "config.dataset",
-                                     parts.DATASET.described(name))
+    dataset = parts.find(parts.DATASET, name)
+    if isinstance(dataset, datasets.Dataset):  # given built, in Python
+        parts.no_fields(fields, "config.dataset", "a datasets.Dataset")
+    else:
+        dataset = parts.call_with_fields(dataset, fields, "config.dataset",
+                                         parts.DATASET.described(name))
     if not isinstance(dataset, datasets.Dataset):
         raise ConfigError(f"config.dataset.name={config.name!r} gave a {type(dataset).__name__}, "
                           f"not a datasets.Dataset.")

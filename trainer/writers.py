@@ -226,8 +226,8 @@ class MetricWriter:
         self.writers = []
         if jax.process_index() == 0:
             for name, make in find_writers(config.writers).items():
-                self.writers.append(parts.call_with_context(make, context,
-                                                            parts.WRITER.described(name)))
+                self.writers.append(make if not callable(make) else parts.call_with_context(
+                    make, context, parts.WRITER.described(name)))  # an object: given built
                 check_writer(name, self.writers[-1])
 
     def write_scalars(self, step: int, scalars: dict):

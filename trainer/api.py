@@ -1,0 +1,377 @@
+"""The Python API: everything the command line does, from one call, with objects a notebook cell
+just defined, and the same guarantees (bitwise resume, Ctrl-C saves, one run per workdir).
+
+    import sys; sys.path.insert(0, "/path/to/flaxfit")  # the checkout, from anywhere
+    import trainer
+
+    run = trainer.fit("configs/mnist_cnn.py", "runs/mnist", num_epochs=2,
+                      dataset=dict(data_dir="../shared/data/mnist"))
+    run.history_frame()          # every logged row (metrics.jsonl), as a pandas DataFrame
+    run.final                    # {"eval/loss": ..., "eval/accuracy": ...}
+    run.predict(images); run.evaluate(); run.plot()
+    run = trainer.load("runs/mnist", step="best")   # a trained run, as evaluate.py reads it
+
+`config` is a config file's path, a ConfigDict or None (the defaults); keyword arguments override
+its fields (a dict for a section: `optimizer=dict(learning_rate=3e-4, momentum=None)`; None sets
+a field back to its part's own default). `model`, `dataset`, `task`, `optimizer` and `writers`
+take objects too: a model class (linen or NNX) or a function that returns one, a
+`datasets.Dataset` or arrays `((train_inputs, train_targets), (test_inputs, test_targets))`, a
+`Task`, an Optax `GradientTransformation`, writer objects. The run's config.json names each
+object by what it is and a fingerprint of its code or data ("given:__main__.CNN#1f2e3d4c"): a run
+resumes only when given the same objects again, and the command line, which cannot hold them,
+says so.
+
+Errors are the project's own exceptions (trainer.errors), with the command line's one-line
+messages; nothing here exits or parses flags. A run stopped by SIGINT (a notebook's interrupt
+button) or SIGTERM saves a checkpoint after the current step and raises `Stopped`, a
+KeyboardInterrupt: the same call resumes it.
+"""
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import types
+from typing import Any
+
+from absl import logging
+
+# absl's handler, before a library logs through absl: else absl falls back to logging.basicConfig
+# (its own lines unformatted, the libraries' noise unfiltered: trainer/session.py).
+logging.use_absl_handler()
+
+import jax  # pylint: disable=wrong-import-position
+import ml_collections  # pylint: disable=wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
+import optax  # pylint: disable=wrong-import-position
+
+import datasets  # pylint: disable=wrong-import-position
+from trainer import (configuration, evaluation, inference, loop, parts,  # pylint: disable=wrong-import-position
+                     session)
+from trainer.errors import ConfigError, WorkdirError  # pylint: disable=wrong-import-position
+from trainer.optim import TRAINER_FIELDS  # pylint: disable=wrong-import-position
+from trainer.progress import in_notebook  # pylint: disable=wrong-import-position
+from trainer.tasks import Task  # pylint: disable=wrong-import-position
+
+
+@dataclasses.dataclass
+class Run:
+    """A trained run: what `fit` returns and `load` reads back."""
+    workdir: str
+    config: ml_collections.ConfigDict  # as resolved, what config.json holds
+    state: Any  # the TrainState: params, model_state, opt_state, step, ema_params, ...
+    final: dict  # the final evaluation ({} for a checkpoint before the last: see evaluate())
+    setup: Any = dataclasses.field(repr=False)  # what the config built (trainer/setup.py)
+    figures: list = dataclasses.field(default_factory=list)  # paths written by fit
+
+    @property
+    def params(self):
+        return self.state.params
+
+    @property
+    def ema_params(self):
+        """The moving average of the parameters, where config.ema_decay kept one (else None)."""
+        return self.state.ema_params
+
+    @property
+    def step(self):
+        return int(jax.device_get(self.state.step))
+
+    @property
+    def history(self):
+        """Every logged row, train and eval, as metrics.jsonl holds them: a list of dicts."""
+        path = os.path.join(self.workdir, "metrics.jsonl")
+        if not os.path.exists(path):
+            return []
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f]
+
+    def history_frame(self):
+        """The history as a pandas DataFrame, a row per logged step (train and eval rows of a
+        step merged)."""
+        try:
+            import pandas  # pylint: disable=import-outside-toplevel
+        except ImportError as e:
+            raise ImportError("Run.history_frame() needs pandas: pip install pandas (Run.history "
+                              "is the same as a list of dicts).") from e
+        rows = {}
+        for row in self.history:
+            rows.setdefault(row["step"], {}).update(row)
+        return pandas.DataFrame(list(rows.values())).set_index("step")
+
+    def with_ema(self, ema):
+        """The state, its moving average as the parameters where `ema`."""
+        if not ema:
+            return self.state
+        if self.state.ema_params is None:
+            raise WorkdirError(f"the run in {self.workdir} kept no moving average of its "
+                               f"parameters to use (--ema, ema=True): train with "
+                               f"--config.ema_decay=0.999 (ema_decay=0.999 in Python).")
+        return self.state.replace(params=self.state.ema_params)
+
+    def evaluate(self, data=None):
+        """{"eval/loss": ..., ...}, and "eval_ema/..." of the moving average where the run kept
+        one: of the test split (`data` None), of another `datasets.Dataset`'s test split, or of
+        arrays, (inputs, targets) or {"inputs": ..., "targets": ...}, raw as the run's data set
+        stores them."""
+        setup = self.setup
+        if data is not None:
+            split = data.test if isinstance(data, datasets.Dataset) else arrays_split(data, "data")
+            dataset = data if isinstance(data, datasets.Dataset) else setup.dataset
+            setup = dataclasses.replace(setup, dataset=dataclasses.replace(dataset, test=split))
+        return evaluation.evaluate_state(setup, self.state)
+
+    def predict(self, inputs, ema=False):
+        """The model's outputs for raw `inputs` (as the data set stores them), in natural units."""
+        return evaluation.predict(self.setup, self.with_ema(ema), inputs)
+
+    def plot(self, ema=False, show=None):
+        """Writes the figures (curves, predictions or confusion matrix, ...) into the workdir and,
+        in a notebook (`show` None) or where `show`, shows them; returns their paths."""
+        paths = evaluation.write_figures(self.setup, self.with_ema(ema), self.workdir,
+                                         suffix="_ema" if ema else "")
+        if in_notebook() if show is None else show:
+            display(paths)
+        return paths
+
+
+def display(paths):
+    from IPython import display as ipython  # pylint: disable=import-outside-toplevel
+    for path in paths:
+        ipython.display(ipython.Image(filename=path))
+
+
+def arrays_split(data, argument):
+    """A split of in-memory arrays from (inputs, targets) or {"inputs", "targets"}."""
+    inputs = targets = np.zeros(())
+    if isinstance(data, dict) and {"inputs", "targets"} <= set(data):
+        inputs, targets = np.asarray(data["inputs"]), np.asarray(data["targets"])
+    elif isinstance(data, (tuple, list)) and len(data) == 2:
+        inputs, targets = np.asarray(data[0]), np.asarray(data[1])
+    if not (inputs.ndim and targets.ndim):
+        raise ConfigError(f"{argument}: give arrays as (inputs, targets) or {{'inputs': ..., "
+                          f"'targets': ...}}, examples along the first axis.")
+    if len(inputs) != len(targets) or not len(inputs):
+        raise ConfigError(f"{argument}: {len(inputs)} inputs and {len(targets)} targets; give as "
+                          f"many of each, at least one.")
+    return {"inputs": inputs, "targets": targets}
+
+
+def dataset_of(data):
+    """A datasets.Dataset from a Dataset, or from arrays ((train inputs, train targets), (test
+    inputs, test targets)) taken as the model's inputs as they are."""
+    if isinstance(data, datasets.Dataset):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return datasets.Dataset(train=arrays_split(data[0], "dataset=(train, test): train"),
+                                test=arrays_split(data[1], "dataset=(train, test): test"))
+    raise ConfigError("dataset: give a datasets.Dataset, arrays ((train_inputs, train_targets), "
+                      "(test_inputs, test_targets)), a function returning a Dataset, a name, or a "
+                      "dict of config.dataset's fields.")
+
+
+def fingerprint(value, depth=0):
+    """A short hash of what `value` computes or holds: the code of functions and classes (their
+    bytecode, constants and the values their closures hold), the bytes of arrays, the fields of
+    dataclasses and the items of containers; so that the same object defined again in a new
+    session has the same one, and a changed one another."""
+    digest = hashlib.sha256()
+
+    def feed(item, level):
+        if level > 8:
+            return
+        if isinstance(item, (np.ndarray, jax.Array)):
+            array = np.asarray(item)
+            digest.update(f"{array.dtype}{array.shape}".encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
+        elif isinstance(item, (str, bytes, int, float, bool, type(None))):
+            digest.update(repr(item).encode())
+        elif isinstance(item, functools.partial):
+            feed(item.func, level + 1)
+            feed(item.args, level + 1)
+            feed(sorted(item.keywords.items()), level + 1)
+        elif isinstance(item, types.FunctionType):
+            feed(item.__code__, level + 1)
+            feed(item.__defaults__, level + 1)
+            for cell in item.__closure__ or ():
+                try:
+                    feed(cell.cell_contents, level + 1)
+                except ValueError:  # an empty cell
+                    pass
+        elif isinstance(item, types.CodeType):
+            digest.update(item.co_code)
+            feed([c for c in item.co_consts if not isinstance(c, types.CodeType)], level + 1)
+            for const in item.co_consts:
+                if isinstance(const, types.CodeType):
+                    feed(const, level + 1)
+        elif isinstance(item, type):
+            digest.update(item.__qualname__.encode())
+            for name, member in sorted(vars(item).items()):
+                if isinstance(member, (types.FunctionType, staticmethod, classmethod, property)):
+                    digest.update(name.encode())
+                    feed(getattr(member, "__func__", getattr(member, "fget", member)), level + 1)
+        elif isinstance(item, dict):
+            for key in sorted(item, key=repr):
+                feed(key, level + 1)
+                feed(item[key], level + 1)
+        elif isinstance(item, (list, tuple)):
+            for element in item:
+                feed(element, level + 1)
+        elif dataclasses.is_dataclass(item):
+            feed(type(item), level + 1)
+            feed({f.name: getattr(item, f.name) for f in dataclasses.fields(item)}, level + 1)
+        else:  # any other object: its class and its attributes
+            feed(type(item), level + 1)
+            feed(getattr(item, "__dict__", {}), level + 1)
+
+    feed(value, depth)
+    return digest.hexdigest()[:8]
+
+
+def given_name(value):
+    """"given:MODULE.NAME#FINGERPRINT", what config.json records of an object."""
+    described = getattr(value, "func", value)  # a partial: its function's name
+    if isinstance(described, (type, types.FunctionType)):
+        module = described.__module__
+    else:  # an instance: of its package's class (optax.GradientTransformationExtraArgs)
+        described = type(described)
+        module = described.__module__.split(".")[0]
+    return f"{parts.GIVEN}{module}.{described.__qualname__}#{fingerprint(value)}"
+
+
+def part_fields(config, section, fields, keep=()):
+    """A part's section set from a dict: with a "name", another part, with these fields alone
+    (the others None, so that the part's own defaults apply; the trainer's own, `keep`, stay);
+    without, fields of the same part, changed or added (the part checks them against its
+    signature)."""
+    fields = dict(fields)
+    if "name" in fields:
+        for name in config[section]:
+            if name not in keep:
+                config[section][name] = None
+    for name, value in fields.items():
+        if name in config[section]:
+            configuration.override(config, {f"{section}.{name}": value})
+        else:
+            config[section][name] = configuration.tuples(value)
+
+
+def with_objects(config, model, dataset, task, optimizer, writers):
+    """`config` with each object given named "given:...", and {name: object} to find them by."""
+    objects = {}
+
+    def give(value):
+        name = given_name(value)
+        objects[name] = value
+        return name
+
+    for section, value in (("model", model), ("dataset", dataset)):
+        if value is None:
+            continue
+        if isinstance(value, (dict, ml_collections.ConfigDict)):  # fields, by name
+            part_fields(config, section, value)
+        elif isinstance(value, str):
+            config[section] = ml_collections.ConfigDict({"name": value})
+        else:
+            if section == "dataset" and not callable(value):
+                value = dataset_of(value)
+            config[section] = ml_collections.ConfigDict({"name": give(value)})
+    if task is not None:
+        if not isinstance(task, (str, Task)) and not callable(task):
+            raise ConfigError(f"task={task!r}: give a trainer.tasks.Task, a function returning "
+                              f"one, or a name ('classification', 'regression', ...).")
+        config.task = task if isinstance(task, str) else give(task)
+    if optimizer is not None:
+        if isinstance(optimizer, (dict, ml_collections.ConfigDict)):
+            part_fields(config, "optimizer", optimizer, keep=TRAINER_FIELDS)
+        elif isinstance(optimizer, str):
+            config.optimizer.name = optimizer
+        elif isinstance(optimizer, optax.GradientTransformation) or callable(optimizer):
+            config.optimizer.name = give(optimizer)
+        else:
+            raise ConfigError(f"optimizer={optimizer!r}: give an Optax GradientTransformation, a "
+                              f"function returning one, a name ('adam', ...) or a dict of "
+                              f"config.optimizer's fields.")
+    if writers is not None:
+        names = [w if isinstance(w, str) else give(w) for w in writers]
+        # The history Run returns is metrics.jsonl's.
+        config.writers = tuple(names if "jsonl" in names else ["jsonl", *names])
+    return objects
+
+
+def resolved(config, overrides, objects_given):
+    """The config a call runs with, and the objects it names."""
+    config = configuration.given_config(config)
+    with config.unlocked() if config.is_locked else _nothing():
+        objects = with_objects(config, **objects_given)
+        configuration.override(config, overrides)
+        configuration.resolve_paths(config)
+    return config, objects
+
+
+class _nothing:  # pylint: disable=invalid-name
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        return False
+
+
+class _verbosity:  # pylint: disable=invalid-name
+    """absl's verbosity for a call: INFO lines on a terminal or in a log, as the command line
+    writes them (process 0 of several: the others warnings only); in a notebook only warnings, the
+    progress bar showing the rest."""
+
+    def __enter__(self):
+        self.previous = logging.get_verbosity()
+        logging.set_verbosity(logging.WARNING if in_notebook() or jax.process_index() else
+                              logging.INFO)
+        return self
+
+    def __exit__(self, *exc_info):
+        logging.set_verbosity(self.previous)
+        return False
+
+
+def fit(config=None, workdir=None, *, model=None, dataset=None, task=None, optimizer=None,
+        writers=None, **overrides) -> Run:
+    """Trains the run of `config` in `workdir`, resuming from its latest good checkpoint there;
+    returns the Run. See the module's docstring for the arguments."""
+    if not workdir:
+        raise ConfigError("fit() needs a workdir: the folder for checkpoints, metrics and "
+                          "figures, e.g. fit(config, 'runs/mnist').")
+    session.start()
+    config, objects = resolved(config, overrides, dict(
+        model=model, dataset=dataset, task=task, optimizer=optimizer, writers=writers))
+    with parts.given(objects):
+        run = train(config, workdir)
+    if run.figures and in_notebook():
+        display(run.figures)
+    return run
+
+
+def train(config, workdir, keep_process=True):
+    """fit() of a resolved config (scripts/train.py's; its own flags set up the process):
+    `keep_process`: a second SIGINT raises KeyboardInterrupt rather than ending the process."""
+    with _verbosity():
+        trained = loop.train_and_evaluate(config, os.fspath(workdir), keep_process=keep_process)
+    return Run(trained.workdir, config, trained.state, trained.final, trained.setup,
+               trained.figures)
+
+
+def load(workdir, step=None, *, config=None, model=None, dataset=None, task=None,
+         optimizer=None, **overrides) -> Run:
+    """The trained run in `workdir`, at its checkpoint `step` (None: the latest; "best": the best
+    by config.best_metric; or a number), with its own config.json unless `config` is given.
+    `model`, `dataset`, `task`, `optimizer`: the objects a run trained by fit() was given (the
+    optimizer's state is part of the checkpoint); keyword arguments override fields (where its
+    data now lives, say)."""
+    session.start()
+    base = config if config is not None else configuration.read_run_config(os.fspath(workdir))
+    config, objects = resolved(base, overrides, dict(model=model, dataset=dataset, task=task,
+                                                     optimizer=optimizer, writers=None))
+    with parts.given(objects):
+        setup, state, step = inference.restore(config, os.fspath(workdir), step)
+    # The final evaluation where this is the run's last checkpoint (evaluate() computes any).
+    return Run(os.fspath(workdir), config, state, loop.results_written(os.fspath(workdir), step),
+               setup)
