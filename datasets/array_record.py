@@ -43,6 +43,15 @@ def channels_of(record, name):
     return images.header(example["image"], name)[0]
 
 
+def records_in(path):
+    from array_record.python.array_record_module import ArrayRecordReader  # pylint: disable=g-import-not-at-top
+    reader = ArrayRecordReader(path)
+    try:
+        return reader.num_records()
+    finally:
+        reader.close()
+
+
 class ArrayRecordSource:
     """Random access over the shards of a split; each process opens its own reader."""
 
@@ -51,6 +60,7 @@ class ArrayRecordSource:
         self.reader = None
         self.length = len(self.open())
         self.channels = channels_of(self.reader[0], self.files[0])
+        self.ends = np.cumsum([records_in(path) for path in self.files])
 
     def open(self):
         if self.reader is None:  # every read asks: the lock only while it is not open yet
@@ -67,11 +77,21 @@ class ArrayRecordSource:
         return self.length
 
     def __getitem__(self, index):
-        return decode(self.open()[index], self.channels)
+        return self.__getitems__([index])[0]
 
     def __getitems__(self, indices):
         """Many records in one read (the pipeline reads a batch at a time)."""
-        return [decode(record, self.channels) for record in self.open().__getitems__(indices)]
+        try:
+            return [decode(record, self.channels) for record in self.open().__getitems__(indices)]
+        except Exception as e:  # pylint: disable=broad-except  (Riegeli's or msgpack's: changed)
+            shards = sorted({self.shard_of(i) for i in indices})
+            raise DataError(f"cannot read records of the ArrayRecord shard(s) {', '.join(shards)} "
+                            f"({str(e).splitlines()[0][:200]}): cut short or changed since they "
+                            f"were written? Write them again with scripts/prepare_data.py.") from e
+
+    def shard_of(self, index):
+        """The file that holds record `index` (the shards hold consecutive records)."""
+        return self.files[int(np.searchsorted(self.ends, index, side="right"))]
 
 
 def split_files(data_dir, split):

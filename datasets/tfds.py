@@ -84,10 +84,18 @@ class TfdsSource:
         return self.length
 
     def __getitem__(self, index):
-        return self.decoded(self.open()[index])
+        return self.__getitems__([index])[0]
 
     def __getitems__(self, indices):
-        return [self.decoded(example) for example in self.open().__getitems__(indices)]
+        try:
+            examples = self.open().__getitems__(indices)
+        except Exception as e:  # pylint: disable=broad-except  (its files removed or changed)
+            raise DataError(f"cannot read the TFDS data set {self.name} ({self.split}) in "
+                            f"{self.tfds_data_dir or 'TFDS default folder'} "
+                            f"({type(e).__name__}: {str(e).splitlines()[0][:200]}): its files "
+                            f"were removed or changed since it was prepared? Prepare it "
+                            f"again.") from e
+        return [self.decoded(example) for example in examples]
 
     def decoded(self, example):
         return {"inputs": np.asarray(example[self.image_key], np.uint8),

@@ -11,8 +11,11 @@ seed and epoch). Orbax writes each checkpoint to a temporary folder and renames 
 so a crash during a save leaves the previous ones whole; old checkpoints are removed only after a
 newer one is complete. Checkpoints are arrays and JSON: restoring unpickles nothing.
 """
+import contextlib
 import dataclasses
+import glob
 import os
+import re
 import shutil
 import sys
 
@@ -22,7 +25,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from trainer.errors import WorkdirError
+from trainer.errors import StorageError, WorkdirError
 from trainer.model import path_name
 
 
@@ -136,6 +139,8 @@ class Checkpoints:
         preservation policies; only saves given that metric count). `read_only`: for using a
         run; creates and cleans up nothing."""
         ignore_reads_left_after_a_failed_restore()
+        # A failed save's StorageError; the step of the last save; whether it may still run.
+        self.failed, self.saving, self.pending = None, None, False
         self.workdir = os.path.abspath(workdir)
         self.directory = os.path.join(self.workdir, "checkpoints")
         best = {}
@@ -171,11 +176,50 @@ class Checkpoints:
         """Starts an asynchronous save of `state` at its step, with the loop's values (a dict of
         JSON) and the eval `metrics` best_metric is read from; `wait()` for it to finish. The
         checksums are computed on the device first: they go into the same atomic save, and Orbax
-        takes its JSON items as values when the save starts."""
+        takes its JSON items as values when the save starts. A save that fails, now or in Orbax's
+        threads (reported at the next save or wait), raises StorageError."""
         sums = {name: int(value) for name, value in jax.device_get(checksums(state)).items()}
-        self.manager.save(int(state.step), metrics=metrics, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop or {}),
-            checksums=ocp.args.JsonSave(sums)))
+        self.saving, self.pending = int(state.step), True
+        with self.failures():
+            self.manager.save(int(state.step), metrics=metrics, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop or {}),
+                checksums=ocp.args.JsonSave(sums)))
+
+    @contextlib.contextmanager
+    def failures(self):
+        """A failed save as a StorageError naming its step, once: its temporary folder removed
+        (the finished checkpoints stay), Orbax's manager not asked again."""
+        if self.failed is not None:
+            raise self.failed
+        try:
+            yield
+        except Exception as e:  # pylint: disable=broad-except  (Orbax's, from any of its threads)
+            partial = sorted(glob.glob(os.path.join(self.directory, "*.orbax-checkpoint-tmp*")))
+            steps = [int(m[0]) for p in partial if (m := re.match(r"\d+", os.path.basename(p)))]
+            self.failed = StorageError(f"saving the checkpoint of step "
+                                       f"{steps[0] if steps else self.saving}", e, self.kept())
+            if jax.process_index() == 0:
+                for path in partial:
+                    shutil.rmtree(path, ignore_errors=True)
+            raise self.failed from e
+
+    def intact_steps(self):
+        """The steps of the finished checkpoints on disk (Orbax renames a save into place only
+        when it is complete)."""
+        if not os.path.isdir(self.directory):
+            return []
+        return sorted(int(name) for name in os.listdir(self.directory) if name.isdigit())
+
+    def kept(self):
+        """What a failure leaves: the newest intact checkpoint, and the space the folder has."""
+        steps = self.intact_steps()
+        newest = (f"the newest intact checkpoint is step {steps[-1]} in {self.directory}" if steps
+                  else "no checkpoint had been saved yet")
+        try:
+            free = f"{shutil.disk_usage(self.workdir).free / 1e6:.1f} MB free"
+        except OSError:
+            free = "no space it can report (is it still there?)"
+        return f"{newest}, and {self.workdir} has {free}"
 
     def restore(self, like_state, step=None):
         """Returns (state, loop values) of the checkpoint at `step` (default: the latest), in the
@@ -245,8 +289,24 @@ class Checkpoints:
         """Several processes: JAX's preemption notice, agreed on by all of them at one step."""
         return jax.process_count() > 1 and self.manager.reached_preemption(step)
 
+    def check(self):
+        """Raises StorageError as soon as an asynchronous save has ended in failure (nothing to
+        do while it runs): the run stops then, not at the next save."""
+        if self.pending and not self.manager.is_saving_in_progress():
+            self.wait()  # returns at once, or raises the failure Orbax's threads kept
+
     def wait(self):
-        self.manager.wait_until_finished()
+        with self.failures():
+            self.manager.wait_until_finished()
+        self.pending = False
 
     def close(self):
-        self.manager.close()
+        """Ends Orbax's threads; a save that failed was reported when it was found."""
+        if self.failed is None:
+            with self.failures():
+                self.manager.close()
+            return
+        try:
+            self.manager.close()
+        except Exception:  # pylint: disable=broad-except  (the same failure, said already)
+            pass

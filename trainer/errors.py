@@ -1,6 +1,10 @@
 """Errors a user can fix. The scripts print their message as one `error:` line and exit
 non-zero, without a traceback: 2 for bad input (a config, data, a workdir), 3 for a run stopped by
-a NaN or Inf (its checkpoints intact), 128 + the signal's number for a run stopped by a signal."""
+a NaN or Inf (its checkpoints intact), 4 for files that could not be written (a full disk, a
+vanished or read-only workdir), 128 + the signal's number for a run stopped by a signal."""
+import errno
+import os
+import re
 import sys
 
 from datasets import DataError
@@ -28,6 +32,36 @@ class NonFiniteError(Exception):
     exit_code = 3
 
 
+class StorageError(Exception):
+    """Writing a run's files failed: a checkpoint, metrics, results or figures. What the run
+    still has (`kept`: its newest intact checkpoint and the space left) is added where it is
+    known, by the loop."""
+    exit_code = 4
+
+    def __init__(self, what, cause, kept=""):
+        super().__init__(what, cause, kept)
+        self.what, self.cause, self.kept = what, cause, kept
+
+    def __str__(self):
+        kept = f"; {self.kept}" if self.kept else ""
+        return (f"{self.what} failed: {os_error(self.cause)}{kept}. Free space (or make the folder "
+                f"writable again) and run the same command to resume.")
+
+
+def os_error(error):
+    """What an I/O error says, in a few words: 'No space left on device (errno 28)'. Orbax's and
+    TensorStore's name it only in their text: [os_error_code='28']."""
+    number = getattr(error, "errno", None)
+    if number is None:
+        found = re.search(r"os_error_code='?(\d+)", str(error))
+        number = int(found[1]) if found else None
+    if number in errno.errorcode:
+        path = getattr(error, "filename", None)
+        return f"{os.strerror(number)} (errno {number}{f', {path}' if path else ''})"
+    text = (str(error).splitlines() or [""])[0].split(" [tensorstore_spec=")[0]
+    return f"{type(error).__name__}: {text[:300]}"
+
+
 class Stopped(KeyboardInterrupt):
     """SIGTERM or SIGINT stopped the run after saving a checkpoint. A KeyboardInterrupt, as an
     interrupted notebook cell expects, so `except Exception` does not swallow it."""
@@ -37,7 +71,7 @@ class Stopped(KeyboardInterrupt):
         self.exit_code = 128 + signal_number  # the shell's convention for "ended by a signal"
 
 
-USER_ERRORS = (ConfigError, WorkdirError, DataError, NonFiniteError)
+USER_ERRORS = (ConfigError, WorkdirError, DataError, NonFiniteError, StorageError)
 
 
 def fail(message, exit_code=2):

@@ -17,8 +17,10 @@ from typing import Callable
 
 import grain
 import numpy as np
+from absl import logging
 from grain._src.python.ipc import shared_memory_array as grain_shared_memory
 
+from datasets import DataError
 from trainer import batching
 
 
@@ -48,7 +50,10 @@ class TrainBatch:
 
     def __call__(self, step):
         epoch, indices = batching.train_indices(step, num_examples=len(self.source), **self.order)
-        examples = read(self.source, indices)
+        try:
+            examples = read(self.source, indices)
+        except DataError as e:
+            raise DataError(f"reading the batch of step {step + 1}: {e}") from e
         if self.augment is not None:
             examples = [self.augment(e, np.random.default_rng([self.order["seed"], epoch, index]))
                         for e, index in zip(examples, indices)]
@@ -82,10 +87,38 @@ def exit_with_parent():
     os._exit(1)
 
 
-def iterate(dataset, workers, buffer):
-    """The batches of a MapDataset of batches, read `workers` processes wide (0: in this one).
-    Closing the generator (or dropping it) ends the workers and frees their shared memory."""
-    stream = dataset.to_iter_dataset()
+# How often the workers are started again without a batch read in between, before a worker's
+# death is taken as the data's (one that dies on the same batch each time) and raised.
+RESTARTS = 3
+
+
+def iterate(batch, start, end, workers, buffer):
+    """batch(i) for i in [start, end), read `workers` processes wide (0: in this one), each
+    `buffer` batches ahead. A worker that dies (SIGKILL, the OOM killer) ends Grain's iterator:
+    the workers are started again from the next batch, which, a function of its number alone,
+    is the one they would have read. Closing the generator (or dropping it) ends the workers and
+    frees their shared memory."""
+    restarts = 0
+    while start < end:
+        try:
+            for value in stream(grain.MapDataset.range(start, end).map(batch), workers, buffer):
+                yield value
+                start, restarts = start + 1, 0
+        except RuntimeError as e:
+            if "Worker process was terminated unexpectedly" not in str(e) or restarts == RESTARTS:
+                raise
+            restarts += 1
+            logging.warning("A data worker process ended unexpectedly (%s); starting the workers "
+                            "again from batch %d.", str(e).splitlines()[0], start)
+
+
+def stream(dataset, workers, buffer):
+    """The elements of a MapDataset, read `workers` processes wide, each `buffer` ahead."""
+    # Grain's default reads 500 elements ahead in 16 threads: 500 batches here, so data that
+    # broke mid-run was seen ~500 steps late, and as much memory held. `buffer` batches in as
+    # many threads read as fast on 2 cores (docs/speed.md#streaming).
+    stream = dataset.to_iter_dataset(grain.ReadOptions(num_threads=buffer,
+                                                       prefetch_buffer_size=buffer))
     if workers:
         stream = stream.mp_prefetch(grain.MultiprocessingOptions(
             num_workers=workers, per_worker_buffer_size=buffer), worker_init_fn=start_worker)
@@ -112,12 +145,10 @@ def unlink_freed_batches():
 def train_batches(source, start_step, end_step, *, augment, workers, buffer, **order):
     """This process's rows of the batches of steps [start_step, end_step). `order`:
     batching.train_indices' keywords but num_examples."""
-    steps = grain.MapDataset.range(start_step, end_step)
-    return iterate(steps.map(TrainBatch(source, order, augment)), workers, buffer)
+    return iterate(TrainBatch(source, order, augment), start_step, end_step, workers, buffer)
 
 
 def eval_batches(source, batch_size, process_index, process_count, *, workers, buffer):
     """Every example once, padded and masked as batching.eval_batches does for arrays."""
     batches = list(batching.eval_indices(len(source), batch_size, process_index, process_count))
-    numbers = grain.MapDataset.range(len(batches))
-    return iterate(numbers.map(EvalBatch(source, batches)), workers, buffer)
+    return iterate(EvalBatch(source, batches), 0, len(batches), workers, buffer)

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from typing import NamedTuple
@@ -17,16 +18,18 @@ import jax
 from absl import logging
 from clu import parameter_overview
 
+from datasets import DataError
 from trainer import configuration, evaluation, finetune, optim, parts, sharding
 from trainer.checkpoint import CheckpointMismatch, Checkpoints
 from trainer.early_stopping import EarlyStopping
-from trainer.errors import NonFiniteError, Stopped, WorkdirError, listed
+from trainer.errors import (NonFiniteError, Stopped, StorageError, WorkdirError, listed,
+                            os_error)
 from trainer.parallel import local_copy
 from trainer.progress import Progress
 from trainer.runners import make_runner
 from trainer.setup import build
 from trainer.timetable import Timetable
-from trainer.writers import MetricWriter, json_safe, prefixed
+from trainer.writers import MetricWriter, json_safe, prefixed, writing
 
 
 def prepare_workdir(workdir):
@@ -64,7 +67,8 @@ def one_run_at_a_time(workdir):
 
 def write_file(workdir, name, text):
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, name), "w", encoding="utf-8") as f:
+        with writing(f"writing {name}"), open(os.path.join(workdir, name), "w",
+                                              encoding="utf-8") as f:
             f.write(text)
 
 
@@ -257,10 +261,19 @@ def given_changed(config, workdir):
 
 
 def train_and_evaluate_in(config, setup, workdir, keep_process):
-    """train_and_evaluate, in a workdir this process holds."""
+    """train_and_evaluate, in a workdir this process holds. A file that cannot be written is a
+    StorageError that says what the run still has."""
+    checkpoints = Checkpoints(workdir, config.keep_checkpoints, best_metric=config.best_metric,
+                              best_mode=config.best_mode)
+    try:
+        return train_and_evaluate_with(config, setup, workdir, keep_process, checkpoints)
+    except StorageError as e:
+        e.kept = e.kept or checkpoints.kept()
+        raise
+
+
+def train_and_evaluate_with(config, setup, workdir, keep_process, checkpoints):
     with StopSignals(keep_process) as stop:
-        checkpoints = Checkpoints(workdir, config.keep_checkpoints, best_metric=config.best_metric,
-                                  best_mode=config.best_mode)
         try:
             state, loop_values = setup.state, {}
             if checkpoints.latest_step() is not None:
@@ -292,15 +305,32 @@ def train_and_evaluate_in(config, setup, workdir, keep_process):
                              "results were written; writing them now.", workdir, step)
                 eval_scalars = evaluation.evaluate_state(setup, state)
         finally:
-            checkpoints.wait()
-            checkpoints.close()
+            try:
+                checkpoints.wait()
+            finally:
+                checkpoints.close()
     write_results(workdir, step, eval_scalars)
     figures = []
     if config.plots:  # every process computes the predictions, of a state maybe sharded over them
-        figures = evaluation.write_figures(setup, state, workdir)
+        with writing("writing the figures"):
+            figures = evaluation.write_figures(setup, state, workdir)
         if figures:
             logging.info("Figures: %s", ", ".join(figures))
     return Trained(state, eval_scalars, workdir, setup, figures)
+
+
+def data_failed(error, checkpoints, state, step, loop):
+    """The DataError of data that broke mid-run, once the state of the last completed step is
+    saved (where it was not already and can be)."""
+    try:
+        if step not in checkpoints.intact_steps() and checkpoints.saving != step:
+            checkpoints.save(state, loop=loop)
+        checkpoints.wait()
+        kept = f"the checkpoint of step {step}, the last completed, is saved"
+    except StorageError as e:
+        kept = f"the checkpoint of step {step} could not be saved either ({os_error(e.cause)})"
+    return DataError(f"{error} ({kept}: once the data is whole again, run the same command to "
+                     f"resume)")
 
 
 def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping, saved_metrics):
@@ -341,9 +371,15 @@ def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping
             profile.at(step, train_metrics)
             while step < total_steps:
                 done_before = step
-                state, train_metrics, step = runner.run(state, train_metrics, step,
-                                                        timetable.next_boundary(step))
+                try:
+                    state, train_metrics, step = runner.run(state, train_metrics, step,
+                                                            timetable.next_boundary(step))
+                except DataError as e:  # data that vanished or broke mid-run
+                    raise data_failed(e, checkpoints, parallel.to_checkpoint_form(state), step, {
+                        "early_stopping": early_stopping.values(),
+                        "train_metrics": parallel.metrics_values(train_metrics)}) from e
                 progress.advance(step, step - done_before)
+                checkpoints.check()
                 profile.at(step, train_metrics)
                 if runner.waits_each_call:  # a NaN stops the run at the end of its chunk
                     check_finite(config, state, parallel, checkpoints, step)
@@ -396,7 +432,12 @@ def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping
                                   f"trainer.fit() again, the same) to resume.",
                                   stop.received or signal.SIGTERM)
     finally:
+        failing = sys.exc_info()[1] is not None
         profile.stop(train_metrics)
         runner.close()
-        writer.close()
+        try:
+            writer.close()
+        except StorageError:
+            if not failing:  # else the failure under way is the one to report
+                raise
     return parallel.to_checkpoint_form(state), step, eval_scalars

@@ -9,11 +9,13 @@ from absl import flags, logging
 
 
 def is_noise(record):
-    """Orbax's and TFDS's INFO lines (several per save, per data set opened), Orbax's note that a
-    checkpoint has no metrics, JAX's note that it found no TPU library, and TFDS's warning of a
-    missing data set folder (the data error names the folder itself)."""
+    """Orbax's and TFDS's INFO lines (several per save, per data set opened), Orbax's errors with
+    their tracebacks (from its threads, several per failed save: the trainer says in one line what
+    failed, trainer/checkpoint.py), Orbax's note that a checkpoint has no metrics, JAX's note
+    that it found no TPU library, and TFDS's warning of a missing data set folder (the data error
+    names the folder itself)."""
     message = record.getMessage()
-    return ((record.levelno < std_logging.WARNING
+    return ((record.levelno != std_logging.WARNING
              and ("orbax" in record.pathname or "tensorflow_datasets" in record.pathname))
             or message.startswith("Unable to initialize backend")
             # Orbax, for each checkpoint saved between evaluations when best_metric is set

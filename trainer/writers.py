@@ -13,6 +13,7 @@ imports it).
 A writer class may also have a static `check()`, called when the config is checked, before anything
 is written: the W&B writer's says whether the optional `wandb` package is installed.
 """
+import contextlib
 import json
 import logging as std_logging
 import math
@@ -28,7 +29,7 @@ from tensorboardX.event_file_writer import EventsWriter
 from tensorboardX.proto.event_pb2 import Event, SessionLog
 
 from trainer import parts
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, StorageError
 
 # tensorboardX warns of every non-finite scalar; the loop reports those itself, once, with a fix.
 std_logging.getLogger("tensorboardX.x2num").setLevel(std_logging.ERROR)
@@ -218,17 +219,29 @@ def find_writers(names):
     return found
 
 
+@contextlib.contextmanager
+def writing(what):
+    """An OSError (a full disk, a vanished workdir) while `what` writes, as a StorageError: the
+    run must not go on losing its history."""
+    try:
+        yield
+    except OSError as e:
+        raise StorageError(what, e) from e
+
+
 class MetricWriter:
     """The console line and every writer of config.writers, on process 0 only."""
 
     def __init__(self, config, workdir, start_step):
         context = {"workdir": workdir, "start_step": start_step, "config": config}
-        self.writers = []
+        self.writers = {}
         if jax.process_index() == 0:
             for name, make in find_writers(config.writers).items():
-                self.writers.append(make if not callable(make) else parts.call_with_context(
-                    make, context, parts.WRITER.described(name)))  # an object: given built
-                check_writer(name, self.writers[-1])
+                with writing(f"opening the {name!r} metric writer"):
+                    writer = make if not callable(make) else parts.call_with_context(
+                        make, context, parts.WRITER.described(name))  # an object: given built
+                check_writer(name, writer)
+                self.writers[name] = writer
 
     def write_scalars(self, step: int, scalars: dict):
         if jax.process_index() != 0:
@@ -236,13 +249,16 @@ class MetricWriter:
         scalars = {name: float(value) for name, value in scalars.items()}
         logging.info("step %d: %s", step,
                      ", ".join(f"{name}={value:.4g}" for name, value in scalars.items()))
-        for writer in self.writers:
-            writer.write_scalars(step, scalars)
+        for name, writer in self.writers.items():
+            with writing(f"writing the metrics of step {step} with the {name!r} writer"):
+                writer.write_scalars(step, scalars)
 
     def write_text(self, step: int, tag: str, text: str):
-        for writer in self.writers:
-            writer.write_text(step, tag, text)
+        for name, writer in self.writers.items():
+            with writing(f"writing the {tag} of step {step} with the {name!r} writer"):
+                writer.write_text(step, tag, text)
 
     def close(self):
-        for writer in self.writers:
-            writer.close()
+        for name, writer in self.writers.items():
+            with writing(f"closing the {name!r} metric writer"):
+                writer.close()
