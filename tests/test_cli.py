@@ -7,8 +7,11 @@ import sys
 import numpy as np
 import pytest
 
+import trainer
 from conftest import REPO, files, run_train
+from datasets import DataError
 from test_datasets import write_idx
+from trainer.errors import ConfigError
 
 XOR = "--config=configs/xor_mlp.py"
 MNIST = "--config=configs/mnist_cnn.py"
@@ -50,70 +53,19 @@ BAD_INPUTS = [
     (["--config.batch_size=4"], "give the config file first, --config=FILE"),
     (["--workdir=runs/x"], "--config=FILE is required"),
     ([XOR, "stray"], "unexpected arguments ['stray']"),
-    # unknown fields and wrong types
+    # unknown fields and wrong types, as the flags parse them
     ([XOR, "--config.optimizer.nam=sgd"], "--config.optimizer.nam: the config has no such field"),
     ([XOR, "--config.batch_sise=4"], "--config.batch_sise: the config has no such field"),
     ([XOR, "--config.model.depth=3"], "--config.model.depth: the config has no such field"),
+    ([XOR, "--config.optimizer.momentm=None"], "--config.optimizer.momentm: the config has no such "
+                                               "field (did you mean 'momentum'?)"),
     ([XOR, "--config.batch_size=four"], "--config.batch_size=four"),
     ([XOR, "--config.resume=maybe"], "--config.resume=maybe"),
     ([XOR, "--config.model.features=wide"], "features=('wide',); use a sequence of positive layer sizes"),
-    ([XOR, "--config.model.features=(16, 0)"], "use a sequence of positive layer sizes"),
-    # sizes and ranges
+    # a value, a part, data, as every check below says them in Python: the same line, exit 2
     ([XOR, "--config.batch_size=0"], "config.batch_size=0 is invalid: it must be a positive integer"),
-    ([XOR, "--config.batch_size=-4"], "config.batch_size=-4 is invalid"),
-    ([XOR, "--config.eval_batch_size=0"], "config.eval_batch_size=0 is invalid"),
-    ([XOR, "--config.num_epochs=-3"], "config.num_epochs=-3 is invalid"),
-    ([XOR, "--config.num_epochs=0"], "config.num_epochs and config.num_steps are both 0"),
-    ([XOR, "--config.log_every_steps=0"], "config.log_every_steps=0 is invalid"),
-    ([XOR, "--config.checkpoint_every_steps=-5"], "config.checkpoint_every_steps=-5 is invalid"),
-    ([XOR, "--config.keep_checkpoints=0"], "config.keep_checkpoints=0 is invalid"),
-    ([XOR, "--config.optimizer.learning_rate=-0.1"], "config.optimizer.learning_rate=-0.1"),
-    ([XOR, "--config.optimizer.momentum=1.5"], "config.optimizer.momentum=1.5"),
-    ([XOR, "--config.optimizer.weight_decay=-1.0"], "config.optimizer.weight_decay=-1.0"),
-    ([XOR, "--config.optimizer.decay_rate=0.0"], "config.optimizer.decay_rate=0.0"),
-    ([XOR, "--config.batch_size=8"], "config.batch_size=8 is larger than the training split"),
-    # unknown names
     ([XOR, "--config.model.name=transformer"], "config.model.name='transformer' is not a model"),
-    ([XOR, "--config.model.activation=swish"], "activation='swish'"),
-    ([XOR, "--config.model.name=cnn"], "config.model.activation is not an argument of model 'cnn'"),
-    ([MNIST, "--config.dataset.name=xor", "--config.batch_size=4"],
-     "config.model ('cnn') cannot take the inputs of data set"),
-    ([XOR, "--config.optimizer.name=adagrid"], "config.optimizer.name='adagrid' is not an optimizer"),
-    ([XOR, "--config.optimizer.schedule=linear"], "config.optimizer.schedule='linear' is invalid"),
-    ([XOR, "--config.task=ranking"], "config.task='ranking' is not a task"),
-    ([XOR, "--config.parallelism=gpu"], "config.parallelism='gpu' is invalid"),
-    ([XOR, "--config.nonfinite=ignore"], "config.nonfinite='ignore' is invalid"),
-    ([XOR, "--config.profile_steps=(20, 10)"], "config.profile_steps=(20, 10) is invalid"),
-    ([XOR, "--config.profile_steps=(1000, 1010)"], "config.profile_steps=(1000, 1010) starts past "
-                                                   "the end of training (1000 steps)"),
-    ([XOR, "--config.dataset.name=cifar"], "config.dataset.name='cifar' is not a data set"),
-    # what runs need past the first one
-    ([XOR, "--config.grad_accum_steps=3"], "config.grad_accum_steps=3 does not divide the batch"),
-    ([XOR, "--config.grad_accum_steps=0"], "config.grad_accum_steps=0 is invalid"),
-    ([XOR, "--config.ema_decay=1.0"], "config.ema_decay=1.0 is invalid: it must be in (0, 1)"),
-    ([XOR, "--config.ema_decay=-0.5"], "config.ema_decay=-0.5 is invalid"),
-    ([XOR, "--config.best_metric=eval/f1"], "config.best_metric='eval/f1' is never logged: "
-                                            "evaluation logs eval/loss, eval/accuracy."),
-    ([XOR, "--config.early_stopping.metric=eval_ema/loss"],
-     "config.early_stopping.metric='eval_ema/loss' is never logged"),
-    ([XOR, "--config.best_metric=eval_ema/accuracy"],
-     "eval_ema/... is the moving average of the parameters, which --config.ema_decay=0.999 (say) "
-     "keeps."),
-    ([XOR, "--config.early_stopping.patience=0"], "config.early_stopping.patience=0 is invalid"),
-    ([XOR, "--config.best_mode=up"], "config.best_mode='up' is invalid"),
-    ([XOR, "--config.optimizer.frozen=params/(Dense"], "config.optimizer.frozen='params/(Dense' is "
-                                                       "invalid"),
-    # data
-    ([MNIST, "--config.dataset.data_dir=/no/such/folder"], "is not a folder"),
     ([MNIST, "--config.dataset.data_dir={root}/truncated"], "train-labels-idx1-ubyte.gz is truncated"),
-    ([MNIST, "--config.dataset.data_dir={root}/wrong_magic"], "is not an IDX file"),
-    ([MNIST, "--config.dataset.data_dir={root}/missing"], "t10k-labels-idx1-ubyte.gz (or"),
-    # no data_dir, and no prepared TFDS copy: one message naming the three ways (and the folder)
-    ([MNIST, "--config.dataset.tfds_data_dir={root}/empty_tfds"],
-     "mnist was not found: mnist is not prepared in {root}/empty_tfds/mnist/3.0.1. Give it one of "
-     "three ways"),
-    ([MNIST, "--config.dataset.tfds_data_dir={root}/interrupted_tfds"],
-     "{root}/interrupted_tfds/mnist/3.0.1 holds an incomplete copy"),
     # several hosts, asked for where there are none
     ([XOR, "--coordinator_address=127.0.0.1:1234"], "--coordinator_address needs --num_processes"),
     ([XOR, "--num_processes=2", "--process_id=0"], "--num_processes and --process_id need "
@@ -122,8 +74,78 @@ BAD_INPUTS = [
     # the workdir
     ([XOR, "--workdir={root}/a_file"], "is a file, not a folder"),
     ([XOR, "--workdir={root}/a_file/run"], "cannot create --workdir"),
-    ([XOR, "--workdir=/proc/flaxfit_run"], "cannot create --workdir"),
 ]
+
+# Checked as every run checks its config, from the command line or from Python: here through
+# trainer.fit, in this process (a ConfigError or DataError of one line; nothing written).
+BAD_VALUES = [
+    (XOR, {"model.features": (16, 0)}, "use a sequence of positive layer sizes"),
+    # sizes and ranges
+    (XOR, {"batch_size": -4}, "config.batch_size=-4 is invalid"),
+    (XOR, {"eval_batch_size": 0}, "config.eval_batch_size=0 is invalid"),
+    (XOR, {"num_epochs": -3}, "config.num_epochs=-3 is invalid"),
+    (XOR, {"num_epochs": 0}, "config.num_epochs and config.num_steps are both 0"),
+    (XOR, {"log_every_steps": 0}, "config.log_every_steps=0 is invalid"),
+    (XOR, {"checkpoint_every_steps": -5}, "config.checkpoint_every_steps=-5 is invalid"),
+    (XOR, {"keep_checkpoints": 0}, "config.keep_checkpoints=0 is invalid"),
+    (XOR, {"optimizer.learning_rate": -0.1}, "config.optimizer.learning_rate=-0.1"),
+    (XOR, {"optimizer.momentum": 1.5}, "config.optimizer.momentum=1.5"),
+    (XOR, {"optimizer.weight_decay": -1.0}, "config.optimizer.weight_decay=-1.0"),
+    (XOR, {"optimizer.decay_rate": 0.0}, "config.optimizer.decay_rate=0.0"),
+    (XOR, {"batch_size": 8}, "config.batch_size=8 is larger than the training split"),
+    # unknown names
+    (XOR, {"model.activation": "swish"}, "activation='swish'"),
+    (XOR, {"model.name": "cnn"}, "config.model.activation is not an argument of model 'cnn'"),
+    (MNIST, {"dataset.name": "xor", "batch_size": 4},
+     "config.model ('cnn') cannot take the inputs of data set"),
+    (XOR, {"optimizer.name": "adagrid"}, "config.optimizer.name='adagrid' is not an optimizer"),
+    (XOR, {"optimizer.schedule": "linear"}, "config.optimizer.schedule='linear' is invalid"),
+    (XOR, {"task": "ranking"}, "config.task='ranking' is not a task"),
+    (XOR, {"parallelism": "gpu"}, "config.parallelism='gpu' is invalid"),
+    (XOR, {"nonfinite": "ignore"}, "config.nonfinite='ignore' is invalid"),
+    (XOR, {"profile_steps": (20, 10)}, "config.profile_steps=(20, 10) is invalid"),
+    (XOR, {"profile_steps": (1000, 1010)}, "config.profile_steps=(1000, 1010) starts past the end "
+                                           "of training (1000 steps)"),
+    (XOR, {"dataset.name": "cifar"}, "config.dataset.name='cifar' is not a data set"),
+    # what runs need past the first one
+    (XOR, {"grad_accum_steps": 3}, "config.grad_accum_steps=3 does not divide the batch"),
+    (XOR, {"grad_accum_steps": 0}, "config.grad_accum_steps=0 is invalid"),
+    (XOR, {"ema_decay": 1.0}, "config.ema_decay=1.0 is invalid: it must be in (0, 1)"),
+    (XOR, {"ema_decay": -0.5}, "config.ema_decay=-0.5 is invalid"),
+    (XOR, {"best_metric": "eval/f1"}, "config.best_metric='eval/f1' is never logged: evaluation "
+                                      "logs eval/loss, eval/accuracy."),
+    (XOR, {"early_stopping.metric": "eval_ema/loss"},
+     "config.early_stopping.metric='eval_ema/loss' is never logged"),
+    (XOR, {"best_metric": "eval_ema/accuracy"},
+     "eval_ema/... is the moving average of the parameters, which --config.ema_decay=0.999 (say) "
+     "keeps."),
+    (XOR, {"early_stopping.patience": 0}, "config.early_stopping.patience=0 is invalid"),
+    (XOR, {"best_mode": "up"}, "config.best_mode='up' is invalid"),
+    (XOR, {"optimizer.frozen": "params/(Dense"}, "config.optimizer.frozen='params/(Dense' is "
+                                                 "invalid"),
+    # data
+    (MNIST, {"dataset.data_dir": "/no/such/folder"}, "is not a folder"),
+    (MNIST, {"dataset.data_dir": "{root}/wrong_magic"}, "is not an IDX file"),
+    (MNIST, {"dataset.data_dir": "{root}/missing"}, "t10k-labels-idx1-ubyte.gz (or"),
+    # no data_dir, and no prepared TFDS copy: one message naming the three ways (and the folder)
+    (MNIST, {"dataset.tfds_data_dir": "{root}/empty_tfds"},
+     "mnist was not found: mnist is not prepared in {root}/empty_tfds/mnist/3.0.1. Give it one of "
+     "three ways"),
+    (MNIST, {"dataset.tfds_data_dir": "{root}/interrupted_tfds"},
+     "{root}/interrupted_tfds/mnist/3.0.1 holds an incomplete copy"),
+]
+
+
+@pytest.mark.parametrize("config, overrides, message", BAD_VALUES,
+                         ids=[m[:40] for _, _, m in BAD_VALUES])
+def test_bad_values_are_one_typed_error_and_touch_nothing(config, overrides, message, inputs):
+    overrides = {field: value.format(root=inputs) if isinstance(value, str) else value
+                 for field, value in overrides.items()}
+    before = files(inputs)
+    with pytest.raises((ConfigError, DataError)) as raised:
+        trainer.fit(config.split("=", 1)[1], inputs / "run", **overrides)
+    assert message.format(root=inputs) in str(raised.value) and "\n" not in str(raised.value)
+    assert files(inputs) == before  # checkpoints, config files and data byte-identical
 
 
 @pytest.mark.parametrize("args, message", BAD_INPUTS, ids=[a[-1] for a, _ in BAD_INPUTS])
@@ -155,7 +177,7 @@ def test_no_data_anywhere_on_a_fresh_machine_is_one_message(tmp_path):
 
 
 def test_the_catalogue_is_long_enough():
-    assert len(BAD_INPUTS) >= 30
+    assert len(BAD_INPUTS) + len(BAD_VALUES) >= 60
 
 
 def test_debug_shows_the_traceback(tmp_path):

@@ -11,6 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+import trainer
 import user_code
 from conftest import MNIST_DIR, files, run_train
 from trainer import finetune
@@ -174,43 +175,43 @@ def state_sharding(state, name):
 
 
 BAD = [
-    # (arguments, the message); {source}: the trained run, {empty}: a folder without checkpoints
-    (["--config.init_from={source}/nope"], "error: config.init_from={source}/nope does not exist."),
-    (["--config.init_from={empty}"], "error: config.init_from={empty} is not a run's workdir or "
-                                     "a checkpoint folder"),
-    (["--config.init_from={empty_run}"], "error: config.init_from={empty_run} holds no checkpoint"),
+    # (overrides, the message); {source}: the trained run, {empty}: a folder without checkpoints
+    ({"init_from": "{source}/nope"}, "config.init_from={source}/nope does not exist."),
+    ({"init_from": "{empty}"}, "config.init_from={empty} is not a run's workdir or a checkpoint "
+                               "folder"),
+    ({"init_from": "{empty_run}"}, "config.init_from={empty_run} holds no checkpoint"),
     # the XOR MLP's Dense_0 and Dense_1 are in the CNN's checkpoint, of other shapes
-    (["--config.init_from={source}"], "error: config.init_from: no array config.init_from_regex="
-                                      "'.*' matches is in the checkpoint {source}/checkpoints/"
-                                      f"{SOURCE_STEPS} with the model's shape (params/Dense_0/bias "
-                                      "is (256,) there and (16,) here;"),
-    (["--config.init_from={source}", "--config.init_from_regex=params/Conv_.*"],
-     "error: config.init_from_regex='params/Conv_.*' matches no array of the model (the whole "
-     "path must match); its arrays are params/Dense_0/bias, params/Dense_0/kernel, "
-     "params/Dense_1/bias, params/Dense_1/kernel."),
-    (["--config.optimizer.frozen=Dense_0"], "error: config.optimizer.frozen='Dense_0' matches no "
-                                            "parameter (the whole path must match); the parameters "
-                                            "are params/Dense_0/bias, params/Dense_0/kernel,"),
-    (["--config.optimizer.frozen=params/.*"], "error: config.optimizer.frozen='params/.*' matches "
-                                              "every parameter, so nothing would train."),
+    ({"init_from": "{source}"}, "config.init_from: no array config.init_from_regex='.*' matches is "
+                                f"in the checkpoint {{source}}/checkpoints/{SOURCE_STEPS} with the "
+                                "model's shape (params/Dense_0/bias is (256,) there and (16,) here;"),
+    ({"init_from": "{source}", "init_from_regex": "params/Conv_.*"},
+     "config.init_from_regex='params/Conv_.*' matches no array of the model (the whole path must "
+     "match); its arrays are params/Dense_0/bias, params/Dense_0/kernel, params/Dense_1/bias, "
+     "params/Dense_1/kernel."),
+    ({"optimizer.frozen": "Dense_0"}, "config.optimizer.frozen='Dense_0' matches no parameter (the "
+                                      "whole path must match); the parameters are "
+                                      "params/Dense_0/bias, params/Dense_0/kernel,"),
+    ({"optimizer.frozen": "params/.*"}, "config.optimizer.frozen='params/.*' matches every "
+                                        "parameter, so nothing would train."),
 ]
 
 
-@pytest.mark.parametrize("args, message", BAD, ids=[
+@pytest.mark.parametrize("overrides, message", BAD, ids=[
     "missing", "not_a_run", "no_checkpoint", "no_array_fits", "regex_matches_nothing",
     "frozen_matches_nothing", "frozen_matches_everything"])
-def test_bad_values_give_one_line_and_write_nothing(args, message, source, tmp_path):
+def test_bad_values_give_one_line_and_write_nothing(overrides, message, source, tmp_path):
+    """Through trainer.fit in this process: the command line says the same line (test_cli.py)."""
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty_run" / "checkpoints").mkdir(parents=True)
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "kept.txt").write_text("kept")
     names = dict(source=source, empty=tmp_path / "empty", empty_run=tmp_path / "empty_run")
     before = files(tmp_path), files(source)
-    result = run_train(XOR, f"--workdir={tmp_path / 'run'}", *[a.format(**names) for a in args])
-    assert result.returncode == 2, result.stderr[-3000:]
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(message.format(**names)), result.stderr
-    assert (files(tmp_path), files(source)) == before
+    with pytest.raises(ConfigError) as raised:
+        trainer.fit(XOR.split("=")[1], tmp_path / "run",
+                    **{field: value.format(**names) for field, value in overrides.items()})
+    assert str(raised.value).startswith(message.format(**names)), str(raised.value)
+    assert "\n" not in str(raised.value) and (files(tmp_path), files(source)) == before
 
 
 def test_plan_errors_in_process(source, tmp_path):

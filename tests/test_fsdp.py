@@ -158,30 +158,50 @@ def test_two_processes_shard_over_both_like_one_process(mnist_dir, tmp_path):
     assert_logged_alike(logged(tmp_path / "single"), logged(tmp_path / "multi"))
 
 
-@pytest.mark.parametrize("args, message", [
-    (['--config.sharding_rules=(("params/Dense_9/.*", ("fsdp",)),)'],
+BAD_MESHES_AND_RULES = [
+    ({"sharding_rules": [["params/Dense_9/.*", ["fsdp"]]]},
      "config.sharding_rules[0]=('params/Dense_9/.*', ('fsdp',)) matches no parameter"),
-    (['--config.sharding_rules=(("params/Dense_0/kernel", (None, "tensor")),)'],
+    ({"sharding_rules": [["params/Dense_0/kernel", [None, "tensor"]]]},
      "axis 'tensor' is not in config.mesh (axes: data, fsdp, model)"),
-    (["--config.mesh.data=3"], "config.mesh={'data': 3, 'fsdp': 4, 'model': 1} does not fit the "
-                               "8 devices"),
-    (['--config.sharding_rules=(("params/Dense_1/kernel", (None, "fsdp")),)'],
+    ({"mesh.data": 3}, "config.mesh={'data': 3, 'fsdp': 4, 'model': 1} does not fit the 8 devices"),
+    ({"sharding_rules": [["params/Dense_1/kernel", [None, "fsdp"]]]},
      "dimension 1 of params/Dense_1/kernel (256, 10) does not divide into the 4 parts of 'fsdp'"),
-    (["--config.parallelism=pmap"], "config.parallelism='pmap' runs data parallel only, and "
-                                    "config.mesh has fsdp=4"),
-    (['--config.sharding_rules=(("params/Dense_0/kernel", ((None, "fsdp"), None)),)'],
+    ({"parallelism": "pmap"}, "config.parallelism='pmap' runs data parallel only, and config.mesh "
+                              "has fsdp=4"),
+    ({"sharding_rules": [["params/Dense_0/kernel", [[None, "fsdp"], None]]]},
      "(None, 'fsdp') is not a spec entry"),
-    (['--config.sharding_rules=(("params/Dense_.*", (None,)), ("params/Dense_0/kernel", ()))'],
+    ({"sharding_rules": [["params/Dense_.*", [None]], ["params/Dense_0/kernel", []]]},
      "config.sharding_rules[1]=('params/Dense_0/kernel', ()): every parameter it matches is taken "
      "by an earlier rule"),
-])
-def test_a_bad_mesh_or_rule_is_one_error_line(args, message, mnist_dir, tmp_path):
-    result = run_train("--config=configs/mnist_cnn.py", "--config.mesh.fsdp=4", *args,
-                       f"--config.dataset.data_dir={mnist_dir}",
-                       f"--workdir={tmp_path / 'run'}", env=devices(8))
-    assert result.returncode == 2
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and message in errors[0] and "Traceback" not in result.stderr
+]
+
+# Each case through trainer.fit, all in one process of 8 fake devices (one start of JAX).
+CHECK_ALL = """
+import json, sys
+import trainer
+from trainer.errors import ConfigError
+cases, mnist, workdir = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+found = []
+for overrides in cases:
+    try:
+        trainer.fit("configs/mnist_cnn.py", workdir, dataset=dict(data_dir=mnist),
+                    **{"mesh.fsdp": 4, **overrides})
+        found.append("no error")
+    except ConfigError as e:
+        found.append(str(e))
+print(json.dumps(found))
+"""
+
+
+def test_a_bad_mesh_or_rule_is_one_error_line(mnist_dir, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", CHECK_ALL, json.dumps([o for o, _ in BAD_MESHES_AND_RULES]),
+         mnist_dir, str(tmp_path / "run")], capture_output=True, text=True, cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), **devices(8)}, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.splitlines()[-1])
+    for (_, message), error in zip(BAD_MESHES_AND_RULES, found):
+        assert message in error and "\n" not in error, (message, error)
     assert not (tmp_path / "run").exists()  # found before anything was written
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+import trainer
 import user_code
 from conftest import files, run_train
 from trainer import parts
@@ -60,39 +61,40 @@ def test_a_users_parts_train_checkpoint_and_resume(variant, user_folder, tmp_pat
 
 BAD_PARTS = [
     # (config variant, overrides, the message)
-    ("cnn", ["--config.model.name=no_such_module:CNN"],
+    ("cnn", {"model.name": "no_such_module:CNN"},
      "config.model.name='no_such_module:CNN' is not a model: there is no module 'no_such_module'"),
-    ("cnn", ["--config.model.name=my_models:Nope"],
+    ("cnn", {"model.name": "my_models:Nope"},
      "config.model.name='my_models:Nope' is not a model: module my_models has no 'Nope'"),
-    ("bad_model_field", [], "config.model.hiden is not an argument of model 'my_models:DropoutMLP'; "
+    ("bad_model_field", {}, "config.model.hiden is not an argument of model 'my_models:DropoutMLP'; "
                             "its arguments are hidden, rate."),
-    ("bad_partial_field", [], "config.model.stage_size is not an argument of model "
+    ("bad_partial_field", {}, "config.model.stage_size is not an argument of model "
                               "'user_nets.resnet:ResNet18'; its arguments are stage_sizes, "
                               "block_cls, num_classes, num_filters, dtype."),
-    ("cnn", ["--config.dataset.name=my_data:nope"], "config.dataset.name='my_data:nope' is not a "
+    ("cnn", {"dataset.name": "my_data:nope"}, "config.dataset.name='my_data:nope' is not a "
                                                     "data set: module my_data has no 'nope'"),
-    ("bad_dataset_field", [], "config.dataset.num_trian is not an argument of data set 'my_data'"),
-    ("cnn", ["--config.task=my_tasks:nope"], "config.task='my_tasks:nope' is not a task"),
-    ("cnn", ["--config.optimizer.name=lamb2"], "config.optimizer.name='lamb2' is not an optimizer"),
-    ("bad_optimizer_argument", [], "config.optimizer.b3 is not an argument of optimizer 'lamb'; its "
+    ("bad_dataset_field", {}, "config.dataset.num_trian is not an argument of data set 'my_data'"),
+    ("cnn", {"task": "my_tasks:nope"}, "config.task='my_tasks:nope' is not a task"),
+    ("cnn", {"optimizer.name": "lamb2"}, "config.optimizer.name='lamb2' is not an optimizer"),
+    ("bad_optimizer_argument", {}, "config.optimizer.b3 is not an argument of optimizer 'lamb'; its "
                                    "arguments are learning_rate, b1, b2, eps, eps_root, "
                                    "weight_decay, mask."),
-    ("cnn", ["--config.writers=('jsonl', 'my_writers:Nope')"],
+    ("cnn", {"writers": ("jsonl", "my_writers:Nope")},
      "'my_writers:Nope' is not a metric writer: module my_writers has no 'Nope'"),
-    ("writer_without_write_text", [], "config.writers: 'my_writers:NoText' has no write_text()"),
+    ("writer_without_write_text", {}, "config.writers: 'my_writers:NoText' has no write_text()"),
 ]
 
 
 @pytest.mark.parametrize("variant, overrides, message", BAD_PARTS,
                          ids=[f"{v}{o}" for v, o, _ in BAD_PARTS])
-def test_bad_names_and_fields_of_each_kind(variant, overrides, message, user_folder, tmp_path):
+def test_bad_names_and_fields_of_each_kind(variant, overrides, message, user_folder, tmp_path,
+                                           monkeypatch):
+    """Through trainer.fit in this process: the command line says the same line (test_cli.py)."""
+    monkeypatch.syspath_prepend(str(user_folder))
     (tmp_path / "kept.txt").write_text("a file that stays")
     before = files(tmp_path)
-    result = train(user_folder, tmp_path, variant, *overrides)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"error: {result.stderr.split('error: ')[1]}"
-                                                  .strip()]  # one line
-    assert message in result.stderr
+    with pytest.raises(ConfigError) as raised:
+        trainer.fit(f"{user_folder / 'user_config.py'}:{variant}", tmp_path, **overrides)
+    assert message in str(raised.value) and "\n" not in str(raised.value)
     assert files(tmp_path) == before
 
 

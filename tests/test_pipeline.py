@@ -19,10 +19,12 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
+import trainer
 import user_code
 from conftest import MNIST_DIR, REPO, files, run_train
 from configs.base import get_base_config
-from datasets import ArraySource, Dataset, array_record, augment, image_folder, mnist, scale_to_unit
+from datasets import (ArraySource, DataError, Dataset, array_record, augment, image_folder, mnist,
+                      scale_to_unit)
 from trainer import batching, input_pipeline, parts, setup
 from trainer.errors import ConfigError
 
@@ -217,21 +219,22 @@ def test_mean_and_std_normalise_on_the_device():
 
 
 BAD_NORMALIZATION = [
-    (["--config.augment.mean=(0.5, 0.5)", "--config.augment.std=(0.25,)"],
+    ({"augment.mean": (0.5, 0.5), "augment.std": (0.25,)},
      "config.augment.mean has 2 values and std 1; give one of each per channel (or neither)."),
-    (["--config.augment.mean=(0.5, 0.5, 0.5)", "--config.augment.std=(0.25, 0.25, 0.25)"],
+    ({"augment.mean": (0.5, 0.5, 0.5), "augment.std": (0.25, 0.25, 0.25)},
      "config.augment.mean has 3 values; the images have 1 channels."),
-    (["--config.augment.mean=(0.5,)", "--config.augment.std=(0.0,)"],
+    ({"augment.mean": (0.5,), "augment.std": (0.0,)},
      "config.augment.std=(0.0,): every value must be > 0."),
 ]
 
 
-@pytest.mark.parametrize("args, message", BAD_NORMALIZATION, ids=["lengths", "channels", "std"])
-def test_bad_mean_or_std_gives_one_line_and_writes_nothing(args, message, tmp_path):
-    result = run_train(*MLP, f"--config.dataset.data_dir={MNIST_DIR}", *args,
-                       f"--workdir={tmp_path / 'run'}")
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"error: {message}"]
+@pytest.mark.parametrize("overrides, message", BAD_NORMALIZATION, ids=["lengths", "channels",
+                                                                        "std"])
+def test_bad_mean_or_std_gives_one_line_and_writes_nothing(overrides, message, tmp_path):
+    with pytest.raises(ConfigError) as raised:
+        trainer.fit("configs/mnist_mlp.py", tmp_path / "run", dataset=dict(data_dir=str(MNIST_DIR)),
+                    **overrides)
+    assert str(raised.value) == message
     assert not (tmp_path / "run").exists()
 
 
@@ -503,41 +506,51 @@ def bad_data(tmp_path_factory, mnist_folder):
 
 
 BAD_DATA = [
-    (["--config.dataset.name=image_folder", "--config.dataset.data_dir={root}/nowhere"],
+    ({"name": "image_folder", "data_dir": "{root}/nowhere"},
      "config.dataset.data_dir='{root}/nowhere' is not a folder"),
-    (["--config.dataset.name=image_folder", "--config.dataset.data_dir={root}/empty_class"],
+    ({"name": "image_folder", "data_dir": "{root}/empty_class"},
      "the class folder {root}/empty_class/train/1 holds no images"),
-    (["--config.dataset.name=image_folder", "--config.dataset.data_dir={root}/unreadable"],
+    ({"name": "image_folder", "data_dir": "{root}/unreadable"},
      "cannot read the image {root}/unreadable/test/0/broken.png"),
-    (["--config.dataset.name=array_record", "--config.dataset.data_dir={root}"],
+    ({"name": "array_record", "data_dir": "{root}"},
      "no ArrayRecord shards train-*.array_record in config.dataset.data_dir='{root}'"),
-    (["--config.dataset.name=tfds:cifar10", "--config.dataset.tfds_data_dir={root}"],
+    ({"name": "tfds:cifar10", "tfds_data_dir": "{root}"},
      "cifar10 was not found: cifar10 is not prepared in {root}/cifar10/"),
-    (["--config.dataset.name=tfds:mnist_sample", "--config.dataset.tfds_data_dir={tfds}",
-      "--config.dataset.test_split=validation"], "Unknown split 'validation'"),
-    (["--config.dataset.name=tfds:mnist_sample", "--config.dataset.tfds_data_dir={tfds}",
-      "--config.dataset.image_key=picture"],
+    ({"name": "tfds:mnist_sample", "tfds_data_dir": "{tfds}", "test_split": "validation"},
+     "Unknown split 'validation'"),
+    ({"name": "tfds:mnist_sample", "tfds_data_dir": "{tfds}", "image_key": "picture"},
      "the TFDS data set mnist_sample has no feature 'picture'; its features are "
      "['image', 'label']"),
-    (["--config.dataset.name=tfds:mnist_sample",
-      "--config.dataset.tfds_data_dir={root}/damaged_tfds"],
+    ({"name": "tfds:mnist_sample", "tfds_data_dir": "{root}/damaged_tfds"},
      "{root}/damaged_tfds/mnist_sample/1.0.0/dataset_info.json is damaged (not JSON): the data set "
      "mnist_sample cannot be read. Prepare it again in that folder."),
 ]
 
 
-@pytest.mark.parametrize("args, message", BAD_DATA, ids=[a[-1] for a, _ in BAD_DATA])
-def test_bad_data_gives_one_line_and_writes_nothing(args, message, bad_data, tfds_folder, tmp_path):
-    if "damaged_tfds" in args[-1]:  # a copy whose dataset_info.json was cut short
+@pytest.mark.parametrize("fields, message", BAD_DATA, ids=[str(f) for f, _ in BAD_DATA])
+def test_bad_data_gives_one_line_and_writes_nothing(fields, message, bad_data, tfds_folder,
+                                                    tmp_path):
+    """Through trainer.fit in this process: the command line says the same line (test_cli.py)."""
+    if "damaged_tfds" in fields.get("tfds_data_dir", ""):  # a copy whose dataset_info.json is cut
         shutil.copytree(tfds_folder, bad_data / "damaged_tfds", dirs_exist_ok=True)
         (info,) = (bad_data / "damaged_tfds").rglob("dataset_info.json")
         info.write_text(info.read_text()[:100])
-    args = [a.format(root=bad_data, tfds=tfds_folder) for a in args]
+    # This process imported the builder that prepared tfds_folder, which TFDS now prefers to its
+    # files: those cases read it as a user's process does, on the command line.
+    from_builder = "{tfds}" in fields.get("tfds_data_dir", "")
+    fields = {k: v.format(root=bad_data, tfds=tfds_folder) for k, v in fields.items()}
     before = files(bad_data)
-    result = run_train(*MLP, *args, f"--workdir={tmp_path / 'run'}")
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # one line
-    assert message.format(root=bad_data) in result.stderr
+    if from_builder:
+        result = run_train(*MLP, *(f"--config.dataset.{k}={v}" for k, v in fields.items()),
+                           f"--workdir={tmp_path / 'run'}")
+        assert result.returncode == 2
+        error = result.stderr.strip().removeprefix("error: ")
+    else:
+        with pytest.raises(DataError) as raised:
+            trainer.fit("configs/mnist_mlp.py", tmp_path / "run", model=dict(features=(32, 10)),
+                        dataset=fields)
+        error = str(raised.value)
+    assert message.format(root=bad_data) in error and "\n" not in error
     assert not (tmp_path / "run").exists() and files(bad_data) == before
 
 

@@ -46,8 +46,8 @@ import numpy as np  # pylint: disable=wrong-import-position
 import optax  # pylint: disable=wrong-import-position
 
 import datasets  # pylint: disable=wrong-import-position
-from trainer import (configuration, evaluation, inference, loop, parts,  # pylint: disable=wrong-import-position
-                     session)
+from trainer import configuration, evaluation, inference, loop  # pylint: disable=wrong-import-position
+from trainer import parts, session  # pylint: disable=wrong-import-position
 from trainer.errors import ConfigError, WorkdirError  # pylint: disable=wrong-import-position
 from trainer.optim import TRAINER_FIELDS  # pylint: disable=wrong-import-position
 from trainer.progress import in_notebook  # pylint: disable=wrong-import-position

@@ -55,7 +55,8 @@ def path_name(path):
 
 def parameter_names(params):
     """The names of a tree of parameters, "params/Conv_0/kernel", in the order of its leaves."""
-    return ["params/" + path_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    return ["params/" + path_name(path)
+            for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
 
 
 def map_parameters(function, params):

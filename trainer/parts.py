@@ -169,9 +169,9 @@ def check_fields(target, fields, section, described, supplied=()):
     unknown = sorted(set(fields) - set(names))
     if unknown and not takes_any:
         own = [n for n in names if n not in supplied]
+        given = f" (and {listed(supplied)}, which the trainer gives)" if supplied else ""
         raise ConfigError(f"{section}.{unknown[0]} is not an argument of {described}; its "
-                          f"arguments are {', '.join(own) or 'none'}"
-                          f"{f' (and {listed(supplied)}, which the trainer gives)' if supplied else ''}.")
+                          f"arguments are {', '.join(own) or 'none'}{given}.")
     missing = [n for n in names if signature.parameters[n].default is inspect.Parameter.empty
                and n not in fields and n not in supplied]
     if missing:
