@@ -3,6 +3,7 @@ defined here (a linen and an NNX model class, arrays of real MNIST, an Optax tra
 history, a SIGINT from another thread then the same call again, ten calls in a row that leave
 nothing behind, and bad objects and fields each one typed error of one line."""
 import fcntl
+import functools
 import gc
 import json
 import os
@@ -24,6 +25,7 @@ import trainer
 from conftest import MNIST_DIR, REPO, files, history, run_train
 from datasets import mnist
 from test_reliability import saved_state
+from trainer.api import given_name
 from trainer.errors import ConfigError, Stopped, WorkdirError
 
 
@@ -211,29 +213,27 @@ def test_ten_calls_leave_nothing_behind_and_reuse_the_compilation_cache(arrays, 
     (train_inputs, train_targets), test = arrays
     images = ((train_inputs[:512].reshape(-1, 28, 28, 1), train_targets[:512]),
               (test[0][:256].reshape(-1, 28, 28, 1), test[1][:256]))
-    calls = [
-        lambda: trainer.fit("configs/xor_mlp.py", tmp_path / "xor", num_steps=50, plots=False),
-        lambda: trainer.fit("configs/xor_mlp.py", tmp_path / "xor", num_steps=100, plots=False),
-        lambda: fit_mlp(tmp_path / "mlp", arrays, num_steps=40),
-        lambda: trainer.fit(None, tmp_path / "nnx", model=TinyNnx, dataset=arrays, num_steps=40,
-                            batch_size=32, plots=False),
-        # streamed: random crops read by a worker process
-        lambda: trainer.fit(None, tmp_path / "augmented", model=TinyMLP, dataset=images,
-                            num_steps=20, batch_size=32, plots=False,
-                            augment=dict(crop_padding=2), pipeline=dict(workers=1)),
-        lambda: trainer.fit("configs/xor_mlp.py", tmp_path / "xor", num_steps=100, plots=False),
-        lambda: trainer.fit("configs/xor_mlp.py", tmp_path / "xor_again", num_steps=50,
-                            plots=False),
-        lambda: fit_mlp(tmp_path / "mlp", arrays, num_steps=60),
-        lambda: trainer.fit(None, tmp_path / "nnx", model=TinyNnx, dataset=arrays, num_steps=60,
-                            batch_size=32, plots=False),
-        lambda: trainer.fit(None, tmp_path / "augmented", model=TinyMLP, dataset=images,
-                            num_steps=40, batch_size=32, plots=False,
-                            augment=dict(crop_padding=2), pipeline=dict(workers=1)),
-    ]
+    def xor(workdir, steps):
+        trainer.fit("configs/xor_mlp.py", tmp_path / workdir, num_steps=steps, plots=False)
+
+    def mlp(steps):
+        fit_mlp(tmp_path / "mlp", arrays, num_steps=steps)
+
+    def nnx_model(steps):
+        trainer.fit(None, tmp_path / "nnx", model=TinyNnx, dataset=arrays, num_steps=steps,
+                    batch_size=32, plots=False)
+
+    def streamed(steps):  # random crops, read by a worker process
+        trainer.fit(None, tmp_path / "augmented", model=TinyMLP, dataset=images, num_steps=steps,
+                    batch_size=32, plots=False, augment=dict(crop_padding=2),
+                    pipeline=dict(workers=1))
+
+    calls = [(xor, "xor", 50), (xor, "xor", 100), (mlp, 40), (nnx_model, 40),
+             (streamed, 20),  # one of each kind
+             (xor, "xor", 100), (xor, "xor_again", 50), (mlp, 60), (nnx_model, 60), (streamed, 40)]
     counts = []
-    for call in calls:
-        call()
+    for call, *arguments in calls:
+        call(*arguments)
         counts.append(process_resources())
     assert counts[-1] == counts[4], counts  # after one of each kind of call, nothing more
     assert counts[-1]["children"] == 0
@@ -241,3 +241,17 @@ def test_ten_calls_leave_nothing_behind_and_reuse_the_compilation_cache(arrays, 
         with open(lock, "a", encoding="utf-8") as f:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     assert hits  # the same programs, compiled once
+
+
+def test_an_object_has_the_same_name_in_a_new_session_and_a_changed_one_another():
+    """What lets a notebook restarted tomorrow resume its run, and refuses another object."""
+    names = [given_name(TinyMLP), given_name(optax.adam(1e-3))]
+    again = subprocess.run(
+        [sys.executable, "-c", "import optax; from test_api import TinyMLP; "
+         "from trainer.api import given_name; "
+         "print(given_name(TinyMLP), given_name(optax.adam(1e-3)))"],
+        capture_output=True, text=True, cwd=REPO, check=True,
+        env={**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'tests'}"})
+    assert again.stdout.split() == names
+    assert given_name(optax.adam(2e-3)) != names[1]
+    assert given_name(functools.partial(TinyMLP, hidden=32)) != names[0]

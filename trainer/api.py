@@ -26,6 +26,7 @@ messages; nothing here exits or parses flags. A run stopped by SIGINT (a noteboo
 button) or SIGTERM saves a checkpoint after the current step and raises `Stopped`, a
 KeyboardInterrupt: the same call resumes it.
 """
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -170,7 +171,7 @@ def dataset_of(data):
                       "dict of config.dataset's fields.")
 
 
-def fingerprint(value, depth=0):
+def fingerprint(value):
     """A short hash of what `value` computes or holds: the code of functions and classes (their
     bytecode, constants and the values their closures hold), the bytes of arrays, the fields of
     dataclasses and the items of containers; so that the same object defined again in a new
@@ -224,7 +225,7 @@ def fingerprint(value, depth=0):
             feed(type(item), level + 1)
             feed(getattr(item, "__dict__", {}), level + 1)
 
-    feed(value, depth)
+    feed(value, 0)
     return digest.hexdigest()[:8]
 
 
@@ -302,35 +303,25 @@ def with_objects(config, model, dataset, task, optimizer, writers):
 def resolved(config, overrides, objects_given):
     """The config a call runs with, and the objects it names."""
     config = configuration.given_config(config)
-    with config.unlocked() if config.is_locked else _nothing():
+    with config.unlocked() if config.is_locked else contextlib.nullcontext():
         objects = with_objects(config, **objects_given)
         configuration.override(config, overrides)
         configuration.resolve_paths(config)
     return config, objects
 
 
-class _nothing:  # pylint: disable=invalid-name
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        return False
-
-
-class _verbosity:  # pylint: disable=invalid-name
+@contextlib.contextmanager
+def verbosity():
     """absl's verbosity for a call: INFO lines on a terminal or in a log, as the command line
     writes them (process 0 of several: the others warnings only); in a notebook only warnings, the
     progress bar showing the rest."""
-
-    def __enter__(self):
-        self.previous = logging.get_verbosity()
-        logging.set_verbosity(logging.WARNING if in_notebook() or jax.process_index() else
-                              logging.INFO)
-        return self
-
-    def __exit__(self, *exc_info):
-        logging.set_verbosity(self.previous)
-        return False
+    previous = logging.get_verbosity()
+    logging.set_verbosity(logging.WARNING if in_notebook() or jax.process_index() else
+                          logging.INFO)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(previous)
 
 
 def fit(config=None, workdir=None, *, model=None, dataset=None, task=None, optimizer=None,
@@ -353,7 +344,7 @@ def fit(config=None, workdir=None, *, model=None, dataset=None, task=None, optim
 def train(config, workdir, keep_process=True):
     """fit() of a resolved config (scripts/train.py's; its own flags set up the process):
     `keep_process`: a second SIGINT raises KeyboardInterrupt rather than ending the process."""
-    with _verbosity():
+    with verbosity():
         trained = loop.train_and_evaluate(config, os.fspath(workdir), keep_process=keep_process)
     return Run(trained.workdir, config, trained.state, trained.final, trained.setup,
                trained.figures)
