@@ -2,7 +2,7 @@
 
     python scripts/train.py --config=configs/mnist_cnn.py --workdir=runs/mnist
 
-A thin layer over the Python API (trainer.fit, trainer/api.py): flags in, one `error:` line out.
+A thin layer over the Python API (api.fit in trainer/api.py): flags in, one `error:` line out.
 """
 import pathlib
 import sys

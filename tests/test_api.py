@@ -1,4 +1,4 @@
-"""The Python API (trainer.fit, trainer.load) in this process, as a notebook calls it: objects
+"""The Python API (api.fit, api.load) in this process, as a notebook calls it: objects
 defined here (a linen and an NNX model class, arrays of real MNIST, an Optax transformation), the
 history, a SIGINT from another thread then the same call again, ten calls in a row that leave
 nothing behind, and bad objects and fields each one typed error of one line."""
@@ -21,7 +21,7 @@ import optax
 import pytest
 from flax import nnx
 
-import trainer
+from trainer import api
 from conftest import MNIST_DIR, REPO, files, history, run_train
 from datasets import mnist
 from test_reliability import saved_state
@@ -60,8 +60,8 @@ SETTINGS = dict(num_steps=400, batch_size=32, log_every_steps=20, eval_every_epo
 
 
 def fit_mlp(workdir, arrays, **changes):
-    return trainer.fit(None, workdir, model=TinyMLP, dataset=arrays,
-                       optimizer=optax.adam(1e-3), **{**SETTINGS, **changes})
+    return api.fit(None, workdir, model=TinyMLP, dataset=arrays,
+                   optimizer=optax.adam(1e-3), **{**SETTINGS, **changes})
 
 
 @pytest.fixture(scope="module")
@@ -88,11 +88,11 @@ def test_evaluate_predict_and_load_from_python(whole, arrays):
     assert whole.evaluate((test_inputs[:500], test_targets[:500]))["eval/accuracy"] > 0.8
     outputs = whole.predict(test_inputs[:10])
     assert outputs.shape == (10, 10)
-    again = trainer.load(whole.workdir, model=TinyMLP, dataset=arrays, optimizer=optax.adam(1e-3))
+    again = api.load(whole.workdir, model=TinyMLP, dataset=arrays, optimizer=optax.adam(1e-3))
     assert again.step == 400 and again.final == whole.final
     assert np.array_equal(again.predict(test_inputs[:10]), outputs)
-    with pytest.raises(ConfigError, match="is an object given to trainer.fit"):
-        trainer.load(whole.workdir)  # config.json names objects it cannot hold
+    with pytest.raises(ConfigError, match="is an object given to trainer.api.fit"):
+        api.load(whole.workdir)  # config.json names objects it cannot hold
 
 
 def test_a_sigint_from_another_thread_saves_and_the_same_call_resumes_bitwise(whole, arrays,
@@ -131,8 +131,8 @@ def test_resuming_with_another_object_or_from_the_command_line_is_refused(whole,
 
     before = files(tmp_path) if tmp_path.exists() else {}
     with pytest.raises(WorkdirError, match="was trained with config.model.name='given:test_api."):
-        trainer.fit(None, whole.workdir, model=TinyMLP, dataset=arrays,
-                    optimizer=optax.adam(1e-3), **{**SETTINGS, "num_steps": 500})
+        api.fit(None, whole.workdir, model=TinyMLP, dataset=arrays,
+                optimizer=optax.adam(1e-3), **{**SETTINGS, "num_steps": 500})
     result = run_train("--config=configs/mnist_mlp.py", f"--config.dataset.data_dir={MNIST_DIR}",
                        f"--workdir={whole.workdir}")
     assert result.returncode == 2
@@ -141,16 +141,16 @@ def test_resuming_with_another_object_or_from_the_command_line_is_refused(whole,
                                 f"--workdir={whole.workdir}"], capture_output=True, text=True,
                                cwd=REPO)
     assert evaluated.returncode == 2
-    assert "is an object given to trainer.fit() in Python, which a run's config.json names but " \
+    assert "is an object given to trainer.api.fit() in Python, which a run's config.json names but " \
            "cannot hold" in evaluated.stderr
     assert files(tmp_path) == before
 
 
 def test_fields_set_back_to_none_take_the_parts_default(tmp_path):
     """mnist_mlp's SGD momentum, gone for Adam: a field that cannot be None on the command line."""
-    run = trainer.fit("configs/mnist_mlp.py", tmp_path, num_steps=30, plots=False,
-                      dataset=dict(data_dir=str(MNIST_DIR)),
-                      optimizer=dict(name="adam", learning_rate=1e-3, momentum=None))
+    run = api.fit("configs/mnist_mlp.py", tmp_path, num_steps=30, plots=False,
+                  dataset=dict(data_dir=str(MNIST_DIR)),
+                  optimizer=dict(name="adam", learning_rate=1e-3, momentum=None))
     assert run.config.optimizer.momentum is None and run.final["eval/accuracy"] > 0.5
     command = run_train("--config=configs/mnist_mlp.py", f"--workdir={tmp_path / 'cli'}",
                         "--config.num_steps=30", "--config.plots=False",
@@ -187,7 +187,7 @@ def test_bad_objects_and_fields_are_one_typed_error_and_write_nothing(arguments,
     monkeypatch.setattr(sys, "exit", no_exit)
     arguments = {"config": "configs/xor_mlp.py", **arguments}
     with pytest.raises(error) as raised:
-        trainer.fit(workdir=tmp_path / "run", **arguments)
+        api.fit(workdir=tmp_path / "run", **arguments)
     assert message in str(raised.value) and "\n" not in str(raised.value)
     assert not (tmp_path / "run").exists()
 
@@ -214,19 +214,19 @@ def test_ten_calls_leave_nothing_behind_and_reuse_the_compilation_cache(arrays, 
     images = ((train_inputs[:512].reshape(-1, 28, 28, 1), train_targets[:512]),
               (test[0][:256].reshape(-1, 28, 28, 1), test[1][:256]))
     def xor(workdir, steps):
-        trainer.fit("configs/xor_mlp.py", tmp_path / workdir, num_steps=steps, plots=False)
+        api.fit("configs/xor_mlp.py", tmp_path / workdir, num_steps=steps, plots=False)
 
     def mlp(steps):
         fit_mlp(tmp_path / "mlp", arrays, num_steps=steps)
 
     def nnx_model(steps):
-        trainer.fit(None, tmp_path / "nnx", model=TinyNnx, dataset=arrays, num_steps=steps,
-                    batch_size=32, plots=False)
+        api.fit(None, tmp_path / "nnx", model=TinyNnx, dataset=arrays, num_steps=steps,
+                batch_size=32, plots=False)
 
     def streamed(steps):  # random crops, read by a worker process
-        trainer.fit(None, tmp_path / "augmented", model=TinyMLP, dataset=images, num_steps=steps,
-                    batch_size=32, plots=False, augment=dict(crop_padding=2),
-                    pipeline=dict(workers=1))
+        api.fit(None, tmp_path / "augmented", model=TinyMLP, dataset=images, num_steps=steps,
+                batch_size=32, plots=False, augment=dict(crop_padding=2),
+                pipeline=dict(workers=1))
 
     calls = [(xor, "xor", 50), (xor, "xor", 100), (mlp, 40), (nnx_model, 40),
              (streamed, 20),  # one of each kind

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-import trainer
+from trainer import api
 from conftest import REPO, files, run_train
 from datasets import DataError
 from test_datasets import write_idx
@@ -77,7 +77,7 @@ BAD_INPUTS = [
 ]
 
 # Checked as every run checks its config, from the command line or from Python: here through
-# trainer.fit, in this process (a ConfigError or DataError of one line; nothing written).
+# api.fit, in this process (a ConfigError or DataError of one line; nothing written).
 BAD_VALUES = [
     (XOR, {"model.features": (16, 0)}, "use a sequence of positive layer sizes"),
     # sizes and ranges
@@ -143,7 +143,7 @@ def test_bad_values_are_one_typed_error_and_touch_nothing(config, overrides, mes
                  for field, value in overrides.items()}
     before = files(inputs)
     with pytest.raises((ConfigError, DataError)) as raised:
-        trainer.fit(config.split("=", 1)[1], inputs / "run", **overrides)
+        api.fit(config.split("=", 1)[1], inputs / "run", **overrides)
     assert message.format(root=inputs) in str(raised.value) and "\n" not in str(raised.value)
     assert files(inputs) == before  # checkpoints, config files and data byte-identical
 

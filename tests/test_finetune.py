@@ -11,7 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-import trainer
+from trainer import api
 import user_code
 from conftest import MNIST_DIR, files, run_train
 from trainer import finetune
@@ -200,7 +200,7 @@ BAD = [
     "missing", "not_a_run", "no_checkpoint", "no_array_fits", "regex_matches_nothing",
     "frozen_matches_nothing", "frozen_matches_everything"])
 def test_bad_values_give_one_line_and_write_nothing(overrides, message, source, tmp_path):
-    """Through trainer.fit in this process: the command line says the same line (test_cli.py)."""
+    """Through api.fit in this process: the command line says the same line (test_cli.py)."""
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty_run" / "checkpoints").mkdir(parents=True)
     (tmp_path / "run").mkdir()
@@ -208,8 +208,8 @@ def test_bad_values_give_one_line_and_write_nothing(overrides, message, source, 
     names = dict(source=source, empty=tmp_path / "empty", empty_run=tmp_path / "empty_run")
     before = files(tmp_path), files(source)
     with pytest.raises(ConfigError) as raised:
-        trainer.fit(XOR.split("=")[1], tmp_path / "run",
-                    **{field: value.format(**names) for field, value in overrides.items()})
+        api.fit(XOR.split("=")[1], tmp_path / "run",
+                **{field: value.format(**names) for field, value in overrides.items()})
     assert str(raised.value).startswith(message.format(**names)), str(raised.value)
     assert "\n" not in str(raised.value) and (files(tmp_path), files(source)) == before
 

@@ -175,17 +175,17 @@ BAD_MESHES_AND_RULES = [
      "by an earlier rule"),
 ]
 
-# Each case through trainer.fit, all in one process of 8 fake devices (one start of JAX).
+# Each case through api.fit, all in one process of 8 fake devices (one start of JAX).
 CHECK_ALL = """
 import json, sys
-import trainer
+from trainer import api
 from trainer.errors import ConfigError
 cases, mnist, workdir = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
 found = []
 for overrides in cases:
     try:
-        trainer.fit("configs/mnist_cnn.py", workdir, dataset=dict(data_dir=mnist),
-                    **{"mesh.fsdp": 4, **overrides})
+        api.fit("configs/mnist_cnn.py", workdir, dataset=dict(data_dir=mnist),
+                **{"mesh.fsdp": 4, **overrides})
         found.append("no error")
     except ConfigError as e:
         found.append(str(e))

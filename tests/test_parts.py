@@ -9,7 +9,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-import trainer
+from trainer import api
 import user_code
 from conftest import files, run_train
 from trainer import parts
@@ -88,12 +88,12 @@ BAD_PARTS = [
                          ids=[f"{v}{o}" for v, o, _ in BAD_PARTS])
 def test_bad_names_and_fields_of_each_kind(variant, overrides, message, user_folder, tmp_path,
                                            monkeypatch):
-    """Through trainer.fit in this process: the command line says the same line (test_cli.py)."""
+    """Through api.fit in this process: the command line says the same line (test_cli.py)."""
     monkeypatch.syspath_prepend(str(user_folder))
     (tmp_path / "kept.txt").write_text("a file that stays")
     before = files(tmp_path)
     with pytest.raises(ConfigError) as raised:
-        trainer.fit(f"{user_folder / 'user_config.py'}:{variant}", tmp_path, **overrides)
+        api.fit(f"{user_folder / 'user_config.py'}:{variant}", tmp_path, **overrides)
     assert message in str(raised.value) and "\n" not in str(raised.value)
     assert files(tmp_path) == before
 

@@ -19,7 +19,7 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-import trainer
+from trainer import api
 import user_code
 from conftest import MNIST_DIR, REPO, files, run_train
 from configs.base import get_base_config
@@ -232,8 +232,8 @@ BAD_NORMALIZATION = [
                                                                         "std"])
 def test_bad_mean_or_std_gives_one_line_and_writes_nothing(overrides, message, tmp_path):
     with pytest.raises(ConfigError) as raised:
-        trainer.fit("configs/mnist_mlp.py", tmp_path / "run", dataset=dict(data_dir=str(MNIST_DIR)),
-                    **overrides)
+        api.fit("configs/mnist_mlp.py", tmp_path / "run", dataset=dict(data_dir=str(MNIST_DIR)),
+                **overrides)
     assert str(raised.value) == message
     assert not (tmp_path / "run").exists()
 
@@ -530,7 +530,7 @@ BAD_DATA = [
 @pytest.mark.parametrize("fields, message", BAD_DATA, ids=[str(f) for f, _ in BAD_DATA])
 def test_bad_data_gives_one_line_and_writes_nothing(fields, message, bad_data, tfds_folder,
                                                     tmp_path):
-    """Through trainer.fit in this process: the command line says the same line (test_cli.py)."""
+    """Through api.fit in this process: the command line says the same line (test_cli.py)."""
     if "damaged_tfds" in fields.get("tfds_data_dir", ""):  # a copy whose dataset_info.json is cut
         shutil.copytree(tfds_folder, bad_data / "damaged_tfds", dirs_exist_ok=True)
         (info,) = (bad_data / "damaged_tfds").rglob("dataset_info.json")
@@ -547,8 +547,8 @@ def test_bad_data_gives_one_line_and_writes_nothing(fields, message, bad_data, t
         error = result.stderr.strip().removeprefix("error: ")
     else:
         with pytest.raises(DataError) as raised:
-            trainer.fit("configs/mnist_mlp.py", tmp_path / "run", model=dict(features=(32, 10)),
-                        dataset=fields)
+            api.fit("configs/mnist_mlp.py", tmp_path / "run", model=dict(features=(32, 10)),
+                    dataset=fields)
         error = str(raised.value)
     assert message.format(root=bad_data) in error and "\n" not in error
     assert not (tmp_path / "run").exists() and files(bad_data) == before

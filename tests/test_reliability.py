@@ -159,7 +159,7 @@ def test_signal_saves_and_stops_cleanly(signal_number, mnist_dir, tmp_path, unin
     assert 10 <= stopped_at < 120
     name = signal.Signals(signal_number).name
     assert f"Stopped by {name} at step {stopped_at}" in stderr
-    assert "Run the same command (or call trainer.fit() again, the same) to resume" in stderr
+    assert "Run the same command (or call trainer.api.fit() again, the same) to resume" in stderr
     assert "Traceback" not in stderr
     subprocess.run(train_command(mnist_dir, tmp_path), check=True, capture_output=True, cwd=REPO)
     assert_same_state(uninterrupted, tmp_path, 120)

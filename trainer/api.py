@@ -2,14 +2,14 @@
 just defined, and the same guarantees (bitwise resume, Ctrl-C saves, one run per workdir).
 
     import sys; sys.path.insert(0, "/path/to/flaxfit")  # the checkout, from anywhere
-    import trainer
+    from trainer import api
 
-    run = trainer.fit("configs/mnist_cnn.py", "runs/mnist", num_epochs=2,
-                      dataset=dict(data_dir="../shared/data/mnist"))
+    run = api.fit("configs/mnist_cnn.py", "runs/mnist", num_epochs=2,
+                  dataset=dict(data_dir="../shared/data/mnist"))
     run.history_frame()          # every logged row (metrics.jsonl), as a pandas DataFrame
     run.final                    # {"eval/loss": ..., "eval/accuracy": ...}
     run.predict(images); run.evaluate(); run.plot()
-    run = trainer.load("runs/mnist", step="best")   # a trained run, as evaluate.py reads it
+    run = api.load("runs/mnist", step="best")   # a trained run, as evaluate.py reads it
 
 `config` is a config file's path, a ConfigDict or None (the defaults); keyword arguments override
 its fields (a dict for a section: `optimizer=dict(learning_rate=3e-4, momentum=None)`; None sets

@@ -256,7 +256,7 @@ def given_changed(config, workdir):
             raise WorkdirError(
                 f"the run in {workdir} was trained with {kind.field}={before!r}, and this config "
                 f"has {now!r}: an object given in Python must be given again, the same, to resume "
-                f"(trainer.fit(..., {kind.keyword}=...)); or pass resume=False to start afresh in "
+                f"(trainer.api.fit(..., {kind.keyword}=...)); or pass resume=False to start afresh in "
                 f"a new subfolder (the checkpoints stay as they are).")
 
 
@@ -429,7 +429,7 @@ def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping
                     name = signal.Signals(stop.received).name if stop.received else "preemption"
                     raise Stopped(f"Stopped by {name} at step {step}, with a checkpoint saved in "
                                   f"{checkpoints.directory}. Run the same command (or call "
-                                  f"trainer.fit() again, the same) to resume.",
+                                  f"trainer.api.fit() again, the same) to resume.",
                                   stop.received or signal.SIGTERM)
     finally:
         failing = sys.exc_info()[1] is not None

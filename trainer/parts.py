@@ -8,7 +8,7 @@ A part is named by a string:
                     (its default attribute);
     "module:attr"   the attribute `attr` of a module: a home's module by its short name, or any
                     importable module, top-level or dotted (`my_models:CNN`, `my.pkg.nets:ResNet18`);
-    "given:..."     an object given to trainer.fit() or trainer.load() in Python (`model=CNN`),
+    "given:..."     an object given to trainer.api.fit() or trainer.api.load() in Python (`model=CNN`),
                     named so in the run's config.json, found while that call runs (given()).
 
 A class or function found is called with the config's fields as keyword arguments (those that are
@@ -31,7 +31,7 @@ class Kind:
     home: str  # where the parts that ship live
     default: str | None  # the attribute used when a module is named alone
     shipped: str  # how to name the parts that ship, for messages
-    keyword: str | None = None  # trainer.fit()'s argument that gives it as an object
+    keyword: str | None = None  # trainer.api.fit()'s argument that gives it as an object
 
     def described(self, name):
         """ "model 'cnn'" """
@@ -53,7 +53,7 @@ WRITER = Kind("a metric writer", "config.writers", "trainer.writers", "Writer",
               "'tensorboard', 'jsonl', 'wandb'", "writers")
 
 GIVEN = "given:"
-_given = {}  # name -> object, while a call of trainer.fit() or trainer.load() runs
+_given = {}  # name -> object, while a call of trainer.api.fit() or trainer.api.load() runs
 
 
 @contextlib.contextmanager
@@ -103,10 +103,10 @@ def find(kind: Kind, name: str):
     if name.startswith(GIVEN):
         if name not in _given:
             raise ConfigError(
-                f"{kind.field}={name!r} is an object given to trainer.fit() in Python, which a "
+                f"{kind.field}={name!r} is an object given to trainer.api.fit() in Python, which a "
                 f"run's config.json names but cannot hold: use this run from Python, giving the "
-                f"same object again: trainer.fit(..., {kind.keyword}=...) or "
-                f"trainer.load(workdir, {kind.keyword}=...).")
+                f"same object again: trainer.api.fit(..., {kind.keyword}=...) or "
+                f"trainer.api.load(workdir, {kind.keyword}=...).")
         return _given[name]
     module_name, colon, attr = name.partition(":")
     shipped = import_if_exists(f"{kind.home}.{module_name}", kind, name)
