@@ -7,6 +7,9 @@ import sys
 
 import pytest
 from absl import flags
+from PIL import Image
+
+from datasets import mnist
 
 # In-process tests use libraries that read absl flags (Grain) without a command line to parse.
 flags.FLAGS.mark_as_parsed()
@@ -121,3 +124,19 @@ def train_in_two_processes(workdir, mnist_dir, *args):
     (first, first_output), (second, second_output) = in_two_processes(workdir, mnist_dir, *args)
     assert (first, second) == (0, 0), first_output[-3000:] + second_output[-3000:]
     return [first_output, second_output]
+
+
+SUBSET = {"train": 2000, "test": 500}  # of MNIST, for the image folder and the TFDS data set
+
+
+@pytest.fixture(scope="session")
+def mnist_folder(tmp_path_factory):
+    """The first images of each MNIST split as PNG files, <split>/<label>/<index>.png."""
+    root = tmp_path_factory.mktemp("images")
+    data = mnist.load(data_dir=str(MNIST_DIR))
+    for split, arrays in (("train", data.train), ("test", data.test)):
+        for i in range(SUBSET[split]):
+            folder = root / split / str(arrays["targets"][i])
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arrays["inputs"][i, ..., 0]).save(folder / f"{i:05d}.png")
+    return root

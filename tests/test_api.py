@@ -21,10 +21,10 @@ import optax
 import pytest
 from flax import nnx
 
-from trainer import api
 from conftest import MNIST_DIR, REPO, files, history, run_train
 from datasets import mnist
 from test_reliability import saved_state
+from trainer import api
 from trainer.api import given_name
 from trainer.errors import ConfigError, Stopped, WorkdirError
 

@@ -7,10 +7,10 @@ import sys
 import numpy as np
 import pytest
 
-from trainer import api
 from conftest import REPO, files, run_train
 from datasets import DataError
 from test_datasets import write_idx
+from trainer import api
 from trainer.errors import ConfigError
 
 XOR = "--config=configs/xor_mlp.py"

@@ -14,10 +14,8 @@ import time
 import jax
 import numpy as np
 import pytest
-from PIL import Image
 
 from conftest import MNIST_DIR, REPO, history, run_train
-from datasets import mnist
 from test_reliability import finished_steps, saved_state
 
 MLP = ["--config=configs/mnist_mlp.py", f"--config.dataset.data_dir={MNIST_DIR}",
@@ -136,23 +134,10 @@ def break_mid_run(command, workdir, damage):
 
 
 @pytest.fixture(scope="module")
-def image_folder(tmp_path_factory):
-    """The first 2000 training and 500 test images of MNIST as PNG files."""
-    root = tmp_path_factory.mktemp("images")
-    data = mnist.load(data_dir=str(MNIST_DIR))
-    for split, arrays, count in (("train", data.train, 2000), ("test", data.test, 500)):
-        for i in range(count):
-            folder = root / split / str(arrays["targets"][i])
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(arrays["inputs"][i, ..., 0]).save(folder / f"{i:05d}.png")
-    return root
-
-
-@pytest.fixture(scope="module")
-def whole_image_run(image_folder, tmp_path_factory):
+def whole_image_run(mnist_folder, tmp_path_factory):
     """STREAMED on the image folder, never stopped."""
     workdir = tmp_path_factory.mktemp("whole_images")
-    whole = subprocess.run(streamed("image_folder", image_folder, workdir), cwd=REPO,
+    whole = subprocess.run(streamed("image_folder", mnist_folder, workdir), cwd=REPO,
                            capture_output=True, text=True)
     assert whole.returncode == 0, whole.stderr[-3000:]
     return workdir
@@ -160,16 +145,16 @@ def whole_image_run(image_folder, tmp_path_factory):
 
 @pytest.mark.parametrize("source", ["image_folder", "array_record"])
 def test_data_that_breaks_mid_run_is_one_prompt_line_and_the_last_step_is_saved(
-        source, image_folder, whole_image_run, tmp_path):
+        source, mnist_folder, whole_image_run, tmp_path):
     """Files of a class deleted; a shard cut to half. Seen within a few steps (the pipeline reads
     2 batches ahead a worker, no longer 500), said with the file and the step, the last completed
     step saved; once the files are back, the same command ends as a run never stopped."""
     data = tmp_path / "data"
     if source == "image_folder":
-        shutil.copytree(image_folder, data)
+        shutil.copytree(mnist_folder, data)
     else:  # the same images as records: the same batches, bit for bit (test_pipeline.py)
         subprocess.run([sys.executable, str(REPO / "scripts" / "prepare_data.py"),
-                        f"--from_images={image_folder}", f"--out={data}", "--shards=2"],
+                        f"--from_images={mnist_folder}", f"--out={data}", "--shards=2"],
                        check=True, capture_output=True, cwd=REPO)
     shutil.copytree(data, tmp_path / "kept")
     if source == "image_folder":
@@ -207,7 +192,7 @@ def children(pid):
     return found
 
 
-def test_a_killed_worker_changes_no_bit(image_folder, whole_image_run, tmp_path):
+def test_a_killed_worker_changes_no_bit(mnist_folder, whole_image_run, tmp_path):
     """As the OOM killer would: SIGKILL to one of two workers mid-run. The workers start again
     from the next batch, a function of the step: the run ends as one never disturbed (with one
     worker, so also as with any number of them)."""
@@ -221,7 +206,7 @@ def test_a_killed_worker_changes_no_bit(image_folder, whole_image_run, tmp_path)
         killed.append(workers[0])
         os.kill(killed[0], signal.SIGKILL)
 
-    _, run = break_mid_run(streamed("image_folder", image_folder, workdir, *args), workdir,
+    _, run = break_mid_run(streamed("image_folder", mnist_folder, workdir, *args), workdir,
                            kill_a_worker)
     assert killed and run.returncode == 0, run.stderr_text[-3000:]
     assert "A data worker process ended unexpectedly" in run.stderr_text

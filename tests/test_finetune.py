@@ -11,10 +11,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from trainer import api
 import user_code
 from conftest import MNIST_DIR, files, run_train
-from trainer import finetune
+from trainer import api, finetune
 from trainer.checkpoint import shapes_by_name
 from trainer.errors import ConfigError
 from trainer.setup import build

@@ -1,6 +1,7 @@
 """Parameters and optimizer state sharded over the mesh (config.mesh, config.sharding_rules), on 8
 fake CPU devices: the same training as on one device, a fraction of the state on each device,
-checkpoints that move between meshes, resume after SIGKILL, two processes, and bad rules."""
+checkpoints that move between meshes, device counts and pmap, resume after SIGKILL, two processes
+(data parallel and sharded across both), and bad rules."""
 import collections
 import json
 import os
@@ -119,11 +120,11 @@ def test_each_device_holds_a_quarter_of_the_sharded_state(mnist_dir):
     assert specs["params/BatchNorm_0/scale"] == "P()"
 
 
-def test_checkpoints_of_a_sharded_run_go_on_on_other_meshes(mnist_dir, tmp_path):
+def test_checkpoints_go_on_on_other_meshes_device_counts_and_modes(mnist_dir, tmp_path):
     train_in_turns(tmp_path, mnist_dir, [(8, [*FSDP[1:], "--config.mesh.fsdp=4"]),
                                          (8, [*FSDP[1:], "--config.mesh.data=8"]),
-                                         (8, [*FSDP[1:], "--config.mesh.fsdp=8"]),
-                                         (1, FSDP[1:])])
+                                         (1, FSDP[1:]),
+                                         (2, [*FSDP[1:], "--config.parallelism=pmap"])])
 
 
 def test_sigkill_then_resume_of_a_sharded_run_is_bitwise_the_uninterrupted_run(mnist_dir,
@@ -150,12 +151,17 @@ def test_sigkill_then_resume_of_a_sharded_run_is_bitwise_the_uninterrupted_run(m
 
 
 def test_two_processes_shard_over_both_like_one_process(mnist_dir, tmp_path):
-    args = [*FSDP[1:], "--config.mesh.fsdp=8", "--config.num_steps=10"]
+    """As on two hosts: the batch split over both, the kernels too, the small arrays replicated;
+    one writer of metrics, checkpoints written by both."""
+    args = [*FSDP[1:], "--config.mesh.fsdp=8", "--config.num_steps=10",
+            "--config.checkpoint_every_steps=5"]
     train(tmp_path / "single", mnist_dir, 8, *args)
     outputs = train_in_two_processes(tmp_path / "multi", mnist_dir, *args)
     assert "8 cpu device(s) in 2 process(es), mesh fsdp=8" in outputs[0]
+    assert "step 10: train/loss" not in outputs[1]  # only process 0 logs metrics
     assert len(logged(tmp_path / "multi")[0]) == 10
     assert_logged_alike(logged(tmp_path / "single"), logged(tmp_path / "multi"))
+    assert sorted(p.name for p in (tmp_path / "multi" / "checkpoints").iterdir()) == ["10", "5"]
 
 
 BAD_MESHES_AND_RULES = [

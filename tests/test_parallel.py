@@ -1,14 +1,14 @@
 """Data parallel on fake CPU devices (XLA_FLAGS must be set before JAX starts: each run is a
-subprocess), and across two real processes."""
+subprocess). Two real processes, and checkpoints moving between device counts: test_fsdp.py."""
 import pytest
 
-from conftest import (assert_logged_alike, devices, logged, run_train, train, train_in_turns,
-                      train_in_two_processes)
+from conftest import devices, logged, run_train, train
 
 
-@pytest.mark.parametrize("mode", ["jit", "pmap"])
-@pytest.mark.parametrize("steps", ["per_step", "fused"])
-def test_eight_devices_learn_what_one_learns(mode, steps, mnist_dir, tmp_path, one_device_run):
+# The fused path under jit: test_fsdp.py (a mesh of 8 devices, data x fsdp).
+@pytest.mark.parametrize("steps, mode", [("per_step", "jit"), ("per_step", "pmap"),
+                                         ("fused", "pmap")])
+def test_eight_devices_learn_what_one_learns(steps, mode, mnist_dir, tmp_path, one_device_run):
     result = train(tmp_path, mnist_dir, 8, "--config.num_steps=20", f"--config.parallelism={mode}",
                    f"--config.steps={steps}")
     assert f"{mode} over 8 cpu device(s)" in result.stderr
@@ -23,25 +23,8 @@ def test_eight_devices_learn_what_one_learns(mode, steps, mnist_dir, tmp_path, o
     assert abs(one_accuracy[-1] - eight_accuracy[-1]) <= 0.002
 
 
-def test_checkpoints_move_between_device_counts_and_modes(mnist_dir, tmp_path):
-    train_in_turns(tmp_path, mnist_dir, [(8, ["--config.parallelism=jit"]),
-                                         (1, ["--config.parallelism=jit"]),
-                                         (2, ["--config.parallelism=pmap"])])
-
-
 def test_batch_that_does_not_split_names_the_device_count(tmp_path):
     result = run_train("--config=configs/mnist_cnn.py", "--config.batch_size=100",
                        f"--workdir={tmp_path}", env=devices(8))
     assert result.returncode == 2
     assert "config.batch_size=100 does not split evenly over the 8 devices" in result.stderr
-
-
-def test_two_processes_train_like_one_with_all_devices(mnist_dir, tmp_path):
-    args = ["--config.num_steps=10", "--config.checkpoint_every_steps=5"]
-    train(tmp_path / "single", mnist_dir, 8, *args)
-    outputs = train_in_two_processes(tmp_path / "multi", mnist_dir, *args)
-    assert "over 8 cpu device(s) in 2 process(es)" in outputs[0]
-    assert "step 10: train/loss" not in outputs[1]  # only process 0 logs metrics
-    assert len(logged(tmp_path / "multi")[0]) == 10
-    assert_logged_alike(logged(tmp_path / "single"), logged(tmp_path / "multi"))
-    assert sorted(p.name for p in (tmp_path / "multi" / "checkpoints").iterdir()) == ["10", "5"]

@@ -9,10 +9,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from trainer import api
 import user_code
 from conftest import files, run_train
-from trainer import parts
+from trainer import api, parts
 from trainer.checkpoint import shapes_by_name
 from trainer.errors import ConfigError
 

@@ -19,18 +19,16 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from trainer import api
 import user_code
-from conftest import MNIST_DIR, REPO, files, run_train
+from conftest import MNIST_DIR, REPO, SUBSET, files, run_train
 from configs.base import get_base_config
-from datasets import (ArraySource, DataError, Dataset, array_record, augment, image_folder, mnist,
-                      scale_to_unit)
-from trainer import batching, input_pipeline, parts, setup
+from datasets import (ArraySource, DataError, Dataset, array_record, augment, examples,
+                      image_folder, mnist, scale_to_unit)
+from trainer import api, batching, input_pipeline, parts, setup
 from trainer.errors import ConfigError
 
 MLP = ["--config=configs/mnist_mlp.py", "--config.model.features=(32, 10)", "--config.plots=False",
        "--config.steps=per_step"]
-SUBSET = {"train": 2000, "test": 500}  # of MNIST, for the image folder and the TFDS data set
 
 
 def state_at(workdir, step):
@@ -59,19 +57,6 @@ def mnist_records(tmp_path_factory):
     out = tmp_path_factory.mktemp("records") / "mnist"
     prepare(f"--from_mnist={MNIST_DIR}", f"--out={out}")
     return out
-
-
-@pytest.fixture(scope="module")
-def mnist_folder(tmp_path_factory):
-    """The first images of each MNIST split as PNG files, <split>/<label>/<index>.png."""
-    root = tmp_path_factory.mktemp("images")
-    data = mnist.load(data_dir=str(MNIST_DIR))
-    for split, arrays in (("train", data.train), ("test", data.test)):
-        for i in range(SUBSET[split]):
-            folder = root / split / str(arrays["targets"][i])
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(arrays["inputs"][i, ..., 0]).save(folder / f"{i:05d}.png")
-    return root
 
 
 def test_streamed_records_are_the_in_memory_batches(mnist_records, tmp_path):
@@ -143,24 +128,29 @@ def in_memory_subset(user_folder, tmp_path_factory):
 
 def test_an_image_folder_trains_and_converts_to_the_same_records(mnist_folder, in_memory_subset,
                                                                  tmp_path):
-    """The PNG folder streamed, the ArrayRecord shards converted from it, and the same images in
-    memory: PNG is lossless, so the same batches for the same seed, the same parameters to the bit
-    and the same accuracy."""
+    """The PNG folder streamed against the same images in memory: PNG is lossless, so the same
+    batches for the same seed, the same parameters to the bit and the same accuracy. The ArrayRecord
+    shards converted from it hold the same examples in the same order (records train as memory
+    does: test_streamed_records_are_the_in_memory_batches)."""
     records = tmp_path / "records"
     prepare(f"--from_images={mnist_folder}", f"--out={records}", "--shards=2")
-    for name, data in (("image_folder", mnist_folder), ("array_record", records)):
-        result = run_train(*SUBSET_RUN, f"--config.dataset.name={name}",
-                           f"--config.dataset.data_dir={data}", f"--workdir={tmp_path / name}")
-        assert result.returncode == 0, result.stderr[-3000:]
-        assert (f"Training batches are streamed from {name} in {data} (2000 examples), read by "
-                f"{input_pipeline.default_workers()} worker process(es).") in result.stderr
-    assert_same_params(tmp_path / "image_folder", tmp_path / "array_record", 150)
+    folder, converted = image_folder.load(str(mnist_folder)), array_record.load(str(records))
+    for split in ("train", "test"):
+        everything = np.arange(SUBSET[split])
+        expected = examples(getattr(folder, split), everything)
+        found = examples(getattr(converted, split), everything)
+        assert all(np.array_equal(expected[k], found[k]) for k in ("inputs", "targets")), split
+    workdir = tmp_path / "image_folder"
+    result = run_train(*SUBSET_RUN, "--config.dataset.name=image_folder",
+                       f"--config.dataset.data_dir={mnist_folder}", f"--workdir={workdir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (f"Training batches are streamed from image_folder in {mnist_folder} (2000 examples), "
+            f"read by {input_pipeline.default_workers()} worker process(es).") in result.stderr
     evaluated = subprocess.run([sys.executable, str(REPO / "scripts" / "evaluate.py"),
-                                f"--workdir={tmp_path / 'image_folder'}"], capture_output=True,
-                               text=True, cwd=REPO)
+                                f"--workdir={workdir}"], capture_output=True, text=True, cwd=REPO)
     assert evaluated.returncode == 0 and "leaked" not in evaluated.stderr, evaluated.stderr
-    assert_same_params(in_memory_subset, tmp_path / "image_folder", 150)
-    assert accuracy(in_memory_subset) == accuracy(tmp_path / "image_folder") > 0.8
+    assert_same_params(in_memory_subset, workdir, 150)
+    assert accuracy(in_memory_subset) == accuracy(workdir) > 0.8
 
 
 def test_a_users_transform_changes_what_the_model_sees_whatever_the_workers(

@@ -18,7 +18,8 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from configs import poly_regression
 from conftest import REPO, files, history, run_train
-from trainer.checkpoint import Checkpoints
+from trainer import api
+from trainer.checkpoint import CheckpointMismatch, Checkpoints
 from trainer.loop import train_and_evaluate
 
 CNN_ARGS = ["--config=configs/mnist_cnn.py", "--config.batch_size=32", "--config.num_steps=120",
@@ -309,16 +310,19 @@ def test_checkpoint_of_another_model_is_named_and_left_alone(tmp_path):
     assert "params/Dense_0/bias is (128,) there and (64,) in the config" in message
     assert "The run's config.json differs in model.features ([128, 1] there, [64, 1] here)." in (
         message)
-    # Another model that also keeps an EMA: the model's own parameters are named first.
-    message = refused(tmp_path, POLY, "--config.num_epochs=50", "--config.model.features=(64, 1)",
-                      "--config.ema_decay=0.9")
-    assert "params/Dense_0/bias is (128,) there and (64,) in the config" in message
-    assert "ema_decay (0.0 there, 0.9 here)" in message
-    # Only the frozen parameters changed: the optimizer's state differs, and the setting is named.
-    message = refused(tmp_path, POLY, "--config.num_epochs=50",
-                      "--config.optimizer.frozen=params/Dense_0/.*")
-    assert "opt_state" in message and ("The run's config.json differs in optimizer.frozen ('' "
-                                       "there, 'params/Dense_0/.*' here).") in message
+    # The same check from Python (the same message): another model that also keeps an EMA names
+    # the model's own parameters first; a change of the frozen parameters alone names the setting.
+    with pytest.raises(CheckpointMismatch) as mismatch:
+        api.fit(POLY.split("=")[1], tmp_path, num_epochs=50, ema_decay=0.9,
+                model=dict(features=(64, 1)))
+    assert "params/Dense_0/bias is (128,) there and (64,) in the config" in str(mismatch.value)
+    assert "ema_decay (0.0 there, 0.9 here)" in str(mismatch.value)
+    with pytest.raises(CheckpointMismatch) as mismatch:
+        api.fit(POLY.split("=")[1], tmp_path, num_epochs=50,
+                optimizer=dict(frozen="params/Dense_0/.*"))
+    assert "opt_state" in str(mismatch.value) and (
+        "The run's config.json differs in optimizer.frozen ('' there, 'params/Dense_0/.*' "
+        "here).") in str(mismatch.value)
 
     fresh = run_train(POLY, "--config.num_epochs=50", "--config.model.features=(64, 1)",
                       "--config.resume=False", f"--workdir={tmp_path}")

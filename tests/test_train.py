@@ -74,22 +74,18 @@ def test_a_data_set_switched_on_the_command_line_takes_its_own_defaults(tmp_path
     assert json.loads((tmp_path / "fields" / "results.json").read_text())["step"] == 200
 
 
-def test_completed_run_says_so_and_keeps_its_checkpoints(tmp_path):
+def test_a_completed_run_says_so_and_a_rerun_writes_results_it_lacks(tmp_path):
+    """Run again, a complete run changes nothing. A stop in the last chunk saves the final
+    checkpoint and exits before the results: the same command finishes them."""
     args = ["--config=configs/xor_mlp.py", f"--workdir={tmp_path}", "--config.num_epochs=20"]
     assert run_train(*args).returncode == 0
-    before = {p: p.read_bytes() for p in (tmp_path / "checkpoints").rglob("*") if p.is_file()}
+    checkpoints = {p: p.read_bytes() for p in (tmp_path / "checkpoints").rglob("*") if p.is_file()}
     again = run_train(*args)
     assert again.returncode == 0
     assert "already complete: step 20 of 20" in again.stderr
-    after = {p: p.read_bytes() for p in (tmp_path / "checkpoints").rglob("*") if p.is_file()}
-    assert after == before
+    assert checkpoints == {p: p.read_bytes() for p in (tmp_path / "checkpoints").rglob("*")
+                           if p.is_file()}
 
-
-def test_a_complete_run_without_its_results_writes_them_on_rerun(tmp_path):
-    """A stop in the last chunk saves the final checkpoint and exits before the results: the same
-    command finishes them."""
-    args = ["--config=configs/xor_mlp.py", f"--workdir={tmp_path}", "--config.num_epochs=20"]
-    assert run_train(*args).returncode == 0
     written = {name: (tmp_path / name).read_bytes()
                for name in ("results.json", "curves.png", "confusion_matrix.png")}
     for name in written:
