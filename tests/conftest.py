@@ -39,7 +39,8 @@ def files(folder):
 
 # Multi-device runs: XLA_FLAGS must be set before JAX starts, so each run is a subprocess.
 SMALL_CNN = ["--config=configs/mnist_cnn.py", "--config.model.conv_features=(8, 16)",
-             "--config.log_every_steps=1", "--config.checkpoint_every_steps=10"]
+             "--config.log_every_steps=1", "--config.checkpoint_every_steps=10",
+             "--config.plots=False"]
 
 
 def devices(n):

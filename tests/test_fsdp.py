@@ -25,7 +25,7 @@ from trainer.optim import create_optimizer
 from trainer.state import create_train_state
 
 # The small CNN's conv kernel and both dense kernels are over this many elements: all sharded.
-FSDP = ["--config.mesh.fsdp=4", "--config.fsdp_min_size=1000", "--config.plots=False"]
+FSDP = ["--config.mesh.fsdp=4", "--config.fsdp_min_size=1000"]
 
 
 class Inner(nn.Module):
@@ -64,7 +64,7 @@ def state_checksums(workdir, step):
     return json.loads((workdir / "checkpoints" / str(step) / "checksums" / "metadata").read_text())
 
 
-TENSOR_PARALLEL = ["--config.mesh.model=2", "--config.plots=False", "--config.sharding_rules=("
+TENSOR_PARALLEL = ["--config.mesh.model=2", "--config.sharding_rules=("
                    "('params/Dense_0/kernel', (None, 'model')), ('params/Dense_1/kernel', "
                    "('model', None)))"]
 

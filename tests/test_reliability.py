@@ -24,8 +24,9 @@ from trainer.loop import train_and_evaluate
 
 CNN_ARGS = ["--config=configs/mnist_cnn.py", "--config.batch_size=32", "--config.num_steps=120",
             "--config.eval_every_epochs=0", "--config.eval_every_steps=40",
-            "--config.log_every_steps=10", "--config.checkpoint_every_steps=25"]
-POLY = "--config=configs/poly_regression.py"
+            "--config.log_every_steps=10", "--config.checkpoint_every_steps=25",
+            "--config.plots=False"]
+POLY = ["--config=configs/poly_regression.py", "--config.plots=False"]
 
 
 def train_command(mnist_dir, workdir):
@@ -304,27 +305,27 @@ def test_a_damaged_checkpoint_used_by_the_scripts_is_one_line_naming_step(tmp_pa
 
 
 def test_checkpoint_of_another_model_is_named_and_left_alone(tmp_path):
-    assert run_train(POLY, "--config.num_epochs=50", f"--workdir={tmp_path}").returncode == 0
+    assert run_train(*POLY, "--config.num_epochs=50", f"--workdir={tmp_path}").returncode == 0
     before = files(tmp_path / "checkpoints")
-    message = refused(tmp_path, POLY, "--config.num_epochs=50", "--config.model.features=(64, 1)")
+    message = refused(tmp_path, *POLY, "--config.num_epochs=50", "--config.model.features=(64, 1)")
     assert "params/Dense_0/bias is (128,) there and (64,) in the config" in message
     assert "The run's config.json differs in model.features ([128, 1] there, [64, 1] here)." in (
         message)
     # The same check from Python (the same message): another model that also keeps an EMA names
     # the model's own parameters first; a change of the frozen parameters alone names the setting.
     with pytest.raises(CheckpointMismatch) as mismatch:
-        api.fit(POLY.split("=")[1], tmp_path, num_epochs=50, ema_decay=0.9,
+        api.fit("configs/poly_regression.py", tmp_path, num_epochs=50, plots=False, ema_decay=0.9,
                 model=dict(features=(64, 1)))
     assert "params/Dense_0/bias is (128,) there and (64,) in the config" in str(mismatch.value)
     assert "ema_decay (0.0 there, 0.9 here)" in str(mismatch.value)
     with pytest.raises(CheckpointMismatch) as mismatch:
-        api.fit(POLY.split("=")[1], tmp_path, num_epochs=50,
+        api.fit("configs/poly_regression.py", tmp_path, num_epochs=50, plots=False,
                 optimizer=dict(frozen="params/Dense_0/.*"))
     assert "opt_state" in str(mismatch.value) and (
         "The run's config.json differs in optimizer.frozen ('' there, 'params/Dense_0/.*' "
         "here).") in str(mismatch.value)
 
-    fresh = run_train(POLY, "--config.num_epochs=50", "--config.model.features=(64, 1)",
+    fresh = run_train(*POLY, "--config.num_epochs=50", "--config.model.features=(64, 1)",
                       "--config.resume=False", f"--workdir={tmp_path}")
     assert fresh.returncode == 0, fresh.stderr
     assert finished_steps(tmp_path / "restart_1") == [50]
@@ -332,8 +333,8 @@ def test_checkpoint_of_another_model_is_named_and_left_alone(tmp_path):
 
 
 def test_nonfinite_loss_stops_the_run_with_its_checkpoints_intact(tmp_path):
-    assert run_train(POLY, "--config.num_epochs=100", f"--workdir={tmp_path}").returncode == 0
-    message = refused(tmp_path, POLY, "--config.num_epochs=200",
+    assert run_train(*POLY, "--config.num_epochs=100", f"--workdir={tmp_path}").returncode == 0
+    message = refused(tmp_path, *POLY, "--config.num_epochs=200",
                       "--config.optimizer.learning_rate=1e30", exit_code=3)  # not bad input: 3
     first_bad = int(re.search(r"a NaN or Inf in the loss or gradients at step (\d+) ", message)[1])
     assert 100 < first_bad <= 200  # after the good checkpoint, where the learning rate exploded
@@ -342,7 +343,7 @@ def test_nonfinite_loss_stops_the_run_with_its_checkpoints_intact(tmp_path):
 
 def test_nonfinite_stops_a_fused_run_at_the_end_of_its_call(tmp_path):
     """Not at the next log or checkpoint, 50000 steps on."""
-    result = run_train(POLY, "--config.num_epochs=100000", "--config.log_every_steps=50000",
+    result = run_train(*POLY, "--config.num_epochs=100000", "--config.log_every_steps=50000",
                        "--config.checkpoint_every_steps=50000", "--config.eval_every_epochs=0",
                        "--config.steps=fused", "--config.optimizer.learning_rate=1e30",
                        f"--workdir={tmp_path}")
@@ -352,7 +353,7 @@ def test_nonfinite_stops_a_fused_run_at_the_end_of_its_call(tmp_path):
 
 
 def test_nonfinite_before_any_checkpoint_says_so(tmp_path):
-    result = run_train(POLY, "--config.optimizer.learning_rate=1e30", f"--workdir={tmp_path}")
+    result = run_train(*POLY, "--config.optimizer.learning_rate=1e30", f"--workdir={tmp_path}")
     assert result.returncode == 3
     assert "without applying it or any update after it, and no checkpoint had been saved yet" in (
         result.stderr)
@@ -366,7 +367,7 @@ def strict_json(text):
 
 
 def test_nonfinite_updates_can_be_skipped_and_counted(tmp_path):
-    result = run_train(POLY, "--config.num_epochs=20", "--config.optimizer.learning_rate=1e30",
+    result = run_train(*POLY, "--config.num_epochs=20", "--config.optimizer.learning_rate=1e30",
                        "--config.nonfinite=skip", f"--workdir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     state = saved_state(tmp_path, 20)
