@@ -6,8 +6,8 @@ with learning rate 0.01 for 1000 epochs on 1000 points.
     python scripts/train.py --config=configs/poly_regression.py --workdir=runs/poly
 
 Reaches: standardised MSE 0.0428 on an independent test draw (train 0.0472 at the end) in
-9.9 s on the 2-core CPU of the project's machines (seed 0, 2026-12-02; 3.8 s on the faster
-machine of 2026-11-23; seeds 0-2 gave test 0.037-0.043).
+6.3 s on the 2-core CPU of the project's machines (seed 0, 2026-12-03; 9.9 s on the slower
+machine of 2026-12-02; seeds 0-2 gave test 0.037-0.043).
 """
 import ml_collections
 

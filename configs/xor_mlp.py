@@ -4,8 +4,8 @@
 
 Right when the output thresholded at 0.5 equals the target bit (eval/accuracy 1.0 = all four).
 Reaches: all four points right (outputs 0.0000, 1.0000, 1.0000, 0.0000; eval MSE 3.1e-14)
-in 9.0 s on the 2-core CPU of the project's machines (seed 0, 2026-12-02; 3.2 s on the faster
-machine of 2026-11-23; seeds 0-4 all four right).
+in 5.5 s on the 2-core CPU of the project's machines (seed 0, 2026-12-03; 9.0 s on the slower
+machine of 2026-12-02; seeds 0-4 all four right).
 """
 import ml_collections
 
