@@ -147,7 +147,11 @@ def test_resuming_with_another_object_or_from_the_command_line_is_refused(whole,
 
 
 def test_fields_set_back_to_none_take_the_parts_default(tmp_path):
-    """mnist_mlp's SGD momentum, gone for Adam: a field that cannot be None on the command line."""
+    """mnist_mlp's SGD momentum, gone for Adam: a field that cannot be None on the command line.
+    And gone for an Optax object, which takes no fields."""
+    given = api.fit("configs/mnist_mlp.py", tmp_path / "optax", num_steps=30, plots=False,
+                    dataset=dict(data_dir=str(MNIST_DIR)), optimizer=optax.adam(1e-3))
+    assert given.config.optimizer.momentum is None and given.final["eval/accuracy"] > 0.5
     run = api.fit("configs/mnist_mlp.py", tmp_path, num_steps=30, plots=False,
                   dataset=dict(data_dir=str(MNIST_DIR)),
                   optimizer=dict(name="adam", learning_rate=1e-3, momentum=None))

@@ -1,8 +1,9 @@
 """The machine's faults, real ones: a full file system (a small tmpfs) while a checkpoint is saved,
 mid-run and at the end, and while metrics are written; image files deleted and an ArrayRecord
-shard cut short mid-run; a data worker killed. Each is one `error:` line (or, for the worker,
-nothing), the newest good checkpoint intact, and the same command, once the fault is gone, ends
-bitwise equal to a run never stopped."""
+shard cut short mid-run; a data worker killed, once and on every try of a batch. Each is one
+`error:` line (or, for a worker killed once, nothing), the newest good checkpoint intact, and the
+same command, once the fault is gone, ends bitwise equal to a run never stopped."""
+import multiprocessing
 import os
 import re
 import shutil
@@ -14,6 +15,9 @@ import time
 import jax
 import numpy as np
 import pytest
+
+from datasets import DataError
+from trainer import input_pipeline
 
 from conftest import MNIST_DIR, REPO, history, run_train
 from test_reliability import finished_steps, saved_state
@@ -212,3 +216,21 @@ def test_a_killed_worker_changes_no_bit(mnist_folder, whole_image_run, tmp_path)
     assert "A data worker process ended unexpectedly" in run.stderr_text
     assert same_params(whole_image_run, workdir, 120)
     assert history(workdir) == history(whole_image_run)
+
+
+def batch_that_kills_its_reader(index):
+    """Batch 3 ends the worker process that reads it, each time, as a reader that crashes on it
+    (or an out-of-memory kill at the same point) would."""
+    if index == 3 and multiprocessing.parent_process() is not None:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return {"index": np.array(index)}
+
+
+def test_workers_that_end_on_every_try_of_a_batch_are_one_data_error(monkeypatch):
+    monkeypatch.setattr(input_pipeline, "RESTARTS", 1)  # 2 tries, not 4: workers start slowly
+    read = []
+    with pytest.raises(DataError, match=r"ended unexpectedly 2 times in a row, reading ahead from "
+                                        r"batch [0-3] .*fewer --config.pipeline.workers"):
+        for batch in input_pipeline.iterate(batch_that_kills_its_reader, 0, 6, workers=1, buffer=2):
+            read.append(int(batch["index"]))
+    assert read == list(range(len(read))) and len(read) <= 3  # in order, none past the fault

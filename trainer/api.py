@@ -288,7 +288,7 @@ def with_objects(config, model, dataset, task, optimizer, writers):
         elif isinstance(optimizer, str):
             config.optimizer.name = optimizer
         elif isinstance(optimizer, optax.GradientTransformation) or callable(optimizer):
-            config.optimizer.name = give(optimizer)
+            part_fields(config, "optimizer", {"name": give(optimizer)}, keep=TRAINER_FIELDS)
         else:
             raise ConfigError(f"optimizer={optimizer!r}: give an Optax GradientTransformation, a "
                               f"function returning one, a name ('adam', ...) or a dict of "
