@@ -194,6 +194,10 @@ class Checkpoints:
         try:
             yield
         except Exception as e:  # pylint: disable=broad-except  (Orbax's, from any of its threads)
+            # The failed save's other writes may still be under way: removed before they end, its
+            # folder would come back.
+            with contextlib.suppress(Exception):
+                self.manager.wait_until_finished()
             partial = sorted(glob.glob(os.path.join(self.directory, "*.orbax-checkpoint-tmp*")))
             steps = [int(m[0]) for p in partial if (m := re.match(r"\d+", os.path.basename(p)))]
             self.failed = StorageError(f"saving the checkpoint of step "
