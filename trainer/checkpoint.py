@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -126,6 +127,18 @@ def ignore_reads_left_after_a_failed_restore():
         sys.unraisablehook = drop_closed_loop_errors
 
 
+def remove_for_good(folders, quiet_seconds=0.2, tries=10):
+    """Removes a failed save's folders. A write of it still under way in TensorStore's threads
+    (Orbax stops waiting at the first failure) can add a file while rmtree runs, which then
+    cannot remove the folder: removed again until they stay gone a moment."""
+    for _ in range(tries):
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+        time.sleep(quiet_seconds)
+        if not any(os.path.exists(folder) for folder in folders):
+            return
+
+
 def drop_closed_loop_errors(unraisable):
     if not (isinstance(unraisable.exc_value, RuntimeError)
             and str(unraisable.exc_value) == "Event loop is closed"):
@@ -203,8 +216,7 @@ class Checkpoints:
             self.failed = StorageError(f"saving the checkpoint of step "
                                        f"{steps[0] if steps else self.saving}", e, self.kept())
             if jax.process_index() == 0:
-                for path in partial:
-                    shutil.rmtree(path, ignore_errors=True)
+                remove_for_good(partial)
             raise self.failed from e
 
     def intact_steps(self):

@@ -107,15 +107,16 @@ def iterate(batch, start, end, workers, buffer):
         except RuntimeError as e:
             if "Worker process was terminated unexpectedly" not in str(e):
                 raise
+            cause = str(e).splitlines()[0]
             if restarts == RESTARTS:
                 raise DataError(
                     f"the data workers ended unexpectedly {RESTARTS + 1} times in a row, reading "
-                    f"ahead from batch {start} ({str(e).splitlines()[0]}): a batch that kills its "
-                    f"reader, or too little memory (set fewer --config.pipeline.workers or a "
-                    f"smaller --config.pipeline.buffer)") from e
+                    f"ahead from batch {start} ({cause}): a batch that kills its reader, or too "
+                    f"little memory (set fewer --config.pipeline.workers or a smaller "
+                    f"--config.pipeline.buffer)") from e
             restarts += 1
             logging.warning("A data worker process ended unexpectedly (%s); starting the workers "
-                            "again from batch %d.", str(e).splitlines()[0], start)
+                            "again from batch %d.", cause, start)
 
 
 def stream(dataset, workers, buffer):
