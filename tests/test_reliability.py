@@ -279,7 +279,9 @@ def test_a_damaged_checkpoint_used_by_the_scripts_is_one_line_naming_step(tmp_pa
         result = subprocess.run([sys.executable, str(REPO / "scripts" / script),
                                  f"--workdir={tmp_path}"], capture_output=True, text=True, cwd=REPO)
         assert result.returncode == 2, (script, result.stderr[-2000:])
-        [line] = result.stderr.strip().splitlines()
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, (script, result.stderr[-3000:])  # the whole of it, should it fail
+        line = lines[0]
         assert line.startswith(f"error: the checkpoint at step 200 in {tmp_path}/checkpoints is "
                                f"damaged (") and "CRC-32C checksum verification failed" in line
         assert line.endswith("Give another --step (there are [100]).")
