@@ -28,8 +28,6 @@ KeyboardInterrupt: the same call resumes it.
 """
 import contextlib
 import dataclasses
-import functools
-import hashlib
 import json
 import os
 import types
@@ -49,6 +47,7 @@ import optax  # pylint: disable=wrong-import-position
 import datasets  # pylint: disable=wrong-import-position
 from trainer import configuration, evaluation, inference, loop  # pylint: disable=wrong-import-position
 from trainer import parts, session  # pylint: disable=wrong-import-position
+from trainer.fingerprint import fingerprint  # pylint: disable=wrong-import-position
 from trainer.errors import ConfigError, WorkdirError  # pylint: disable=wrong-import-position
 from trainer.optim import TRAINER_FIELDS  # pylint: disable=wrong-import-position
 from trainer.progress import in_notebook  # pylint: disable=wrong-import-position
@@ -169,64 +168,6 @@ def dataset_of(data):
     raise ConfigError("dataset: give a datasets.Dataset, arrays ((train_inputs, train_targets), "
                       "(test_inputs, test_targets)), a function returning a Dataset, a name, or a "
                       "dict of config.dataset's fields.")
-
-
-def fingerprint(value):
-    """A short hash of what `value` computes or holds: the code of functions and classes (their
-    bytecode, constants and the values their closures hold), the bytes of arrays, the fields of
-    dataclasses and the items of containers; so that the same object defined again in a new
-    session has the same one, and a changed one another."""
-    digest = hashlib.sha256()
-
-    def feed(item, level):
-        if level > 8:
-            return
-        if isinstance(item, (np.ndarray, jax.Array)):
-            array = np.asarray(item)
-            digest.update(f"{array.dtype}{array.shape}".encode())
-            digest.update(np.ascontiguousarray(array).tobytes())
-        elif isinstance(item, (str, bytes, int, float, bool, type(None))):
-            digest.update(repr(item).encode())
-        elif isinstance(item, functools.partial):
-            feed(item.func, level + 1)
-            feed(item.args, level + 1)
-            feed(sorted(item.keywords.items()), level + 1)
-        elif isinstance(item, types.FunctionType):
-            feed(item.__code__, level + 1)
-            feed(item.__defaults__, level + 1)
-            for cell in item.__closure__ or ():
-                try:
-                    feed(cell.cell_contents, level + 1)
-                except ValueError:  # an empty cell
-                    pass
-        elif isinstance(item, types.CodeType):
-            digest.update(item.co_code)
-            feed([c for c in item.co_consts if not isinstance(c, types.CodeType)], level + 1)
-            for const in item.co_consts:
-                if isinstance(const, types.CodeType):
-                    feed(const, level + 1)
-        elif isinstance(item, type):
-            digest.update(item.__qualname__.encode())
-            for name, member in sorted(vars(item).items()):
-                if isinstance(member, (types.FunctionType, staticmethod, classmethod, property)):
-                    digest.update(name.encode())
-                    feed(getattr(member, "__func__", getattr(member, "fget", member)), level + 1)
-        elif isinstance(item, dict):
-            for key in sorted(item, key=repr):
-                feed(key, level + 1)
-                feed(item[key], level + 1)
-        elif isinstance(item, (list, tuple)):
-            for element in item:
-                feed(element, level + 1)
-        elif dataclasses.is_dataclass(item):
-            feed(type(item), level + 1)
-            feed({f.name: getattr(item, f.name) for f in dataclasses.fields(item)}, level + 1)
-        else:  # any other object: its class and its attributes
-            feed(type(item), level + 1)
-            feed(getattr(item, "__dict__", {}), level + 1)
-
-    feed(value, 0)
-    return digest.hexdigest()[:8]
 
 
 def given_name(value):
