@@ -14,6 +14,7 @@ newer one is complete. Checkpoints are arrays and JSON: restoring unpickles noth
 import contextlib
 import dataclasses
 import glob
+import json
 import logging as python_logging  # asyncio's logger; absl's is `logging`
 import os
 import re
@@ -24,6 +25,7 @@ import time
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+import tensorstore as ts
 from absl import logging
 from jax.experimental import multihost_utils
 
@@ -66,11 +68,20 @@ def checksums(tree):
     return {path_name(path): checksum(leaf) for path, leaf in leaves}
 
 
+def first_line(error):
+    """(the error, its first line) less TensorStore's spec; Orbax's wrapper of a failed read ("See
+    full TensorStore details: <bound method ...>", the spec over 60 lines) passed over for the
+    error of TensorStore it was raised from."""
+    if "See full TensorStore details" in str(error) and error.__cause__ is not None:
+        error = error.__cause__
+    text = str(error).splitlines()[0] if str(error) else ""
+    return error, text.split(" [tensorstore_spec=")[0]
+
+
 def what_failed(error, limit=240):
     """One line of a failed read: TensorStore's errors run to a kilobyte on one line, its spec
     last; the cause is at the start and the end of what comes before."""
-    text = str(error).splitlines()[0] if str(error) else ""
-    text = text.split(" [tensorstore_spec=")[0]
+    error, text = first_line(error)
     if len(text) > limit:
         text = f"{text[:limit // 3]} ... {text[-(limit * 2 // 3):]}"
     return f"{type(error).__name__}: {text}"
@@ -101,13 +112,116 @@ def part_order(name):
 class ChecksumError(Exception):
     """A restored array whose checksum differs from the one saved with it."""
 
+    def __init__(self, name, where=""):
+        super().__init__(f"{name}{where} does not match the checksum saved with it: its bytes "
+                         f"changed on disk")
+        self.name = name
+
 
 def verify(state, saved):
     computed = jax.device_get(checksums(state))
     for name, value in computed.items():
         if saved.get(name) != int(value):
-            raise ChecksumError(f"{name} does not match the checksum saved with it: its bytes "
-                                f"changed on disk")
+            raise ChecksumError(name)
+
+
+class Damaged(Exception):
+    """A checkpoint that cannot be read; the message says which file, and how, in a few words."""
+
+
+def array_name(key):
+    """The array an OCDBT key of Orbax's belongs to: "params.Dense_0.kernel/0.0" ->
+    "params/Dense_0/kernel"."""
+    return key.split("/", 1)[0].replace(".", "/")
+
+
+def index_files(folder):
+    """{path in the checkpoint `folder`: (bytes it must hold, arrays with data in it)} for each
+    file of the state that OCDBT's index refers to: its manifest, its b-tree nodes as far as they
+    read (one missing or cut short is listed, not read) and the data files they name."""
+    state = os.path.join(folder, "state")
+    files = {"state/manifest.ocdbt": (1, set())}
+    if not os.path.isfile(os.path.join(state, "manifest.ocdbt")):
+        return files
+    store = ts.KvStore.open({"driver": "file", "path": state + "/"}).result()
+    root = ts.ocdbt.dump(store).result()["versions"][-1]["root"].get("location")
+    nodes = [(root, "")] if root else []
+    while nodes:
+        location, prefix = nodes.pop()
+        path, end = where(location)
+        files.setdefault(path, (end, set()))
+        full = os.path.join(folder, path)
+        if not os.path.isfile(full) or os.path.getsize(full) < end:
+            continue
+        for entry in ts.ocdbt.dump(store, location).result()["entries"]:
+            key = prefix + entry.get("key", b"").decode(errors="replace")
+            if "location" in entry:  # a child node, its keys relative to the common prefix
+                common = entry.get("subtree_common_prefix", b"").decode(errors="replace")
+                nodes.append((entry["location"], prefix + common))
+            elif "indirect_value" in entry:  # a value in a data file, not in the node itself
+                path, end = where(entry["indirect_value"])
+                needed, arrays = files.get(path, (0, set()))
+                files[path] = (max(needed, end), arrays | {array_name(key)})
+    return files
+
+
+def where(location):
+    """("state/<prefix><file>", the end of the bytes read) of an OCDBT location:
+    "value:ocdbt.process_0/:d/1f0f...:3123652:1135"."""
+    _, prefix, name, offset, length = location.split(":")
+    return os.path.join("state", prefix, name), int(offset) + int(length)
+
+
+def held(arrays):
+    """What a file of the index holds, for a message: a part of the index, or the arrays' data."""
+    names = sorted(arrays, key=part_order)
+    if not names:
+        return "a part of OCDBT's index of the arrays"
+    more = f" and {len(names) - 2} more arrays" if len(names) > 2 else ""
+    return f"the data of {', '.join(names[:2])}{more}"
+
+
+def what_is_damaged(folder, error):
+    """What `error`, from restoring the checkpoint `folder`, found damaged, in a few words: the
+    file (its path in the checkpoint) or array, and how: missing, truncated, bytes changed, or
+    unreadable metadata. The files OCDBT's index refers to are looked at first: TensorStore's
+    error names an array or only the folder, and reads a missing file as an empty one."""
+    if isinstance(error, Damaged):
+        return str(error)
+    try:
+        files = index_files(folder)
+    except Exception:  # pylint: disable=broad-except  (a node's bytes changed: its error says)
+        files = {}
+    for path, (needed, arrays) in sorted(files.items()):
+        full = os.path.join(folder, path)
+        if not os.path.isfile(full):
+            return f"{path} is missing ({held(arrays)})"
+        if os.path.getsize(full) < needed:
+            return (f"{path} is truncated ({os.path.getsize(full)} of at least {needed} bytes; "
+                    f"{held(arrays)})")
+
+    def in_file(name):
+        holding = [path for path, (_, arrays) in sorted(files.items()) if name in arrays]
+        return f" (in {holding[0]})" if holding else ""
+
+    if isinstance(error, ChecksumError):
+        return str(ChecksumError(error.name, in_file(error.name)))
+    _, text = first_line(error)
+    named = [path.rstrip(".") for path in re.findall(re.escape(folder) + r'/[^\s"\']+', text)
+             if not path.endswith("/")]  # files, not OCDBT's folder
+    if named:
+        path = os.path.relpath(named[-1], folder)
+        if isinstance(error, FileNotFoundError):  # Orbax's JSON items: "File ... not found."
+            return f"{path} is missing"
+        if "CRC-32C checksum verification failed" in text:
+            return f"{path}: bytes changed (CRC-32C checksum verification failed)"
+        reason = text.rsplit(named[-1] + '": ', 1)[-1]
+        return f"{path} is unreadable ({reason})"
+    read = re.search(r'Error reading "([^"]+)" in OCDBT database at local file "[^"]+": (.+)', text)
+    if read:  # an array's data that does not decode, its file whole: its bytes changed
+        name = array_name(read[1])
+        return f"{name}{in_file(name)} does not decode: bytes changed ({read[2]})"
+    return what_failed(error)
 
 
 def better_is_lower(mode, metric):
@@ -118,24 +232,40 @@ def better_is_lower(mode, metric):
     return mode == "min"
 
 
-def ignore_reads_left_after_a_failed_restore():
-    """A failed restore ends Orbax's asyncio loop while TensorStore still finishes the other reads
+def ignore_io_left_after_a_failure():
+    """A failed restore or save ends Orbax's asyncio loop while TensorStore still finishes the other reads
     of that checkpoint: their callbacks then meet the closed loop, and Python would print a
-    traceback for each; or they fail too, and asyncio logs a traceback for each when their task
-    is collected ("Task exception was never retrieved": one run in four of a test here). A damaged
-    checkpoint is reported once, by set_aside or the scripts' error line; only these are dropped."""
-    if sys.unraisablehook is not drop_closed_loop_errors:
-        drop_closed_loop_errors.previous = sys.unraisablehook
-        sys.unraisablehook = drop_closed_loop_errors
+    traceback for each; Orbax's coroutines of the reads left unfinished raise when they are
+    collected (its wrapper of the GeneratorExit, with TensorStore's whole spec: 60 lines each,
+    some 20 of them for a missing data file); or the reads fail too, and asyncio logs a traceback
+    for each task or future of them when it is collected ("... exception was never retrieved");
+    the same for the other writes of a save that failed (a full disk: one run in ten of a test
+    here). A damaged checkpoint is reported once, by set_aside or the scripts' error line, a
+    failed save by its StorageError; only these are dropped."""
+    if sys.unraisablehook is not drop_abandoned_reads:
+        drop_abandoned_reads.previous = sys.unraisablehook
+        sys.unraisablehook = drop_abandoned_reads
     asyncio_logger = python_logging.getLogger("asyncio")
-    if drop_unretrieved_failed_reads not in asyncio_logger.filters:
-        asyncio_logger.addFilter(drop_unretrieved_failed_reads)
+    if drop_unretrieved_failed_io not in asyncio_logger.filters:
+        asyncio_logger.addFilter(drop_unretrieved_failed_io)
 
 
-def drop_unretrieved_failed_reads(record):
+def drop_unretrieved_failed_io(record):
     error = record.exc_info[1] if record.exc_info else None
-    return not (record.getMessage().startswith("Task exception was never retrieved")
-                and error is not None and "Error reading" in str(error))
+    return not (record.getMessage().startswith(("Task exception was never retrieved",
+                                                "Future exception was never retrieved"))
+                and error is not None and ("Error reading" in str(error)
+                                            or "Error writing" in str(error)))
+
+
+def drop_abandoned_reads(unraisable):
+    error = unraisable.exc_value
+    closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+    abandoned_read = (getattr(unraisable.object, "__qualname__", None)
+                      == "_read_array_index_and_device_put"
+                      and str(error).startswith("Encountered error while reading array index"))
+    if not (closed_loop or abandoned_read):
+        drop_abandoned_reads.previous(unraisable)
 
 
 def remove_for_good(folders, quiet_seconds=0.2, tries=10):
@@ -150,19 +280,13 @@ def remove_for_good(folders, quiet_seconds=0.2, tries=10):
             return
 
 
-def drop_closed_loop_errors(unraisable):
-    if not (isinstance(unraisable.exc_value, RuntimeError)
-            and str(unraisable.exc_value) == "Event loop is closed"):
-        drop_closed_loop_errors.previous(unraisable)
-
-
 class Checkpoints:
 
     def __init__(self, workdir, keep=None, read_only=False, best_metric="", best_mode="auto"):
         """Keeps the newest `keep` and, with `best_metric`, the best by it too (Orbax's
         preservation policies; only saves given that metric count). `read_only`: for using a
         run; creates and cleans up nothing."""
-        ignore_reads_left_after_a_failed_restore()
+        ignore_io_left_after_a_failure()
         # A failed save's StorageError; the step of the last save; whether it may still run.
         self.failed, self.saving, self.pending = None, None, False
         self.workdir = os.path.abspath(workdir)
@@ -280,7 +404,20 @@ class Checkpoints:
     def check_fits(self, step, like_state):
         """Raises CheckpointMismatch naming the first array (the model's first) whose shape
         differs from `like_state`; returns the saved tree's metadata."""
-        tree = self.manager.item_metadata(step)["state"].tree
+        metadata = os.path.join(self.directory, str(step), "state", "_METADATA")
+        # Orbax reads a missing one as None, with a warning that asks for a handler registry.
+        if not os.path.isfile(metadata):
+            raise Damaged("state/_METADATA is missing: unreadable metadata (the arrays' names, "
+                          "shapes and types)")
+        try:
+            tree = self.manager.item_metadata(step)["state"].tree
+        except Exception as e:  # pylint: disable=broad-except  (it reads the arrays' files too)
+            try:
+                with open(metadata, encoding="utf-8") as f:
+                    json.load(f)
+            except ValueError as not_json:
+                raise Damaged(f"state/_METADATA: unreadable metadata (not JSON: {not_json})") from e
+            raise
         saved, wanted = shapes_by_name(tree), shapes_by_name(like_state)
         for name in sorted(set(saved) | set(wanted), key=part_order):
             if saved.get(name) != wanted.get(name):
@@ -302,10 +439,14 @@ class Checkpoints:
                 self.set_aside(step, e)
         return None
 
+    def what_is_damaged(self, step, error):
+        """What `error`, from restoring the checkpoint at `step`, found damaged: one line."""
+        return what_is_damaged(os.path.join(self.directory, str(step)), error)
+
     def set_aside(self, step, error):
         target = os.path.join(self.workdir, "damaged_checkpoints", str(step))
-        logging.warning("The checkpoint at step %d is damaged (%s); moving it to %s and trying "
-                        "the one before.", step, what_failed(error), target)
+        logging.warning("The checkpoint at step %d is damaged: %s; moving it to %s and trying "
+                        "the one before.", step, self.what_is_damaged(step, error), target)
         if jax.process_index() == 0:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             shutil.move(os.path.join(self.directory, str(step)), target)

@@ -1,6 +1,6 @@
 """Using a trained run: restore one of its checkpoints (by step, the latest or the best), with the
 run's own config, for evaluate.py, predict.py and plot.py (trainer/evaluation.py does the rest)."""
-from trainer.checkpoint import ChecksumError, Checkpoints, what_failed
+from trainer.checkpoint import Checkpoints
 from trainer.errors import ConfigError, WorkdirError
 from trainer.setup import build
 
@@ -45,8 +45,8 @@ def restore(config, workdir, step=None):
     except Exception as e:  # pylint: disable=broad-except  (unreadable, or bytes changed: damaged)
         others = [s for s in checkpoints.manager.all_steps() if s != step]
         raise WorkdirError(
-            f"the checkpoint at step {step} in {checkpoints.directory} is damaged "
-            f"({e if isinstance(e, ChecksumError) else what_failed(e)}). Give another --step"
+            f"the checkpoint at step {step} in {checkpoints.directory} is damaged: "
+            f"{checkpoints.what_is_damaged(step, e)}. Give another --step"
             f"{f' (there are {sorted(others)})' if others else ''}.") from e
     finally:
         checkpoints.close()
