@@ -32,7 +32,9 @@ class Source(Protocol):
 
     def __getitem__(self, index: int) -> dict:
         """{"inputs": array, "targets": array or number} of example `index`, decoded.
-        A source may also offer `__getitems__(indices)`, a list of them read at once."""
+        A source may also offer `__getitems__(indices)`, a list of them read at once, and
+        `num_classes`, the number of classes of its integer labels where it knows it (the
+        trainer checks that a classifier has an output for each)."""
 
 
 Split = Union[dict, Source]

@@ -21,6 +21,7 @@ class ImageFolderSource:
     labels: np.ndarray
     channels: int
     size: tuple  # (height, width)
+    num_classes: int | None = None  # the class folders of the training split
 
     def __len__(self):
         return len(self.files)
@@ -74,6 +75,6 @@ def load(data_dir, train_split="train", test_split="test", image_size=None) -> D
                 raise DataError(f"{path} is {other[1]}x{other[0]} pixels and {first_file} "
                                 f"{size[1]}x{size[0]}: give --config.dataset.image_size="
                                 f"(HEIGHT, WIDTH) to resize them to one size.")
-    train, test = (ImageFolderSource(*splits[split], channels, size)
+    train, test = (ImageFolderSource(*splits[split], channels, size, len(classes))
                    for split in (train_split, test_split))
     return Dataset(train=train, test=test, prepare_inputs=scale_to_unit)

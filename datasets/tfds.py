@@ -62,6 +62,7 @@ class TfdsSource:
     tfds_data_dir: str | None
     image_key: str
     label_key: str
+    num_classes: int | None = None  # the label feature's, where it is a ClassLabel
     length: int = 0
 
     def __post_init__(self):
@@ -102,6 +103,26 @@ class TfdsSource:
                 "targets": np.int32(example[self.label_key])}
 
 
+def check_split(splits, name, field, split):
+    """A DataError in our words where `split` names no split of the data set, is not TFDS's split
+    syntax, or selects no examples: TFDS's own errors name none of the splits there are, and an
+    empty selection fails only once read ("Paths sequence can not be of 0 length")."""
+    try:
+        count = splits[split].num_examples  # TFDS counts a slice without reading it
+        problem = None if count > 0 else "selects no examples"
+    except (KeyError, ValueError) as e:
+        unknown = re.search(r"Unknown split '([^']*)'", str(e))
+        cause = re.split(r"\. (?:Got|See format)", str(e).strip().splitlines()[-1])[0]
+        problem = (f"cannot be read as a split of {name} ({cause})" if not unknown
+                   else f"is not a split of {name}" if unknown[1] == split.strip()
+                   else f"names {unknown[1]!r}, not a split of {name}")
+    if problem:
+        have = ", ".join(f"{s} ({info.num_examples} examples)" for s, info in splits.items())
+        raise DataError(f"config.dataset.{field}={split!r} {problem}: its splits are {have}. Give "
+                        f"one, a part in TFDS's slice syntax ('train[:90%]', 'train[1000:]', "
+                        f"'train[-10%:]'), or parts joined by '+'.")
+
+
 def load(name, train_split="train", test_split="test", tfds_data_dir=None, image_key="image",
          label_key="label") -> Dataset:
     builder = prepared_builder(name, tfds_data_dir)
@@ -111,10 +132,13 @@ def load(name, train_split="train", test_split="test", tfds_data_dir=None, image
             raise DataError(f"the TFDS data set {name} has no feature {key!r}; its features are "
                             f"{sorted(features)}. Name them with config.dataset.image_key and "
                             f"label_key.")
+    for field, split in (("train_split", train_split), ("test_split", test_split)):
+        check_split(builder.info.splits, name, field, split)
+    num_classes = getattr(features[label_key], "num_classes", None)
     try:
-        train, test = (TfdsSource(name, split, tfds_data_dir, image_key, label_key)
+        train, test = (TfdsSource(name, split, tfds_data_dir, image_key, label_key, num_classes)
                        for split in (train_split, test_split))
-    except ValueError as e:  # TFDS: "Unknown split 'validation'. Should be one of [...]"
+    except ValueError as e:  # TFDS's other refusals, as it words them
         raise DataError(f"config.dataset (tfds:{name}): {e}") from e
     return Dataset(train=train, test=test, prepare_inputs=scale_to_unit)
 

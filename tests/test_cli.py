@@ -15,6 +15,7 @@ from trainer.errors import ConfigError
 
 XOR = "--config=configs/xor_mlp.py"
 MNIST = "--config=configs/mnist_cnn.py"
+MNIST_MLP = "--config=configs/mnist_mlp.py"
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +36,11 @@ def inputs(tmp_path_factory):
     labels.write_bytes(gzip.compress(gzip.decompress(labels.read_bytes())[:-5]))
     write_idx(root / "wrong_magic" / "t10k-images-idx3-ubyte.gz", 2049, np.zeros((10, 28, 28)))
     (root / "missing" / "t10k-labels-idx1-ubyte.gz").unlink()
+    digits = root / "digits"  # 20 training images, labels 0 to 9
+    digits.mkdir()
+    for split, n in (("train", 20), ("t10k", 10)):
+        write_idx(digits / f"{split}-images-idx3-ubyte.gz", 2051, np.zeros((n, 28, 28)))
+        write_idx(digits / f"{split}-labels-idx1-ubyte.gz", 2049, np.arange(n) % 10)
     (root / "interrupted_tfds" / "mnist" / "3.0.1").mkdir(parents=True)  # a download cut short
     (root / "empty_tfds").mkdir()
     workdir = root / "run"
@@ -59,6 +65,9 @@ BAD_INPUTS = [
     ([XOR, "--config.model.depth=3"], "--config.model.depth: the config has no such field"),
     ([XOR, "--config.optimizer.momentm=None"], "--config.optimizer.momentm: the config has no such "
                                                "field (did you mean 'momentum'?)"),
+    # the flag with the typo, not the first one
+    ([XOR, "--config.seed=1", "--config.optimzer.learning_rate=0.1"],
+     "--config.optimzer.learning_rate: the config has no such field (did you mean 'optimizer'?)"),
     ([XOR, "--config.batch_size=four"], "--config.batch_size=four"),
     ([XOR, "--config.resume=maybe"], "--config.resume=maybe"),
     ([XOR, "--config.model.features=wide"], "features=('wide',); use a sequence of positive layer sizes"),
@@ -123,6 +132,35 @@ BAD_VALUES = [
     (XOR, {"best_mode": "up"}, "config.best_mode='up' is invalid"),
     (XOR, {"optimizer.frozen": "params/(Dense"}, "config.optimizer.frozen='params/(Dense' is "
                                                  "invalid"),
+    # best_metric and early stopping compare evaluations, which must come before the end
+    (XOR, {"best_metric": "eval/loss", "eval_every_steps": 0},
+     "config.best_metric='eval/loss' compares evaluations, but config.eval_every_epochs=0 and "
+     "eval_every_steps=0 evaluate only once, at the end of training (step 1000): evaluate during "
+     "it, e.g. --config.eval_every_steps=100, or set config.best_metric=''."),
+    (XOR, {"early_stopping.metric": "eval/loss", "eval_every_steps": 2000},
+     "config.early_stopping.metric='eval/loss' compares evaluations, but "
+     "config.eval_every_epochs=0 and eval_every_steps=2000 evaluate only once"),
+    # what the data set holds: images to augment, targets for the task, classes for the outputs
+    (XOR, {"augment.crop_padding": 2},
+     "config.augment.crop_padding=2 needs images, examples of shape (height, width, channels), and "
+     "the inputs of data set 'xor' are float32 of shape (2,): leave crop_padding at 0 and flip "
+     "False for it"),
+    (XOR, {"augment.flip": True}, "config.augment.flip=True needs images"),
+    (XOR, {"task": "classification"},
+     "config.task='classification' cannot take the targets of data set 'xor' (float32, shape (1,) "
+     "each; the model's outputs: shape (1,)): TypeError: Expected the input to have a dtype that "
+     "is a subdtype of <class 'numpy.integer'>, got float32 instead. For float32 targets (values) "
+     "use e.g. --config.task=regression."),
+    (MNIST_MLP, {"dataset.data_dir": "{root}/digits", "batch_size": 16, "task": "regression"},
+     "config.task='regression' cannot take the targets of data set 'mnist' (int32, shape () each; "
+     "the model's outputs: shape (10,)): ValueError: Incompatible shapes for broadcasting"),
+    (MNIST_MLP, {"dataset.data_dir": "{root}/digits", "batch_size": 16,
+                 "model.features": (512, 512, 5)},
+     "config.model gives 5 outputs but the data set's labels go up to 9 (10 classes): a classifier "
+     "needs an output for each class; pass --config.model.features=\"(512, 512, 10)\"."),
+    (MNIST, {"dataset.data_dir": "{root}/digits", "batch_size": 16, "model.num_classes": 8},
+     "config.model gives 8 outputs but the data set's labels go up to 9 (10 classes): a classifier "
+     "needs an output for each class; pass --config.model.num_classes=10."),
     # data
     (MNIST, {"dataset.data_dir": "/no/such/folder"}, "is not a folder"),
     (MNIST, {"dataset.data_dir": "{root}/wrong_magic"}, "is not an IDX file"),

@@ -505,7 +505,7 @@ BAD_DATA = [
     ({"name": "tfds:cifar10", "tfds_data_dir": "{root}"},
      "cifar10 was not found: cifar10 is not prepared in {root}/cifar10/"),
     ({"name": "tfds:mnist_sample", "tfds_data_dir": "{tfds}", "test_split": "validation"},
-     "Unknown split 'validation'"),
+     "config.dataset.test_split='validation' is not a split of mnist_sample"),
     ({"name": "tfds:mnist_sample", "tfds_data_dir": "{tfds}", "image_key": "picture"},
      "the TFDS data set mnist_sample has no feature 'picture'; its features are "
      "['image', 'label']"),

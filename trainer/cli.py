@@ -113,7 +113,8 @@ def describe_config_error(error, argv):
         return "the config file defines no get_config() function returning a ConfigDict."
     key = re.search(r"'([^'\\]+)", text)
     overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
-    bad = [o for o in overrides if key and o.split(".")[-1] == key.group(1)] or overrides
+    # The unknown name may be any part of the flag's path: --config.optimzer.learning_rate.
+    bad = [o for o in overrides if key and key.group(1) in o.split(".")[1:]] or overrides
     if isinstance(error, (AttributeError, KeyError)) and bad:
         hint = re.search(r"Did you mean \"?(\w+)", text)
         return (f"{bad[0]}: the config has no such field"

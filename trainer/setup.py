@@ -4,17 +4,19 @@ import dataclasses
 from typing import Callable
 
 import jax
+import numpy as np
 
 import datasets
 from datasets.augment import Augment, normalized
 from trainer import batching, finetune, input_pipeline, parts
-from trainer.config_check import validate_config
+from trainer.config_check import is_int, lookup, validate_config
 from trainer.errors import ConfigError
 from trainer.model import build as build_model
 from trainer.optim import create_optimizer, frozen_parameters
 from trainer.parallel import Parallel
 from trainer.state import TrainState, create_train_state
 from trainer.tasks import Task
+from trainer.timetable import Timetable
 from trainer.writers import find_writers
 
 
@@ -101,22 +103,35 @@ def build_task(name):
     return task
 
 
-def build_augment(config):
-    """The host augmentation of config.augment, or None."""
+def build_augment(config, inputs, dataset_name):
+    """The host augmentation of config.augment, or None. `inputs`: the first training example's,
+    batched: crop and flip take images, (height, width, channels); anything else would fail in the
+    pipeline's workers, once the run's files are written."""
     transform = config.transform and parts.find(parts.TRANSFORM, config.transform)
-    if config.crop_padding or config.flip or transform:
+    used = [f"crop_padding={config.crop_padding}"] * bool(config.crop_padding) + (
+        ["flip=True"] if config.flip else [])
+    if used and inputs.ndim != 4:
+        raise ConfigError(
+            f"config.augment.{' and '.join(used)} need{'s' * (len(used) == 1)} images, examples "
+            f"of shape (height, width, channels), and the inputs of data set {dataset_name!r} are "
+            f"{inputs.dtype} of shape {inputs.shape[1:]}: leave crop_padding at 0 and flip False "
+            f"for it (config.augment.transform takes a function of your own).")
+    if used or transform:
         return Augment(config.crop_padding, config.flip, transform)
     return None
 
 
-def with_normalization(dataset, augment):
-    """config.augment.mean and std, applied on the device after the data set's own scaling."""
+def with_normalization(dataset, augment, inputs=None):
+    """config.augment.mean and std, applied on the device after the data set's own scaling.
+    `inputs`: the first training example's, read here if not given."""
     if len(augment.mean) != len(augment.std):
         raise ConfigError(f"config.augment.mean has {len(augment.mean)} values and std "
                           f"{len(augment.std)}; give one of each per channel (or neither).")
     if not augment.mean:
         return dataset
-    channels = datasets.examples(dataset.train, [0])["inputs"].shape[-1]
+    if inputs is None:
+        inputs = datasets.examples(dataset.train, [0])["inputs"]
+    channels = inputs.shape[-1]
     if len(augment.mean) not in (1, channels):
         raise ConfigError(f"config.augment.mean has {len(augment.mean)} values; the images have "
                           f"{channels} channels.")
@@ -154,6 +169,86 @@ def check_metric_names(config, task):
                                   "--config.ema_decay=0.999 (say) keeps." if without_ema else "."))
 
 
+def check_evaluated_during_training(config, steps_per_epoch, total_steps):
+    """config.best_metric and config.early_stopping.metric compare evaluations: with none before
+    the end (the schedules 0, or longer than training) there is only the final one, and neither
+    would ever act."""
+    periods = Timetable.from_config(config, steps_per_epoch, total_steps).periods["eval"]
+    if any(0 < k < total_steps for k in periods):
+        return
+    for field in ("best_metric", "early_stopping.metric"):
+        name = lookup(config, field)
+        if name:
+            raise ConfigError(
+                f"config.{field}={name!r} compares evaluations, but config.eval_every_epochs="
+                f"{config.eval_every_epochs} and eval_every_steps={config.eval_every_steps} "
+                f"evaluate only once, at the end of training (step {total_steps}): evaluate during "
+                f"it, e.g. --config.eval_every_steps={max(1, total_steps // 10)}, or set "
+                f"config.{field}=''.")
+
+
+def num_classes(dataset):
+    """How many classes the data set's labels have: a streamed split's own count where it offers
+    one, else the largest integer label of in-memory splits + 1; None where neither tells."""
+    counts = []
+    for split in (dataset.train, dataset.test):
+        if not datasets.in_memory(split):
+            counts.append(getattr(split, "num_classes", None))
+        elif np.issubdtype(split["targets"].dtype, np.integer) and split["targets"].size:
+            counts.append(int(split["targets"].max()) + 1)
+    return max((c for c in counts if c), default=None)
+
+
+def output_fix(model_config, outputs, wanted):
+    """How to give the model `wanted` outputs: the config.model field whose value is its number
+    of outputs (`num_classes=5`) or ends with it (`features=(512, 512, 5)`), as a flag; of several,
+    the one named for classes or outputs, else none."""
+    flags = {}
+    for field, value in model_config.items():
+        if isinstance(value, (tuple, list)) and value and value[-1] == outputs:
+            flags[field] = f'--config.model.{field}="{(*value[:-1], wanted)}"'
+        elif is_int(value) and value == outputs:
+            flags[field] = f"--config.model.{field}={wanted}"
+    fitting = [f for f in flags if "class" in f or "out" in f] or list(flags)
+    return f"pass {flags[fitting[0]]}" if len(fitting) == 1 else f"give the model {wanted} outputs"
+
+
+def check_outputs(config, task, dataset, state, first):
+    """The model's outputs against the data set's targets, abstractly (jax.eval_shape: shapes and
+    dtypes, nothing computed), as a train step of the configured batch sees them: the task's loss
+    and metrics must take them, and a classifier (integer labels, an output per class along a
+    last axis of their own) must have an output for every class. Either failing otherwise stops
+    the run at its first step, with its files written, as an error of JAX's or Optax's or a NaN."""
+    rows = config.batch_size // config.grad_accum_steps
+    inputs, targets = (jax.ShapeDtypeStruct((rows, *first[name].shape[1:]), first[name].dtype)
+                       for name in ("inputs", "targets"))
+
+    def model_outputs(params, model_state, x):
+        return state.model.apply(params, model_state, dataset.prepare_inputs(x), False)[0]
+
+    outputs = jax.eval_shape(model_outputs, state.params, state.model_state, inputs)
+    try:
+        jax.eval_shape(lambda o, t: task.compute_metrics(o, t, task.loss(o, t)), outputs, targets)
+    except Exception as e:  # pylint: disable=broad-except  (the loss's or a metric's, on shapes)
+        labels = np.issubdtype(targets.dtype, np.integer)
+        other = "classification" if labels else "regression"
+        hint = "" if config.task == other else (
+            f" For {'integer class labels' if labels else f'{targets.dtype} targets (values)'} "
+            f"use e.g. --config.task={other}.")
+        raise ConfigError(
+            f"config.task={config.task!r} cannot take the targets of data set "
+            f"{config.dataset.name!r} ({targets.dtype}, shape {targets.shape[1:]} each; the "
+            f"model's outputs: shape {outputs.shape[1:]}): {type(e).__name__}: "
+            f"{str(e).strip().splitlines()[0].rstrip('.')}.{hint}") from e
+    classes = num_classes(dataset)
+    if (task.classes and np.issubdtype(targets.dtype, np.integer) and classes
+            and outputs.ndim == targets.ndim + 1 and outputs.shape[-1] < classes):
+        raise ConfigError(
+            f"config.model gives {outputs.shape[-1]} outputs but the data set's labels go up to "
+            f"{classes - 1} ({classes} classes): a classifier needs an output for each class; "
+            f"{output_fix(config.model, outputs.shape[-1], classes)}.")
+
+
 def build(config, training=True) -> Setup:
     """Checks the config and builds everything from it; raises a user error if anything cannot be
     built. `training`: also check the metric writers and plan config.init_from (using a trained
@@ -168,19 +263,24 @@ def build(config, training=True) -> Setup:
     check_metric_names(config, task)
     if training:
         find_writers(config.writers)
-    dataset = with_normalization(build_dataset(config.dataset), config.augment)
+    dataset = build_dataset(config.dataset)
+    first = datasets.examples(dataset.train, [0])  # read once: a streamed example is decoded
+    dataset = with_normalization(dataset, config.augment, first["inputs"])
+    augment = build_augment(config.augment, first["inputs"], config.dataset.name)
     model = build_model(config.model, dtype=config.dtype, axis_name=parallel.axis_name)
     steps_per_epoch = dataset.num_train // config.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(f"config.batch_size={config.batch_size} is larger than the training split "
                           f"({dataset.num_train} examples). Use a batch size <= {dataset.num_train}.")
     total_steps = config.num_steps or config.num_epochs * steps_per_epoch
+    if training:
+        check_evaluated_during_training(config, steps_per_epoch, total_steps)
     if config.profile_steps and config.profile_steps[0] >= total_steps:
         raise ConfigError(f"config.profile_steps={tuple(config.profile_steps)} starts past the end "
                           f"of training ({total_steps} steps), so it would trace nothing. Give a "
                           f"start below {total_steps}.")
     tx, learning_rate = create_optimizer(config.optimizer, steps_per_epoch, total_steps)
-    example_inputs = dataset.prepare_inputs(datasets.examples(dataset.train, [0])["inputs"])
+    example_inputs = dataset.prepare_inputs(first["inputs"])
     try:
         state = create_train_state(model, tx, example_inputs, config.seed,
                                    parallel.state_shardings, ema=config.ema_decay > 0)
@@ -191,9 +291,10 @@ def build(config, training=True) -> Setup:
             f"config.model ({config.model.name!r}) cannot take the inputs of data set "
             f"{config.dataset.name!r}, of shape {tuple(example_inputs.shape[1:])}: "
             f"{type(e).__name__}: {str(e).splitlines()[0]}") from e
+    check_outputs(config, task, dataset, state, first)
     frozen_parameters(config.optimizer, state.params)  # checked
     setup = Setup(parallel, dataset, task, state, learning_rate, steps_per_epoch, total_steps,
-                  build_augment(config.augment), config,
+                  augment, config,
                   finetune.plan(config, state) if training else None)
     if config.steps == "fused" and setup.streams:
         raise ConfigError("config.steps='fused' needs the training split in memory and no host "
