@@ -7,8 +7,9 @@
     python scripts/predict.py --workdir=runs/mnist --images=digit.png # 28x28 grey, white on black
     python scripts/predict.py --workdir=runs/mnist --step=best --ema  # the best checkpoint's average
 
-Inputs are in the data set's natural units (the polynomial's x in [-10, 10]); rows of --inputs
-are separated by ';' and values by ','.
+Inputs are in the data set's natural units, as it stores them (the polynomial's x in [-10, 10];
+an image's pixels as whole numbers in 0..255, a row of 784 for MNIST); rows of --inputs are
+separated by ';' and values by ','.
 """
 import pathlib
 import sys
@@ -19,7 +20,7 @@ import numpy as np  # pylint: disable=wrong-import-position
 from absl import flags  # pylint: disable=wrong-import-position
 
 import datasets  # pylint: disable=wrong-import-position
-from trainer import api, cli  # pylint: disable=wrong-import-position
+from trainer import api, cli, evaluation  # pylint: disable=wrong-import-position
 from trainer.errors import ConfigError  # pylint: disable=wrong-import-position
 
 DEFAULT_COUNT = 10  # test examples shown when none are asked for
@@ -95,7 +96,12 @@ def main(argv):
     if IMAGES.value:
         inputs, names = read_images(IMAGES.value, example_shape), IMAGES.value
     elif INPUTS.value:
-        inputs = parse_rows(INPUTS.value, int(np.prod(example_shape)))
+        rows = parse_rows(INPUTS.value, int(np.prod(example_shape)))
+        # As the data set stores them (a row of 784 whole numbers in 0..255 for MNIST), or refused
+        inputs, _ = evaluation.stored_form(setup.dataset, rows.reshape(-1, *example_shape),
+                                           "--inputs")
+        if inputs[0].size > 8:  # too long to print as the name of a row
+            names = [f"row {n}" for n in range(1, len(inputs) + 1)]
     else:
         if INDICES.value:
             indices = parse_indices(INDICES.value, count)

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 import datasets
+from trainer.errors import ConfigError
 from trainer.parallel import local_copy
 from trainer.steps import eval_step
 from trainer.writers import prefixed
@@ -47,10 +48,128 @@ def evaluate_state(setup, state):
     return evaluate_scalars(compile_eval(setup), setup, setup.parallel.to_device_form(state))
 
 
+def stored_example(dataset):
+    """One example of the run's data as it stores it (the training split's first), batch axis
+    included: (1, ...)."""
+    return np.asarray(datasets.examples(dataset.train, [0])["inputs"])
+
+
+def stored_form(dataset, inputs, argument="inputs"):
+    """`inputs` (an array, a list, a number) checked against the form the data set `dataset`
+    stores its inputs in, that of one example of its training split: (array, batched), the array
+    in the stored dtype with a batch axis, `batched` False where `inputs` was one example (its
+    shape the stored example's; for an example shape of (1,) or (), a number) and True where it
+    was a batch of them ((n, *example shape); for (1,), a 1-D array of n numbers too).
+    Anything else is one ConfigError line that names `argument` and says what to give: another
+    shape, or values that cannot be the stored form (floats not whole, or out of range, for
+    integer inputs such as uint8 pixels; uint8 pixels for float inputs in [0, 1]). Whole floats
+    in range are cast to an integer stored dtype, and numbers of any kind to a float one."""
+    example = stored_example(dataset)
+    stored, shape = example.dtype, example.shape[1:]
+    try:
+        given = np.asarray(inputs)
+    except (TypeError, ValueError) as e:  # ragged lists
+        raise ConfigError(f"{argument}: cannot be read as one array ({e}); give "
+                          f"{shapes_accepted(shape)}.") from e
+    if shape == (1,) and given.ndim <= 1:  # numbers: one, or a batch of scalar examples
+        batch, batched = given.reshape(-1, 1), given.ndim == 1
+    elif given.shape == shape:
+        batch, batched = given[None], False
+    elif given.shape[1:] == shape:
+        batch, batched = given, True
+    else:
+        raise ConfigError(f"{argument}: shape {given.shape} is not one example of the run's data "
+                          f"nor a batch of them; give {shapes_accepted(shape)}"
+                          f"{reshape_hint(given.shape, shape)}.")
+    return values_in(batch, stored, dataset, argument), batched
+
+
+def shapes_accepted(shape):
+    if shape == (1,):
+        return "a number (one example), or n of them as shape (n,) or (n, 1) (a batch)"
+    if shape == ():
+        return "a number (one example), or n of them as shape (n,) (a batch)"
+    return f"shape {shape} (one example) or (n, {', '.join(map(str, shape))}) (a batch of n)"
+
+
+def reshape_hint(given, shape):
+    """How to reshape flattened examples, where these are."""
+    size, dims = int(np.prod(shape)), ", ".join(map(str, shape))
+    if len(shape) > 1 and given == (size,):
+        return f", e.g. x.reshape({dims}) where this is one example flattened"
+    if len(shape) > 1 and len(given) == 2 and given[1] == size:
+        return f", e.g. x.reshape(-1, {dims}) where these are examples flattened"
+    return ""
+
+
+def value_range(values):
+    if values.dtype.kind in "iub":
+        return f"in {values.min()}..{values.max()}"
+    low, high = (np.format_float_positional(v, precision=4, trim="0")
+                 for v in (values.min(), values.max()))
+    return f"in [{low}, {high}]"
+
+
+def values_in(batch, stored, dataset, argument):
+    """`batch` in the stored dtype, or one ConfigError line where its values cannot be that."""
+    given = batch.dtype
+    if given.kind not in "biuf":
+        raise ConfigError(f"{argument}: these are {given} values; give numbers, as the run's data "
+                          f"stores its inputs ({stored}).")
+    if not batch.size:
+        return batch.astype(stored)
+    if stored.kind in "biu":
+        low, high = (0, 1) if stored.kind == "b" else (np.iinfo(stored).min, np.iinfo(stored).max)
+        wants = f"the run's data stores inputs as {stored} in {low}..{high}"
+        if stored == np.uint8 and batch.ndim == 4:
+            wants += " (raw pixels)"
+        if given.kind == "f":
+            if not np.isfinite(batch).all():
+                raise ConfigError(f"{argument}: {wants}; these are {given} with NaN or infinite "
+                                  f"values.")
+            if not (batch == np.round(batch)).all():
+                hint = f"whole numbers in {low}..{high}"
+                if batch.min() >= 0 and batch.max() <= 1 and high > 1:  # scaled for a model
+                    hint = (f"{hint}, these times {high} rounded" if argument.startswith("--") else
+                            f"(x * {high}).round().astype(np.{stored})")
+                raise ConfigError(f"{argument}: {wants}; these are {given} "
+                                  f"{value_range(batch)}, not whole numbers: give {hint}.")
+        if batch.min() < low or batch.max() > high:
+            raise ConfigError(f"{argument}: {wants}; these are {given} {value_range(batch)}: give "
+                              f"values in {low}..{high}.")
+        return batch.astype(stored)
+    if given == np.uint8 and batch.max() > 1 and stored.kind == "f":
+        sample = stored_sample(dataset)
+        if sample.min() >= 0 and sample.max() <= 1:  # pixels for inputs scaled to [0, 1]
+            raise ConfigError(f"{argument}: the run's data stores inputs as {stored} in [0, 1]; "
+                              f"these are uint8 {value_range(batch)}: give x.astype(np.{stored}) "
+                              f"/ 255.")
+    return batch.astype(stored)
+
+
+def stored_sample(dataset, count=64):
+    """The training split's inputs: all of them in memory, else the first `count`."""
+    train = dataset.train
+    if datasets.in_memory(train):
+        return np.asarray(train["inputs"])
+    return np.asarray(datasets.examples(train, range(min(count, datasets.num_examples(train))))[
+        "inputs"])
+
+
 def predict(setup, state, inputs, chunk=1000):
-    """The model's outputs (evaluation mode) for raw `inputs` (as the data set stores them), in
-    natural units; `chunk` examples at a time, to bound the memory of the activations. Every
-    process calls this with the same inputs, and gets all the outputs."""
+    """The model's outputs (evaluation mode), in natural units, for `inputs` in the form the run's
+    data set stores them (MNIST: uint8 pixels in 0..255, not floats in [0, 1]): one example
+    (its outputs, unbatched) or a batch (theirs, a row each); stored_form says what it takes and
+    refuses the rest in one line. Every process calls this with the same inputs, and gets all the
+    outputs."""
+    batch, batched = stored_form(setup.dataset, inputs)
+    outputs = outputs_on(setup, state, batch, chunk)
+    return outputs if batched else outputs[0]
+
+
+def outputs_on(setup, state, inputs, chunk=1000):
+    """predict's outputs for a batch of inputs in the stored form, unchecked; `chunk` examples at
+    a time, to bound the memory of the activations."""
     parallel = setup.parallel
 
     @functools.partial(jax.jit, out_shardings=parallel.replicated)
@@ -60,6 +179,9 @@ def predict(setup, state, inputs, chunk=1000):
         return setup.dataset.decode_outputs(outputs)
 
     inputs = np.asarray(inputs)
+    if not len(inputs):  # no outputs, of the shape and dtype one example's have
+        one = jax.eval_shape(outputs_of, state, np.zeros((1, *inputs.shape[1:]), inputs.dtype))
+        return np.zeros((0, *one.shape[1:]), one.dtype)
     return np.concatenate([
         np.asarray(local_copy(outputs_of(state, parallel.replicate(inputs[i:i + chunk]))))
         for i in range(0, len(inputs), chunk)])
@@ -72,7 +194,7 @@ def write_figures(setup, state, workdir, suffix=""):
     from trainer import plots  # pylint: disable=g-import-not-at-top  (matplotlib: only here)
     test = setup.dataset.test
     test = datasets.examples(test, range(min(datasets.num_examples(test), FIGURE_EXAMPLES)))
-    outputs = predict(setup, state, test["inputs"])
+    outputs = outputs_on(setup, state, test["inputs"])
     if jax.process_index() != 0:
         return []
     return plots.plot_all(workdir, setup.task, test, outputs, setup.dataset.decode_outputs, suffix)
