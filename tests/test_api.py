@@ -105,6 +105,7 @@ def test_a_sigint_from_another_thread_saves_and_the_same_call_resumes_bitwise(wh
             time.sleep(0.001)
         os.kill(os.getpid(), signal.SIGINT)
 
+    before = signal.getsignal(signal.SIGINT)  # the kernel's own; SIG_IGN in a `cmd &` of a shell
     thread = threading.Thread(target=interrupt)
     thread.start()
     with pytest.raises(Stopped) as stopped:
@@ -112,7 +113,7 @@ def test_a_sigint_from_another_thread_saves_and_the_same_call_resumes_bitwise(wh
     thread.join()
     assert isinstance(stopped.value, KeyboardInterrupt) and "\n" not in str(stopped.value)
     assert str(stopped.value).startswith("Stopped by SIGINT at step ")
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the kernel's own again
+    assert signal.getsignal(signal.SIGINT) is before  # put back
     resumed = fit_mlp(tmp_path, arrays)
     assert history(tmp_path) == history(pathlib.Path(whole.workdir))  # less steps/s
     assert resumed.final == whole.final
@@ -130,13 +131,17 @@ def test_resuming_with_another_object_or_from_the_command_line_is_refused(whole,
             return nn.Dense(10)(nn.tanh(nn.Dense(self.hidden)(x.reshape(x.shape[0], -1))))
 
     before = files(tmp_path) if tmp_path.exists() else {}
-    with pytest.raises(WorkdirError, match="was trained with config.model.name='given:test_api."):
+    with pytest.raises(WorkdirError, match="was trained with other settings that define it: "
+                       "model.name \\('given:test_api.TinyMLP#") as refused:
         api.fit(None, whole.workdir, model=TinyMLP, dataset=arrays,
                 optimizer=optax.adam(1e-3), **{**SETTINGS, "num_steps": 500})
+    assert "(model.name: another object given in Python)" in str(refused.value)
+    assert "resume_with_changes=True to resume with these" in str(refused.value)
     result = run_train("--config=configs/mnist_mlp.py", f"--config.dataset.data_dir={MNIST_DIR}",
                        f"--workdir={whole.workdir}")
     assert result.returncode == 2
-    assert "was trained with config.model.name='given:test_api.TinyMLP#" in result.stderr
+    assert "model.name ('given:test_api.TinyMLP#" in result.stderr
+    assert "--config.resume_with_changes=True to resume with these" in result.stderr
     evaluated = subprocess.run([sys.executable, str(REPO / "scripts" / "evaluate.py"),
                                 f"--workdir={whole.workdir}"], capture_output=True, text=True,
                                cwd=REPO)

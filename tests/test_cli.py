@@ -75,6 +75,12 @@ BAD_INPUTS = [
     ([XOR, "--config.batch_size=0"], "config.batch_size=0 is invalid: it must be a positive integer"),
     ([XOR, "--config.model.name=transformer"], "config.model.name='transformer' is not a model"),
     ([MNIST, "--config.dataset.data_dir={root}/truncated"], "train-labels-idx1-ubyte.gz is truncated"),
+    # a fix as a flag here, as a keyword of api.fit in Python (BAD_VALUES below)
+    ([XOR, "--config.task=classification"], "use e.g. --config.task=regression."),
+    ([XOR, "--config.best_metric=eval/loss", "--config.eval_every_steps=0"],
+     "e.g. --config.eval_every_steps=100, or set config.best_metric=''."),
+    ([MNIST_MLP, "--config.dataset.data_dir={root}/digits", "--config.batch_size=16",
+      "--config.model.features=(512, 512, 5)"], 'pass --config.model.features="(512, 512, 10)".'),
     # several hosts, asked for where there are none
     ([XOR, "--coordinator_address=127.0.0.1:1234"], "--coordinator_address needs --num_processes"),
     ([XOR, "--num_processes=2", "--process_id=0"], "--num_processes and --process_id need "
@@ -126,8 +132,7 @@ BAD_VALUES = [
     (XOR, {"early_stopping.metric": "eval_ema/loss"},
      "config.early_stopping.metric='eval_ema/loss' is never logged"),
     (XOR, {"best_metric": "eval_ema/accuracy"},
-     "eval_ema/... is the moving average of the parameters, which --config.ema_decay=0.999 (say) "
-     "keeps."),
+     "eval_ema/... is the moving average of the parameters, which ema_decay=0.999 (say) keeps."),
     (XOR, {"early_stopping.patience": 0}, "config.early_stopping.patience=0 is invalid"),
     (XOR, {"best_mode": "up"}, "config.best_mode='up' is invalid"),
     (XOR, {"optimizer.frozen": "params/(Dense"}, "config.optimizer.frozen='params/(Dense' is "
@@ -136,7 +141,7 @@ BAD_VALUES = [
     (XOR, {"best_metric": "eval/loss", "eval_every_steps": 0},
      "config.best_metric='eval/loss' compares evaluations, but config.eval_every_epochs=0 and "
      "eval_every_steps=0 evaluate only once, at the end of training (step 1000): evaluate during "
-     "it, e.g. --config.eval_every_steps=100, or set config.best_metric=''."),
+     "it, e.g. eval_every_steps=100, or set config.best_metric=''."),
     (XOR, {"early_stopping.metric": "eval/loss", "eval_every_steps": 2000},
      "config.early_stopping.metric='eval/loss' compares evaluations, but "
      "config.eval_every_epochs=0 and eval_every_steps=2000 evaluate only once"),
@@ -150,17 +155,17 @@ BAD_VALUES = [
      "config.task='classification' cannot take the targets of data set 'xor' (float32, shape (1,) "
      "each; the model's outputs: shape (1,)): TypeError: Expected the input to have a dtype that "
      "is a subdtype of <class 'numpy.integer'>, got float32 instead. For float32 targets (values) "
-     "use e.g. --config.task=regression."),
+     "use e.g. task='regression'."),  # Python's wording: api.fit is called
     (MNIST_MLP, {"dataset.data_dir": "{root}/digits", "batch_size": 16, "task": "regression"},
      "config.task='regression' cannot take the targets of data set 'mnist' (int32, shape () each; "
      "the model's outputs: shape (10,)): ValueError: Incompatible shapes for broadcasting"),
     (MNIST_MLP, {"dataset.data_dir": "{root}/digits", "batch_size": 16,
                  "model.features": (512, 512, 5)},
      "config.model gives 5 outputs but the data set's labels go up to 9 (10 classes): a classifier "
-     "needs an output for each class; pass --config.model.features=\"(512, 512, 10)\"."),
+     "needs an output for each class; pass model=dict(features=(512, 512, 10))."),
     (MNIST, {"dataset.data_dir": "{root}/digits", "batch_size": 16, "model.num_classes": 8},
      "config.model gives 8 outputs but the data set's labels go up to 9 (10 classes): a classifier "
-     "needs an output for each class; pass --config.model.num_classes=10."),
+     "needs an output for each class; pass model=dict(num_classes=10)."),
     # data
     (MNIST, {"dataset.data_dir": "/no/such/folder"}, "is not a folder"),
     (MNIST, {"dataset.data_dir": "{root}/wrong_magic"}, "is not an IDX file"),

@@ -48,7 +48,7 @@ import datasets  # pylint: disable=wrong-import-position
 from trainer import configuration, evaluation, inference, loop  # pylint: disable=wrong-import-position
 from trainer import parts, session  # pylint: disable=wrong-import-position
 from trainer.fingerprint import fingerprint  # pylint: disable=wrong-import-position
-from trainer.errors import ConfigError, WorkdirError  # pylint: disable=wrong-import-position
+from trainer.errors import ConfigError, WorkdirError, setting  # pylint: disable=wrong-import-position
 from trainer.optim import TRAINER_FIELDS  # pylint: disable=wrong-import-position
 from trainer.progress import in_notebook  # pylint: disable=wrong-import-position
 from trainer.tasks import Task  # pylint: disable=wrong-import-position
@@ -106,7 +106,7 @@ class Run:
         if self.state.ema_params is None:
             raise WorkdirError(f"the run in {self.workdir} kept no moving average of its "
                                f"parameters to use (--ema, ema=True): train with "
-                               f"--config.ema_decay=0.999 (ema_decay=0.999 in Python).")
+                               f"{setting('ema_decay', 0.999)}.")
         return self.state.replace(params=self.state.ema_params)
 
     def evaluate(self, data=None):

@@ -29,7 +29,7 @@ import tensorstore as ts
 from absl import logging
 from jax.experimental import multihost_utils
 
-from trainer.errors import StorageError, WorkdirError
+from trainer.errors import StorageError, WorkdirError, setting
 from trainer.model import path_name
 
 
@@ -96,8 +96,8 @@ class CheckpointMismatch(WorkdirError):
         super().__init__(
             f"the checkpoint at step {step} in {directory} does not fit the config: {what}. "
             f"{changed}{' ' if changed else ''}Use the config that run was started with, or pass "
-            f"--config.resume=False to start a fresh run in a new subfolder (the checkpoints stay "
-            f"as they are).")
+            f"{setting('resume', False)} to start a fresh run in a new subfolder (the checkpoints "
+            f"stay as they are).")
 
 
 # The order in which a mismatch names the state's arrays: the model's own first.

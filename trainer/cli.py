@@ -15,7 +15,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from trainer import configuration, session
+from trainer import configuration, errors, session
 from trainer.errors import USER_ERRORS, ConfigError, Stopped, WorkdirError, fail
 
 CONFIG_HELP = ("Config file, e.g. configs/mnist_cnn.py; override any field with "
@@ -205,6 +205,7 @@ def run(main, config_required=True, reads_a_run=False):
     `reads_a_run`: the script uses the run in --workdir, whose config.json is the default config.
     """
     define_config_flag(sys.argv, reads_a_run)
+    errors.SPOKEN["flags"] = True
 
     def main_with_errors(argv):
         session.quiet_logging(keep_noise=DEBUG.value)

@@ -19,6 +19,39 @@ def listed(names):
     return ", ".join(names[:SHOWN]) + (f", ... ({len(names)} in all)" if len(names) > SHOWN else "")
 
 
+# Errors name a setting as their reader gives it: a script's flag (`--config.seed=5`) or a keyword
+# of trainer.api's calls (`seed=5`). The scripts (trainer/cli.py) set "flags".
+SPOKEN = {"flags": False}
+
+
+def setting(name, value):
+    """How to give the config field `name` ("optimizer.grad_clip_norm") the `value`:
+    `--config.optimizer.grad_clip_norm=1.0` in a script, `optimizer=dict(grad_clip_norm=1.0)` in
+    Python. A dict value gives several fields of the section `name` at once."""
+    if SPOKEN["flags"]:
+        if isinstance(value, dict):
+            return " ".join(setting(f"{name}.{key}", each) for key, each in value.items())
+        quoted = f'"{value}"' if isinstance(value, tuple) else value  # for the shell
+        return f"--config.{name}={quoted}"
+    *sections, leaf = name.split(".")
+    spoken = f"{leaf}={value!r}" if not isinstance(value, dict) else (
+        f"{leaf}=dict({', '.join(f'{key}={each!r}' for key, each in value.items())})")
+    for section in reversed(sections):
+        spoken = f"{section}=dict({spoken})"
+    return spoken
+
+
+def argument(name, value):
+    """An argument as the reader gives it: a script's `--step=best`, a call's `step='best'`."""
+    return f"--{name}={value}" if SPOKEN["flags"] else f"{name}={value!r}"
+
+
+def same_again():
+    """How to run the same training again (to resume it)."""
+    return ("run the same command" if SPOKEN["flags"] else
+            "call trainer.api.fit() again with the same arguments")
+
+
 class ConfigError(Exception):
     """A config value that is missing, of the wrong type or out of range."""
 
@@ -45,7 +78,7 @@ class StorageError(Exception):
     def __str__(self):
         kept = f"; {self.kept}" if self.kept else ""
         return (f"{self.what} failed: {os_error(self.cause)}{kept}. Free space (or make the folder "
-                f"writable again) and run the same command to resume.")
+                f"writable again) and {same_again()} to resume.")
 
 
 def os_error(error):

@@ -28,7 +28,7 @@ from absl import logging
 from etils import epath
 
 from trainer.checkpoint import ChecksumError, Checkpoints, shapes_by_name, verify, what_failed
-from trainer.errors import SHOWN, ConfigError, listed
+from trainer.errors import SHOWN, ConfigError, listed, setting
 from trainer.model import path_name
 
 LOADABLE = ("params", "model_state")  # the parts of a TrainState fine-tuning loads
@@ -79,7 +79,7 @@ def find_checkpoint(path):
     if not os.path.exists(path):
         raise ConfigError(f"{field} does not exist. Give a run's workdir or one checkpoint's "
                           f"folder (workdir/checkpoints/N); a run that resumes from checkpoints "
-                          f"of its own needs none: --config.init_from=''.")
+                          f"of its own needs none: {setting('init_from', '')}.")
     if not os.path.isdir(path):
         raise ConfigError(f"{field} is a file. Give a run's workdir or one checkpoint's folder "
                           f"(workdir/checkpoints/N).")

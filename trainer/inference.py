@@ -1,7 +1,7 @@
 """Using a trained run: restore one of its checkpoints (by step, the latest or the best), with the
 run's own config, for evaluate.py, predict.py and plot.py (trainer/evaluation.py does the rest)."""
 from trainer.checkpoint import Checkpoints
-from trainer.errors import ConfigError, WorkdirError
+from trainer.errors import SPOKEN, ConfigError, WorkdirError, argument, setting
 from trainer.setup import build
 
 
@@ -10,19 +10,20 @@ def checkpoint_step(checkpoints, config, step):
     or a number."""
     steps = checkpoints.manager.all_steps()
     if not steps:
+        train = ("scripts/train.py --workdir=" if SPOKEN["flags"] else "trainer.api.fit(config, ")
         raise WorkdirError(f"no checkpoint in {checkpoints.directory}: train first with "
-                           f"scripts/train.py --workdir={checkpoints.workdir}.")
+                           f"{train}{checkpoints.workdir}{'' if SPOKEN['flags'] else ')'}.")
     if step == "best":
         best = checkpoints.best_step() if config.best_metric else None
         if best is None:
             raise WorkdirError(
-                f"--step=best: the run in {checkpoints.workdir} kept no best checkpoint"
-                f"{'' if config.best_metric else ' (its config has no best_metric)'}. Give a "
-                f"step (there are {sorted(steps)}), or train with --config.best_metric=eval/loss "
-                f"(or another eval metric).")
+                f"{argument('step', 'best')}: the run in {checkpoints.workdir} kept no best "
+                f"checkpoint{'' if config.best_metric else ' (its config has no best_metric)'}. "
+                f"Give a step (there are {sorted(steps)}), or train with "
+                f"{setting('best_metric', 'eval/loss')} (or another eval metric).")
         return best
     if step is not None and not str(step).isdigit():
-        raise ConfigError(f"--step={step}: give a step number (there are {sorted(steps)}) or "
+        raise ConfigError(f"{argument('step', step)}: give a step number (there are {sorted(steps)}) or "
                           f"'best'.")
     step = max(steps) if step is None else int(step)
     if step not in steps:
@@ -46,7 +47,7 @@ def restore(config, workdir, step=None):
         others = [s for s in checkpoints.manager.all_steps() if s != step]
         raise WorkdirError(
             f"the checkpoint at step {step} in {checkpoints.directory} is damaged: "
-            f"{checkpoints.what_is_damaged(step, e)}. Give another --step"
+            f"{checkpoints.what_is_damaged(step, e)}. Give another {'--step' if SPOKEN['flags'] else 'step'}"
             f"{f' (there are {sorted(others)})' if others else ''}.") from e
     finally:
         checkpoints.close()

@@ -112,8 +112,8 @@ def iterate(batch, start, end, workers, buffer):
                 raise DataError(
                     f"the data workers ended unexpectedly {RESTARTS + 1} times in a row, reading "
                     f"ahead from batch {start} ({cause}): a batch that kills its reader, or too "
-                    f"little memory (set fewer --config.pipeline.workers or a smaller "
-                    f"--config.pipeline.buffer)") from e
+                    f"little memory (set fewer config.pipeline.workers or a smaller "
+                    f"config.pipeline.buffer)") from e
             restarts += 1
             logging.warning("A data worker process ended unexpectedly (%s); starting the workers "
                             "again from batch %d.", cause, start)

@@ -19,11 +19,11 @@ from absl import logging
 from clu import parameter_overview
 
 from datasets import DataError
-from trainer import configuration, evaluation, finetune, optim, parts, sharding
+from trainer import evaluation, finetune, optim, record, sharding
 from trainer.checkpoint import CheckpointMismatch, Checkpoints
 from trainer.early_stopping import EarlyStopping
-from trainer.errors import (NonFiniteError, Stopped, StorageError, WorkdirError, listed,
-                            os_error)
+from trainer.errors import (SPOKEN, NonFiniteError, Stopped, StorageError, WorkdirError,
+                            os_error, same_again, setting)
 from trainer.parallel import local_copy
 from trainer.progress import Progress
 from trainer.runners import make_runner
@@ -160,8 +160,8 @@ def check_finite(config, state, parallel, checkpoints, step):
         raise NonFiniteError(
             f"a NaN or Inf in the loss or gradients at step {first} (seen at step {step}); the run "
             f"stopped there without applying it or any update after it, and {kept}. Lower the "
-            f"learning rate, clip the gradients (--config.optimizer.grad_clip_norm) or pass "
-            f"--config.nonfinite=skip to skip such updates and go on.")
+            f"learning rate, clip the gradients ({setting('optimizer.grad_clip_norm', 1.0)}) or "
+            f"pass {setting('nonfinite', 'skip')} to skip such updates and go on.")
     return count
 
 
@@ -190,34 +190,6 @@ def write_results(workdir, step, scalars):
     write_file(workdir, "results.json", json.dumps({"step": step, **json_safe(scalars)}))
 
 
-# The settings that shape the train state: where a checkpoint does not fit, one of them changed.
-STATE_SETTINGS = ("model", "dataset", "task", "optimizer", "ema_decay")
-
-
-def settings_changed(config, workdir):
-    """Which settings that shape the state differ between the run's own config.json and `config`,
-    said for a CheckpointMismatch ("" if none does, or the run wrote no config.json)."""
-    try:
-        with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
-            saved = json.load(f)
-    except (OSError, ValueError):
-        return ""
-    now = json.loads(config.to_json_best_effort())
-
-    def flat(tree, prefix=""):
-        if not isinstance(tree, dict):
-            return {prefix[:-1]: tree}
-        return {name: value for key, subtree in tree.items()
-                for name, value in flat(subtree, f"{prefix}{key}.").items()}
-
-    before, after = (flat({key: tree[key] for key in STATE_SETTINGS if key in tree})
-                     for tree in (saved, now))
-    absent = "absent"
-    changes = [f"{name} ({before.get(name, absent)!r} there, {after.get(name, absent)!r} here)"
-               for name in sorted(set(before) | set(after)) if before.get(name) != after.get(name)]
-    return f"The run's config.json differs in {listed(changes)}." if changes else ""
-
-
 class Trained(NamedTuple):
     state: object  # the final TrainState, in checkpoint form
     final: dict  # the final evaluation: {"eval/loss": ..., ...}, "eval_ema/..." with ema_decay
@@ -241,25 +213,6 @@ def train_and_evaluate(config, workdir, keep_process=False):
         return train_and_evaluate_in(config, setup, workdir, keep_process)
 
 
-def given_changed(config, workdir):
-    """Raises WorkdirError where the run in `workdir` was trained with an object given in Python
-    (a "given:..." name in its config.json: trainer/parts.py) and `config` names another part: a
-    model or data of the same shapes would otherwise resume silently."""
-    try:
-        with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
-            saved = configuration.tuples(json.load(f))
-    except (OSError, ValueError):
-        return
-    for kind in (parts.MODEL, parts.DATASET, parts.TASK, parts.OPTIMIZER):
-        before, now = (configuration.field(tree, kind.field) for tree in (saved, config))
-        if before != now and parts.GIVEN in f"{before}{now}":
-            raise WorkdirError(
-                f"the run in {workdir} was trained with {kind.field}={before!r}, and this config "
-                f"has {now!r}: an object given in Python must be given again, the same, to resume "
-                f"(trainer.api.fit(..., {kind.keyword}=...)); or pass resume=False to start afresh in "
-                f"a new subfolder (the checkpoints stay as they are).")
-
-
 def train_and_evaluate_in(config, setup, workdir, keep_process):
     """train_and_evaluate, in a workdir this process holds. A file that cannot be written is a
     StorageError that says what the run still has."""
@@ -275,30 +228,31 @@ def train_and_evaluate_in(config, setup, workdir, keep_process):
 def train_and_evaluate_with(config, setup, workdir, keep_process, checkpoints):
     with StopSignals(keep_process) as stop:
         try:
-            state, loop_values = setup.state, {}
+            state, loop_values, changed = setup.state, {}, {}
             if checkpoints.latest_step() is not None:
-                given_changed(config, workdir)
+                changed = record.check_resume(config, workdir, checkpoints.latest_step())
             try:
                 restored = checkpoints.restore_latest_good(state)
             except CheckpointMismatch as e:
                 raise CheckpointMismatch(e.step, e.directory, e.what,
-                                         settings_changed(config, workdir)) from e
+                                         record.settings_changed(config, workdir)) from e
             if restored is not None:
                 state, loop_values = restored
-                logging.info("Resuming from the checkpoint at step %d.", state.step)
+                record.announce(int(state.step), changed)
             elif setup.init_from is not None:  # a fresh run, fine-tuned from another's arrays
                 state = finetune.load(setup.init_from, state)
             early_stopping = EarlyStopping(config.early_stopping, loop_values.get("early_stopping"))
             step = int(local_copy(state.step))
             end = setup.total_steps if early_stopping.stopped_at is None else early_stopping.stopped_at
             if step < end:
+                if jax.process_index() == 0:
+                    record.write(workdir, config, step, changed)
                 state, step, eval_scalars = train(config, setup, workdir, checkpoints, state, step,
                                                   stop, early_stopping,
                                                   loop_values.get("train_metrics"))
             elif results_written(workdir, step):
-                logging.info("The run in %s is already complete: step %d of %d%s.", workdir, step,
-                             setup.total_steps, "" if step == setup.total_steps else
-                             ", stopped early (other early_stopping settings go on from there)")
+                logging.info("The run in %s is already complete: %s.", workdir,
+                             reached(step, setup.total_steps, early_stopping.stopped_at))
                 return Trained(state, results_written(workdir, step), workdir, setup, [])
             else:
                 logging.info("The run in %s is complete (step %d), but it was stopped before its "
@@ -319,6 +273,18 @@ def train_and_evaluate_with(config, setup, workdir, keep_process, checkpoints):
     return Trained(state, eval_scalars, workdir, setup, figures)
 
 
+def reached(step, total_steps, stopped_early_at):
+    """How far a complete run went, against the `total_steps` asked for now."""
+    if step == total_steps:
+        return f"step {step} of {total_steps}"
+    if stopped_early_at is not None:
+        return (f"early stopping ended it at step {step} of {total_steps} (other early_stopping "
+                f"settings go on from there)")
+    earlier = "--step=N of scripts/evaluate.py" if SPOKEN["flags"] else "api.load(workdir, step=N)"
+    return (f"step {step}, past the {total_steps} steps asked for now (it trains no further, nor "
+            f"back; {earlier} uses an earlier checkpoint)")
+
+
 def data_failed(error, checkpoints, state, step, loop):
     """The DataError of data that broke mid-run, once the state of the last completed step is
     saved (where it was not already and can be)."""
@@ -329,8 +295,18 @@ def data_failed(error, checkpoints, state, step, loop):
         kept = f"the checkpoint of step {step}, the last completed, is saved"
     except StorageError as e:
         kept = f"the checkpoint of step {step} could not be saved either ({os_error(e.cause)})"
-    return DataError(f"{error} ({kept}: once the data is whole again, run the same command to "
+    return DataError(f"{error} ({kept}: once the data is whole again, {same_again()} to "
                      f"resume)")
+
+
+def how_to_resume(config, workdir):
+    """How to go on from a stop: the same again, but where resume=False made a new subfolder
+    (the same again would make another)."""
+    if config.resume:
+        return f"To resume, {same_again()}."
+    where = f"--workdir={workdir}" if SPOKEN["flags"] else f"workdir={workdir!r}"
+    return (f"To resume, give {where} and {setting('resume', True)}: with resume=False the same "
+            f"again would start another run beside it.")
 
 
 def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping, saved_metrics):
@@ -349,9 +325,7 @@ def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping
     logging.info("The train state takes %s on each device, of %s whole.",
                  megabytes(sharding.bytes_on(state, jax.local_devices()[0])),
                  megabytes(sum(x.nbytes for x in jax.tree.leaves(state))))
-    config_text = config.to_json_best_effort(indent=2)
-    writer.write_text(step, "config", config_text)
-    write_file(workdir, "config.json", config_text)
+    writer.write_text(step, "config", config.to_json_best_effort(indent=2))
     logging.info("Training steps %d to %d: %d steps an epoch of batch %d, %s.", step, total_steps,
                  setup.steps_per_epoch, config.batch_size, parallel.describe())
 
@@ -428,8 +402,7 @@ def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping
                     checkpoints.wait()
                     name = signal.Signals(stop.received).name if stop.received else "preemption"
                     raise Stopped(f"Stopped by {name} at step {step}, with a checkpoint saved in "
-                                  f"{checkpoints.directory}. Run the same command (or call "
-                                  f"trainer.api.fit() again, the same) to resume.",
+                                  f"{checkpoints.directory}. {how_to_resume(config, workdir)}",
                                   stop.received or signal.SIGTERM)
     finally:
         failing = sys.exc_info()[1] is not None

@@ -22,7 +22,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from trainer import sharding
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, setting
 
 AXIS = "data"
 MODES = ("jit", "pmap")
@@ -45,7 +45,7 @@ class Parallel:
             what = (f"config.mesh has {', '.join(f'{a}={self.sizes[a]}' for a in sharded_axes)}"
                     if sharded_axes else "config.sharding_rules are set")
             raise ConfigError(f"config.parallelism='pmap' runs data parallel only, and {what}: "
-                              f"use --config.parallelism=jit to shard the state.")
+                              f"use {setting('parallelism', 'jit')} to shard the state.")
         self.mesh = sharding.make_mesh(self.sizes)
         self.rules, self.fsdp_min_size = rules, fsdp_min_size
         self.replicated = NamedSharding(self.mesh, PartitionSpec())

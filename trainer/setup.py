@@ -10,7 +10,7 @@ import datasets
 from datasets.augment import Augment, normalized
 from trainer import batching, finetune, input_pipeline, parts
 from trainer.config_check import is_int, lookup, validate_config
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, setting
 from trainer.model import build as build_model
 from trainer.optim import create_optimizer, frozen_parameters
 from trainer.parallel import Parallel
@@ -166,7 +166,7 @@ def check_metric_names(config, task):
             raise ConfigError(f"config.{field}={name!r} is never logged: evaluation logs "
                               f"{', '.join(logged)}" + (
                                   "; eval_ema/... is the moving average of the parameters, which "
-                                  "--config.ema_decay=0.999 (say) keeps." if without_ema else "."))
+                                  f"{setting('ema_decay', 0.999)} (say) keeps." if without_ema else "."))
 
 
 def check_evaluated_during_training(config, steps_per_epoch, total_steps):
@@ -183,7 +183,7 @@ def check_evaluated_during_training(config, steps_per_epoch, total_steps):
                 f"config.{field}={name!r} compares evaluations, but config.eval_every_epochs="
                 f"{config.eval_every_epochs} and eval_every_steps={config.eval_every_steps} "
                 f"evaluate only once, at the end of training (step {total_steps}): evaluate during "
-                f"it, e.g. --config.eval_every_steps={max(1, total_steps // 10)}, or set "
+                f"it, e.g. {setting('eval_every_steps', max(1, total_steps // 10))}, or set "
                 f"config.{field}=''.")
 
 
@@ -206,9 +206,9 @@ def output_fix(model_config, outputs, wanted):
     flags = {}
     for field, value in model_config.items():
         if isinstance(value, (tuple, list)) and value and value[-1] == outputs:
-            flags[field] = f'--config.model.{field}="{(*value[:-1], wanted)}"'
+            flags[field] = setting(f"model.{field}", (*value[:-1], wanted))
         elif is_int(value) and value == outputs:
-            flags[field] = f"--config.model.{field}={wanted}"
+            flags[field] = setting(f"model.{field}", wanted)
     fitting = [f for f in flags if "class" in f or "out" in f] or list(flags)
     return f"pass {flags[fitting[0]]}" if len(fitting) == 1 else f"give the model {wanted} outputs"
 
@@ -234,7 +234,7 @@ def check_outputs(config, task, dataset, state, first):
         other = "classification" if labels else "regression"
         hint = "" if config.task == other else (
             f" For {'integer class labels' if labels else f'{targets.dtype} targets (values)'} "
-            f"use e.g. --config.task={other}.")
+            f"use e.g. {setting('task', other)}.")
         raise ConfigError(
             f"config.task={config.task!r} cannot take the targets of data set "
             f"{config.dataset.name!r} ({targets.dtype}, shape {targets.shape[1:]} each; the "

@@ -23,7 +23,7 @@ import jax
 import optax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, setting
 from trainer.model import map_parameters, parameter_names
 
 BATCH_AXES = ("data", "fsdp")  # the mesh axes the batch is split over, where the mesh has them
@@ -35,8 +35,8 @@ def mesh_sizes(mesh_config):
     sizes = dict(mesh_config)
     devices = jax.device_count()
     # Data parallel always fits: the first axis takes every device, the others none.
-    fitting = " ".join(f"--config.mesh.{axis}={-1 if i == 0 else 1}"
-                       for i, (axis, size) in enumerate(sizes.items()) if size != 1 or i == 0)
+    fitting = setting("mesh", {axis: -1 if i == 0 else 1 for i, (axis, size)
+                               in enumerate(sizes.items()) if size != 1 or i == 0})
     fix = (f"Give sizes that multiply to {devices}, or one size -1 for the devices left, e.g. "
            f"{fitting}.")
     if not sizes or not all(isinstance(name, str) and isinstance(size, int) and not isinstance(
@@ -122,7 +122,7 @@ def check_axes(where, spec, mesh):
         if axis not in mesh.axis_names:
             raise ConfigError(f"{where}: axis {axis!r} is not in config.mesh (axes: "
                               f"{', '.join(mesh.axis_names)}). Name one of them (sized "
-                              f"by --config.mesh.AXIS=N), or add {axis!r} to config.mesh "
+                              f"by config.mesh.AXIS), or add {axis!r} to config.mesh "
                               f"in the config file.")
     if len(set(axes)) < len(axes):
         raise ConfigError(f"{where}: an axis splits at most one dimension.")
