@@ -91,7 +91,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.plots = True  # PNG figures in the workdir at the end (also: scripts/plot.py)
     config.resume = True  # False: start afresh in a new subfolder of a workdir that has checkpoints
     # A resume whose seed, data, model, task or augmentation differ from the run's record is
-    # refused; True resumes with them (config_history.jsonl keeps both: docs/runs.md).
+    # refused; True resumes with them (config_history.jsonl keeps both: docs/reliability.md).
     config.resume_with_changes = False
     config.nonfinite = "stop"  # a NaN or Inf in loss or gradients: "stop" the run, or "skip" the update
     config.profile_steps = ()  # (start, end): a JAX profiler trace of those steps in workdir/profile
