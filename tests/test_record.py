@@ -3,6 +3,8 @@ resume's line and added to config_history.jsonl, whose first line is never rewri
 what the run is (its seed, its model, an object's code) is refused in one line, nothing written,
 unless resume_with_changes says it is meant."""
 import json
+import re
+import signal
 import subprocess
 import sys
 
@@ -158,3 +160,37 @@ def test_a_model_whose_code_changed_is_refused_in_another_process(tmp_path):
     assert "(model.name: the same object with other code or data: its fingerprint is " in (
         refused.stdout)
     assert kept(workdir) == before
+
+
+def test_the_resume_command_after_a_stop_under_resume_false_resumes(first_50, tmp_path):
+    """resume=False started a new subfolder: the same command again would start another, so the
+    stop names the command that resumes this one."""
+    workdir = copy_of(first_50, tmp_path)
+    args = [*XOR, "--config.checkpoint_every_steps=1000000", "--config.eval_every_steps=0",
+            "--config.log_every_steps=100"]
+    run = subprocess.Popen([sys.executable, str(REPO / "scripts" / "train.py"), *args,
+                            "--config.num_steps=1000000", "--config.resume=False", f"--workdir={workdir}"], cwd=REPO, text=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    for line in run.stderr:
+        if "Steps run" in line:
+            run.send_signal(signal.SIGTERM)
+            break
+    stderr = run.communicate(timeout=120)[1]
+    assert run.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    stopped_at = int(re.search(r"Stopped by SIGTERM at step (\d+)", stderr)[1])
+    assert (f"To resume, give --workdir={workdir / 'restart_1'} and --config.resume=True: with "
+            f"resume=False the same again would start another run beside it.") in stderr
+    resumed = run_train(*args, f"--config.num_steps={stopped_at + 10}",
+                        "--config.resume=True", f"--workdir={workdir / 'restart_1'}")
+    assert f"Resuming from the checkpoint at step {stopped_at}, with settings changed since: " \
+           f"num_steps (1000000 there, {stopped_at + 10} here)" in resumed.stderr
+
+
+def test_a_finished_run_asked_for_fewer_steps_says_so(first_50, tmp_path):
+    workdir = copy_of(first_50, tmp_path)
+    result = run_train(*XOR, "--config.num_steps=20", f"--workdir={workdir}")
+    assert result.returncode == 0, result.stderr
+    assert (f"The run in {workdir} is already complete: step 50, past the 20 steps asked for now "
+            f"(it trains no further, nor back; --step=N of scripts/evaluate.py uses an earlier "
+            f"checkpoint).") in result.stderr
+    assert "early" not in result.stderr
