@@ -169,8 +169,8 @@ def test_fields_set_back_to_none_take_the_parts_default(tmp_path):
 
 
 BAD = [
-    (dict(batch_sise=32), ConfigError, "batch_sise=: the config has no such field (did you mean "
-                                       "'batch_size'?)"),
+    (dict(batch_sise=32), ConfigError, "batch_sise=32: the config has no such field (did you "
+                                       "mean 'batch_size'?)"),
     (dict(num_epochs="two"), ConfigError, "num_epochs='two': config.num_epochs is int"),
     (dict(batch_size=-5), ConfigError, "config.batch_size=-5 is invalid: it must be a positive "
                                        "integer"),

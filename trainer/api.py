@@ -11,12 +11,14 @@ just defined, and the same guarantees (bitwise resume, Ctrl-C saves, one run per
     run.predict(images); run.evaluate(); run.plot()
     run = api.load("runs/mnist", step="best")   # a trained run, as evaluate.py reads it
 
-`config` is a config file's path, a ConfigDict or None (the defaults); keyword arguments override
-its fields (a dict for a section: `optimizer=dict(learning_rate=3e-4, momentum=None)`; None sets
-a field back to its part's own default). `model`, `dataset`, `task`, `optimizer` and `writers`
-take objects too: a model class (linen or NNX) or a function that returns one, a
-`datasets.Dataset` or arrays `((train_inputs, train_targets), (test_inputs, test_targets))`, a
-`Task`, an Optax `GradientTransformation`, writer objects. The run's config.json names each
+`config` is a config file's path, a ConfigDict, None (the defaults) or a dict of fields (keyword
+arguments over the defaults); keyword arguments override its fields (a dict for a section:
+`optimizer=dict(learning_rate=3e-4, momentum=None)`; None sets a field back to its part's own
+default). `model`, `dataset`, `task`, `optimizer` and `writers` take objects too: a model class
+(linen or NNX) or a function that returns one, a `datasets.Dataset` or arrays
+`((train_inputs, train_targets), (test_inputs, test_targets))` or `{"train": ..., "test": ...}`,
+a `Task`, an Optax `GradientTransformation`, writer objects; and an object with its
+constructor's fields, `model=dict(name=MyModule, hidden=32)`. The run's config.json names each
 object by what it is and a fingerprint of its code or data ("given:__main__.CNN#1f2e3d4c"): a run
 resumes only when given the same objects again, and the command line, which cannot hold them,
 says so.
@@ -64,6 +66,19 @@ class Run:
     setup: Any = dataclasses.field(repr=False)  # what the config built (trainer/setup.py)
     figures: list = dataclasses.field(default_factory=list)  # paths written by fit
 
+    def __post_init__(self):
+        # Absolute, so that the Run reads its files after an os.chdir (a notebook's %cd).
+        self.workdir = os.path.abspath(os.fspath(self.workdir))
+        self.figures = [os.path.abspath(path) for path in self.figures]
+
+    def folder(self):
+        """The workdir, or a WorkdirError where it is gone (moved or deleted since)."""
+        if not os.path.isdir(self.workdir):
+            raise WorkdirError(f"{self.workdir} no longer exists: the run's folder was moved or "
+                               f"deleted since this Run was made; give api.load() the folder where "
+                               f"it is now.")
+        return self.workdir
+
     @property
     def params(self):
         return self.state.params
@@ -80,7 +95,7 @@ class Run:
     @property
     def history(self):
         """Every logged row, train and eval, as metrics.jsonl holds them: a list of dicts."""
-        path = os.path.join(self.workdir, "metrics.jsonl")
+        path = os.path.join(self.folder(), "metrics.jsonl")
         if not os.path.exists(path):
             return []
         with open(path, encoding="utf-8") as f:
@@ -97,6 +112,8 @@ class Run:
         rows = {}
         for row in self.history:
             rows.setdefault(row["step"], {}).update(row)
+        if not rows:  # nothing logged yet: no columns, an index named step all the same
+            return pandas.DataFrame(index=pandas.Index([], name="step"))
         return pandas.DataFrame(list(rows.values())).set_index("step")
 
     def with_ema(self, ema):
@@ -128,7 +145,7 @@ class Run:
     def plot(self, ema=False, show=None):
         """Writes the figures (curves, predictions or confusion matrix, ...) into the workdir and,
         in a notebook (`show` None) or where `show`, shows them; returns their paths."""
-        paths = evaluation.write_figures(self.setup, self.with_ema(ema), self.workdir,
+        paths = evaluation.write_figures(self.setup, self.with_ema(ema), self.folder(),
                                          suffix="_ema" if ema else "")
         if in_notebook() if show is None else show:
             display(paths)
@@ -157,17 +174,36 @@ def arrays_split(data, argument):
     return {"inputs": inputs, "targets": targets}
 
 
+SPLITS = ("train", "test")  # a dict of these is data, not config.dataset's fields
+FUNCTIONS = ("prepare_inputs", "decode_outputs")  # a Dataset's, which a dict of splits may add
+
+
+def is_splits(data):
+    return isinstance(data, dict) and bool(set(SPLITS) & set(data))
+
+
 def dataset_of(data):
     """A datasets.Dataset from a Dataset, or from arrays ((train inputs, train targets), (test
-    inputs, test targets)) taken as the model's inputs as they are."""
+    inputs, test targets)) or {"train": ..., "test": ...} (each split (inputs, targets) or
+    {"inputs": ..., "targets": ...}) taken as the model's inputs as they are."""
     if isinstance(data, datasets.Dataset):
         return data
+    if is_splits(data):
+        keys = set(data)
+        if not set(SPLITS) <= keys or keys - set(SPLITS) - set(FUNCTIONS):
+            raise ConfigError(f"dataset: a dict of splits takes 'train' and 'test', each (inputs, "
+                              f"targets) or {{'inputs': ..., 'targets': ...}}, and optionally "
+                              f"{' and '.join(map(repr, FUNCTIONS))}; this one has "
+                              f"{', '.join(map(repr, sorted(keys)))}.")
+        return datasets.Dataset(
+            **{split: arrays_split(data[split], f"dataset[{split!r}]") for split in SPLITS},
+            **{name: data[name] for name in FUNCTIONS if name in data})
     if isinstance(data, (tuple, list)) and len(data) == 2:
         return datasets.Dataset(train=arrays_split(data[0], "dataset=(train, test): train"),
                                 test=arrays_split(data[1], "dataset=(train, test): test"))
     raise ConfigError("dataset: give a datasets.Dataset, arrays ((train_inputs, train_targets), "
-                      "(test_inputs, test_targets)), a function returning a Dataset, a name, or a "
-                      "dict of config.dataset's fields.")
+                      "(test_inputs, test_targets)) or {'train': ..., 'test': ...}, a function "
+                      "returning a Dataset, a name, or a dict of config.dataset's fields.")
 
 
 def given_name(value):
@@ -207,17 +243,31 @@ def with_objects(config, model, dataset, task, optimizer, writers):
         objects[name] = value
         return name
 
+    def named(section, fields):
+        """Fields whose "name" may be an object: dict(name=MyModule, hidden=32)."""
+        fields = dict(fields)
+        if fields.get("name") is not None and not isinstance(fields["name"], str):
+            value = fields["name"]
+            if section == "dataset" and not callable(value):
+                value = dataset_of(value)
+            fields["name"] = give(value)
+        return fields
+
     for section, value in (("model", model), ("dataset", dataset)):
         if value is None:
             continue
-        if isinstance(value, (dict, ml_collections.ConfigDict)):  # fields, by name
-            part_fields(config, section, value)
+        if section == "dataset" and is_splits(value):  # {"train": ..., "test": ...}: arrays
+            value = dataset_of(value)
+        if isinstance(value, (dict, ml_collections.ConfigDict)):  # fields, of a part by name
+            part_fields(config, section, named(section, value))
         elif isinstance(value, str):
             config[section] = ml_collections.ConfigDict({"name": value})
         else:
             if section == "dataset" and not callable(value):
                 value = dataset_of(value)
-            config[section] = ml_collections.ConfigDict({"name": give(value)})
+            name = give(value)
+            if config[section].get("name") != name:  # the same object keeps its fields (load)
+                config[section] = ml_collections.ConfigDict({"name": name})
     if task is not None:
         if not isinstance(task, (str, Task)) and not callable(task):
             raise ConfigError(f"task={task!r}: give a trainer.tasks.Task, a function returning "
@@ -225,11 +275,13 @@ def with_objects(config, model, dataset, task, optimizer, writers):
         config.task = task if isinstance(task, str) else give(task)
     if optimizer is not None:
         if isinstance(optimizer, (dict, ml_collections.ConfigDict)):
-            part_fields(config, "optimizer", optimizer, keep=TRAINER_FIELDS)
+            part_fields(config, "optimizer", named("optimizer", optimizer), keep=TRAINER_FIELDS)
         elif isinstance(optimizer, str):
             config.optimizer.name = optimizer
         elif isinstance(optimizer, optax.GradientTransformation) or callable(optimizer):
-            part_fields(config, "optimizer", {"name": give(optimizer)}, keep=TRAINER_FIELDS)
+            name = give(optimizer)
+            if config.optimizer.get("name") != name:
+                part_fields(config, "optimizer", {"name": name}, keep=TRAINER_FIELDS)
         else:
             raise ConfigError(f"optimizer={optimizer!r}: give an Optax GradientTransformation, a "
                               f"function returning one, a name ('adam', ...) or a dict of "
@@ -242,7 +294,16 @@ def with_objects(config, model, dataset, task, optimizer, writers):
 
 
 def resolved(config, overrides, objects_given):
-    """The config a call runs with, and the objects it names."""
+    """The config a call runs with, and the objects it names. A dict as the config is keyword
+    arguments over the defaults (those given as keywords win)."""
+    if isinstance(config, dict):
+        fields, config = dict(config), None
+        for name in objects_given:
+            if name in fields:
+                value = fields.pop(name)
+                if objects_given[name] is None:
+                    objects_given[name] = value
+        overrides = {**fields, **overrides}
     config = configuration.given_config(config)
     with config.unlocked() if config.is_locked else contextlib.nullcontext():
         objects = with_objects(config, **objects_given)
@@ -302,8 +363,24 @@ def load(workdir, step=None, *, config=None, model=None, dataset=None, task=None
     base = config if config is not None else configuration.read_run_config(os.fspath(workdir))
     config, objects = resolved(base, overrides, dict(model=model, dataset=dataset, task=task,
                                                      optimizer=optimizer, writers=None))
+    if dataset is not None:
+        other_data(os.fspath(workdir), config.dataset.name)
     with parts.given(objects):
         setup, state, step = inference.restore(config, os.fspath(workdir), step)
     # The final evaluation where this is the run's last checkpoint (evaluate() computes any).
     return Run(os.fspath(workdir), config, state, loop.results_written(os.fspath(workdir), step),
                setup)
+
+
+def other_data(workdir, name):
+    """Warns, in one line, where the data set `name` load() was given is not the one the run's
+    config.json records ("given:datasets.Dataset#1f2e3d4c": other arrays, by their fingerprint)."""
+    try:
+        with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+            trained_on = json.load(f)["dataset"]["name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no record to compare with (read_run_config, or config=, says what is wrong)
+    if trained_on != name:
+        logging.warning("dataset: the data given (%s) is not the data the run in %s was trained "
+                        "on (%s, as its config.json records); evaluate(), plot() and predict()'s "
+                        "checks use the data given.", name, os.path.abspath(workdir), trained_on)

@@ -13,7 +13,7 @@ import traceback
 import ml_collections
 
 from configs.base import get_base_config
-from trainer.errors import ConfigError, WorkdirError
+from trainer.errors import ConfigError, WorkdirError, setting
 
 
 def tuples(value):
@@ -90,9 +90,10 @@ def last_line(error):
     return traceback.format_exception_only(type(error), error)[-1].strip()
 
 
-def no_such_field(config, dotted, written, listing):
+def no_such_field(config, dotted, written, listing, value=None):
     """The ConfigError for a field the config lacks; `written`: the field as the user wrote it,
-    `listing`: how to see the fields."""
+    `listing`: how to see the fields. A top-level name that is a field of a section
+    (grad_clip_norm, of optimizer) is pointed there, in the reader's words (errors.setting)."""
     *parents, leaf = dotted.split(".")
     section = config
     for key in parents:
@@ -100,33 +101,41 @@ def no_such_field(config, dotted, written, listing):
             key in section) else None
     near = difflib.get_close_matches(leaf, list(section)) if isinstance(
         section, ml_collections.ConfigDict) else []
-    return ConfigError(f"{written}: the config has no such field"
-                       f"{f' (did you mean {near[0]!r}?)' if near else ''}. See the fields with "
+    hint = f" (did you mean {near[0]!r}?)" if near else ""
+    if not parents:
+        owners = [name for name, each in config.items()
+                  if isinstance(each, ml_collections.ConfigDict) and leaf in each]
+        if owners:
+            hint = f" at the top level (did you mean {setting(f'{owners[0]}.{leaf}', value)}?)"
+    return ConfigError(f"{written}: the config has no such field{hint}. See the fields with "
                        f"{listing}.")
 
 
-def override(config, overrides, written=lambda field: f"{field}=", listing="print(run.config)"):
+def override(config, overrides, written=None, listing="print(run.config)"):
     """Sets the fields of `overrides` ({"num_epochs": 2, "optimizer": {"momentum": None}} or
     {"optimizer.momentum": None}) in `config`, each checked: it exists, and a value of its type
-    (None always: the part's own default). `written(field)`: the field as the user wrote it;
-    `listing`: how to see the fields."""
+    (None always: the part's own default). `written(field)`: the field as the user wrote it
+    (None: as errors.setting gives it, with its value: `num_epoch=3`); `listing`: how to see the
+    fields."""
     for key, value in overrides.items():
+        said = setting(key, value) if written is None else f"{written(key)}"
         *parents, leaf = key.split(".")
         section = config
         for part in parents:
             if not isinstance(section, ml_collections.ConfigDict) or part not in section:
-                raise no_such_field(config, key, written(key), listing)
+                raise no_such_field(config, key, said, listing, value)
             section = section[part]
         if not isinstance(section, ml_collections.ConfigDict) or leaf not in section:
-            raise no_such_field(config, key, written(key), listing)
+            raise no_such_field(config, key, said, listing, value)
         if isinstance(value, dict) and isinstance(section[leaf], ml_collections.ConfigDict):
             override(config, {f"{key}.{k}": v for k, v in value.items()}, written, listing)
             continue
         try:
             setattr(section, leaf, tuples(list(value)) if isinstance(value, list) else value)
         except (TypeError, ValueError) as e:
-            raise ConfigError(f"{written(key)}{value!r}: config.{key} is "
-                              f"{type(section[leaf]).__name__} ({e}).") from e
+            said = setting(key, value) if written is None else f"{written(key)}{value!r}"
+            raise ConfigError(f"{said}: config.{key} is {type(section[leaf]).__name__} "
+                              f"({e}).") from e
 
 
 def resolve_paths(config):
@@ -142,12 +151,14 @@ def resolve_paths(config):
 
 def given_config(config):
     """A copy of what the API is given as a config: a file's path (`path.py[:ARGUMENT]`), a
-    ConfigDict, or None (the defaults of configs/base.py)."""
+    ConfigDict, or None (the defaults of configs/base.py). A dict is taken apart by the API
+    (trainer/api.py: keyword arguments over the defaults) before it comes here."""
     if config is None:
         return get_base_config()
     if isinstance(config, ml_collections.ConfigDict):
         return config.copy_and_resolve_references()
     if isinstance(config, (str, os.PathLike)):
         return load_file(os.fspath(config))
-    raise ConfigError(f"config={config!r}: give a config file's path (configs/mnist_cnn.py), a "
-                      f"ConfigDict, or None for the defaults.")
+    raise ConfigError(f"config: {type(config).__name__} is not a config; give a config file's "
+                      f"path (configs/mnist_cnn.py), a ConfigDict, a dict of fields, or None for "
+                      f"the defaults.")

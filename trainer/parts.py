@@ -138,15 +138,17 @@ def takes_anything(signature):
 def signature_of(target):
     """What `target` can be called with; None where nothing tells (some builtins). A class whose
     metaclass hides its own signature as (*args, **kwargs) (NNX's) by its __init__'s, also inside
-    a functools.partial."""
+    a functools.partial, whose arguments, positional or keyword, are bound to __init__'s names
+    as Python binds them (`partial(Net, 8, 12)`: din and dhidden given)."""
     try:
         signature = inspect.signature(target)
         base = target.func if isinstance(target, functools.partial) else target
         if isinstance(base, type) and takes_anything(signature):
-            init = list(inspect.signature(base.__init__).parameters.values())[1:]  # no self
-            bound = target.keywords if isinstance(target, functools.partial) else {}
-            signature = signature.replace(parameters=[
-                p.replace(default=bound[p.name]) if p.name in bound else p for p in init])
+            args, keywords = ((target.args, target.keywords)
+                              if isinstance(target, functools.partial) else ((), {}))
+            # self bound to None: __init__'s signature less self and what the partial binds
+            signature = inspect.signature(functools.partial(base.__init__, None, *args,
+                                                            **keywords))
         return signature
     except (TypeError, ValueError):
         return None
