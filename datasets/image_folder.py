@@ -73,7 +73,7 @@ def load(data_dir, train_split="train", test_split="test", image_size=None) -> D
         for path, (_, other) in zip(files, headers[split]):
             if not image_size and other != size:
                 raise DataError(f"{path} is {other[1]}x{other[0]} pixels and {first_file} "
-                                f"{size[1]}x{size[0]}: give --config.dataset.image_size="
+                                f"{size[1]}x{size[0]}: give config.dataset.image_size="
                                 f"(HEIGHT, WIDTH) to resize them to one size.")
     train, test = (ImageFolderSource(*splits[split], channels, size, len(classes))
                    for split in (train_split, test_split))

@@ -76,9 +76,9 @@ def read_idx_split(folder, images_stem, labels_stem):
 
 
 def read_tfds(tfds_data_dir):
-    ways = ("Give it one of three ways: (1) --config.dataset.data_dir=FOLDER with the four IDX "
+    ways = ("Give it one of three ways: (1) config.dataset.data_dir=FOLDER with the four IDX "
             "files (train-images-idx3-ubyte.gz, ...); (2) a TFDS 'mnist' already prepared in "
-            "array_record format under --config.dataset.tfds_data_dir (or TFDS's default folder); "
+            "array_record format under config.dataset.tfds_data_dir (or TFDS's default folder); "
             "(3) install TensorFlow (pip install -e .[tf]) on a machine with internet access, so "
             "TFDS can download and prepare it.")
     try:

@@ -33,7 +33,7 @@ def prepared_builder(name, tfds_data_dir, ways=""):
                             f"read. Prepare it again in that folder.") from e
         raise DataError(f"{name} is not a TFDS data set known here ({type(e).__name__}: "
                         f"{str(e).splitlines()[0]}). Check the name, or prepare it in "
-                        f"--config.dataset.tfds_data_dir. {ways}") from e
+                        f"config.dataset.tfds_data_dir. {ways}") from e
     if not builder.is_prepared():
         found = (f"{builder.data_dir} holds an incomplete copy (no dataset_info.json: a download "
                  f"cut short?); delete it." if os.path.isdir(builder.data_dir)
