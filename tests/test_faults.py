@@ -230,7 +230,7 @@ def test_workers_that_end_on_every_try_of_a_batch_are_one_data_error(monkeypatch
     monkeypatch.setattr(input_pipeline, "RESTARTS", 1)  # 2 tries, not 4: workers start slowly
     read = []
     with pytest.raises(DataError, match=r"ended unexpectedly 2 times in a row, reading ahead from "
-                                        r"batch [0-3] .*fewer --config.pipeline.workers"):
+                                        r"batch [0-3] .*fewer config.pipeline.workers"):
         for batch in input_pipeline.iterate(batch_that_kills_its_reader, 0, 6, workers=1, buffer=2):
             read.append(int(batch["index"]))
     assert read == list(range(len(read))) and len(read) <= 3  # in order, none past the fault

@@ -48,7 +48,7 @@ import optax  # pylint: disable=wrong-import-position
 
 import datasets  # pylint: disable=wrong-import-position
 from trainer import configuration, evaluation, inference, loop  # pylint: disable=wrong-import-position
-from trainer import parts, session  # pylint: disable=wrong-import-position
+from trainer import input_pipeline, parts, session  # pylint: disable=wrong-import-position
 from trainer.fingerprint import fingerprint  # pylint: disable=wrong-import-position
 from trainer.errors import ConfigError, WorkdirError, setting  # pylint: disable=wrong-import-position
 from trainer.optim import TRAINER_FIELDS  # pylint: disable=wrong-import-position
@@ -330,6 +330,7 @@ def fit(config=None, workdir=None, *, model=None, dataset=None, task=None, optim
         writers=None, **overrides) -> Run:
     """Trains the run of `config` in `workdir`, resuming from its latest good checkpoint there;
     returns the Run. See the module's docstring for the arguments."""
+    input_pipeline.refuse_in_a_starting_process()
     if not workdir:
         raise ConfigError("fit() needs a workdir: the folder for checkpoints, metrics and "
                           "figures, e.g. fit(config, 'runs/mnist').")

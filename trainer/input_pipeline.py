@@ -6,13 +6,26 @@ Nothing here holds state worth saving: the order is a function of (seed, epoch),
 it is the step, and an example's augmentation is drawn from (seed, epoch, index), so a resumed run,
 or a run with another number of workers, reads the same batches bit for bit. Grain runs the map
 functions in spawned worker processes: this module imports no JAX.
+
+The workers never run the user's main script again (workers_skip_main), and the trainer never
+waits on Grain itself: a thread of its own (Feeder) takes Grain's batches, and the trainer's waits
+for them end at a stop signal (WaitInterrupted) and at a worker that failed to start.
 """
 import atexit
+import contextlib
 import dataclasses
+import functools
 import gc
 import multiprocessing
+import multiprocessing.spawn
 import os
+import queue
+import select
+import signal
+import sys
 import threading
+import time
+import traceback
 from typing import Callable
 
 import grain
@@ -22,6 +35,7 @@ from grain._src.python.ipc import shared_memory_array as grain_shared_memory
 
 from datasets import DataError
 from trainer import batching
+from trainer.errors import ConfigError, setting
 
 
 def default_workers():
@@ -77,6 +91,9 @@ def start_worker(worker_index, worker_count):
     trainer, so an orphan would live on, holding the trainer's stdout and stderr open."""
     del worker_index, worker_count
     os.nice(10)
+    # Ctrl-C reaches every process of the terminal's group: the trainer stops and ends its
+    # workers; a worker's own KeyboardInterrupt would only print a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=exit_with_parent, daemon=True).start()
 
 
@@ -85,6 +102,218 @@ def exit_with_parent():
     # when the parent dies, by any signal.
     multiprocessing.parent_process().join()
     os._exit(1)
+
+
+# Grain names its worker processes so (grain/_src/python/dataset/transformations/
+# process_prefetch.py).
+WORKER_NAME = "grain-process-prefetch"
+
+
+def without_main(get_preparation_data):
+    """multiprocessing.spawn.get_preparation_data, but for Grain's workers without the main
+    module: a spawned process otherwise runs the user's main script again as it starts, and a
+    script without `if __name__ == "__main__":` then trains again in every worker (and the
+    worker dies of multiprocessing's "bootstrapping phase" RuntimeError while the trainer waits
+    for it). What the workers run lives in modules they import; cloudpickle sends what the main
+    script defined (a source, a transform) by value."""
+    @functools.wraps(get_preparation_data)
+    def prepare(name):
+        data = get_preparation_data(name)
+        if str(name).startswith(WORKER_NAME):
+            data.pop("init_main_from_path", None)
+            data.pop("init_main_from_name", None)
+        return data
+    prepare.skips_main = True
+    return prepare
+
+
+def workers_skip_main():
+    """Installs without_main, once (multiprocessing looks the function up at each start)."""
+    spawn = multiprocessing.spawn
+    if not getattr(spawn.get_preparation_data, "skips_main", False):
+        spawn.get_preparation_data = without_main(spawn.get_preparation_data)
+
+
+def refuse_in_a_starting_process():
+    """A ConfigError where training is asked for while multiprocessing starts this process (it runs
+    the parent's main script again, as `__mp_main__`, before the process's own work): a script
+    without the main guard that starts processes of its own would train again in each. The
+    trainer's own workers never run the main script (workers_skip_main)."""
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise ConfigError(
+            "training was started while multiprocessing was starting this process, which runs "
+            "the main script again: put the script's training under "
+            "`if __name__ == \"__main__\":` so that it runs only where the script is started.")
+
+
+class WaitInterrupted(BaseException):
+    """Raised by the trainer's stop signal handler (trainer/loop.py StopSignals) while the main
+    thread waits for a batch: the wait ends at once, and the loop saves and stops. Not an
+    Exception, so that no `except Exception` between takes it for a data error."""
+
+
+WAITING = []  # non-empty while the main thread waits for a batch (see waiting)
+
+
+def waiting():
+    """Whether the main thread is waiting for a batch from the pipeline now."""
+    return bool(WAITING)
+
+
+@contextlib.contextmanager
+def waiting_for_data():
+    WAITING.append(True)
+    try:
+        yield
+    finally:
+        WAITING.pop()
+
+
+def grain_workers():
+    """This process's live Grain worker processes."""
+    return [p for p in multiprocessing.active_children() if p.name.startswith(WORKER_NAME)]
+
+
+# Seconds a closing stream leaves Grain to stop its workers before they are killed: Grain waits
+# up to 25 s for a worker inside a slow map call.
+GRACE_SECONDS = 0.2
+POLL_SECONDS = 0.1  # how often a wait for a batch looks up: a signal caught by another thread
+ENDING = []  # Feeder threads a close left ending (see unlink_freed_batches)
+
+
+class Feeder:
+    """Grain's iterator, run in a thread of its own: the trainer waits on a queue of its own
+    rather than inside Grain, in short waits that a stop signal ends, and a close never waits on
+    Grain (whose close joins threads and processes with long or no time-outs)."""
+
+    DONE = object()
+
+    def __init__(self, dataset):
+        self.batches = queue.Queue(maxsize=1)
+        self.stopping = threading.Event()
+        self.before = {p.pid for p in grain_workers()}
+        self.thread = threading.Thread(target=self.feed, args=(dataset,), daemon=True,
+                                       name="flaxfit-batches")
+        self.thread.start()
+
+    def feed(self, dataset):
+        iterator = None
+        try:
+            iterator = iter(dataset)
+            for element in iterator:
+                if not self.put((element, None)):
+                    return
+            self.put((self.DONE, None))
+        except BaseException as e:  # pylint: disable=broad-except  # handed to the trainer
+            self.put((None, e))
+        finally:
+            if iterator is not None:
+                try:
+                    iterator.close()
+                except Exception as e:  # pylint: disable=broad-except  # its error went first
+                    logging.debug("Closing Grain's iterator: %s", e)
+
+    def put(self, item):
+        while not self.stopping.is_set():
+            try:
+                self.batches.put(item, timeout=POLL_SECONDS)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def get(self):
+        """The next element (DONE at the end); a worker's error raised here."""
+        with waiting_for_data():
+            while True:
+                try:
+                    element, error = self.batches.get(timeout=POLL_SECONDS)
+                    break
+                except queue.Empty:
+                    if not self.thread.is_alive() and self.batches.empty():  # never seen
+                        raise DataError("the data pipeline's reading thread ended unexpectedly")
+                    unblock_launches_of_dead_workers()
+        if error is not None:
+            raise error
+        return element
+
+    def close(self):
+        """Ends the thread and this stream's workers, within about 2 * GRACE_SECONDS."""
+        self.stopping.set()
+        with contextlib.suppress(queue.Empty):
+            self.batches.get_nowait()  # a batch never taken
+        self.thread.join(GRACE_SECONDS)
+        if self.thread.is_alive():  # a worker inside a slow map call, or Grain waiting for one
+            for process in grain_workers():
+                if process.pid not in self.before:
+                    process.kill()
+            # Grain sees its dead workers within a second, frees their batches, and the thread
+            # ends by itself: a stop does not wait for that; the process's exit does.
+            self.thread.join(GRACE_SECONDS)
+            if self.thread.is_alive():
+                ENDING[:] = [t for t in ENDING if t.is_alive()] + [self.thread]
+
+
+def unblock_launches_of_dead_workers():
+    """Lets Grain see a worker that died while being started. Starting one, multiprocessing
+    writes it its data (the whole source: 47 MB for MNIST in memory) into a pipe whose reading end
+    the trainer itself holds open until the write is done: a worker that dies before reading it
+    all (killed, out of memory) leaves that write, and with it Grain and the run, blocked for
+    ever. Here, such a write's remaining bytes are read off, so that the start returns and Grain
+    reports the dead worker as it reports any other (iterate then starts the workers again)."""
+    for thread_id, frame in sys._current_frames().items():  # pylint: disable=protected-access
+        while frame is not None and frame.f_code is not LAUNCH_CODE:
+            frame = frame.f_back
+        if frame is None:
+            continue
+        values = frame.f_locals
+        popen, process = values.get("self"), values.get("process_obj")
+        pid, reader = getattr(popen, "pid", None), values.get("child_r")
+        if (pid is None or reader is None or pid in DRAINING or values.get("parent_w") is None
+                or not str(getattr(process, "name", "")).startswith(WORKER_NAME)
+                or not process_ended(pid)):
+            continue
+        DRAINING.add(pid)
+        threading.Thread(target=drain, args=(os.dup(reader), thread_id, frame), daemon=True,
+                         name="flaxfit-drain").start()
+
+
+try:  # the code of multiprocessing's start of a spawned process, where it writes the data
+    from multiprocessing import popen_spawn_posix  # pylint: disable=ungrouped-imports
+    LAUNCH_CODE = popen_spawn_posix.Popen._launch.__code__  # pylint: disable=protected-access
+except (ImportError, AttributeError):  # not POSIX
+    LAUNCH_CODE = None
+DRAINING = set()  # the pids of dead workers whose start is being unblocked
+
+
+def process_ended(pid):
+    """Whether process `pid` (a child not yet waited for) has ended: a zombie, or gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in "ZX"
+    except OSError:  # gone; or no /proc (not Linux): take it as running
+        return os.path.isdir("/proc")
+
+
+def drain(reader, thread_id, frame):
+    """Reads and drops what the start in `frame` of thread `thread_id` writes to a dead worker,
+    until the start has moved on."""
+    try:
+        while frame_active(thread_id, frame):
+            if select.select([reader], [], [], POLL_SECONDS)[0] and not os.read(reader, 1 << 20):
+                break
+    finally:
+        os.close(reader)
+
+
+def frame_active(thread_id, frame):
+    """Whether `frame` is still on the stack of thread `thread_id`."""
+    current = sys._current_frames().get(thread_id)  # pylint: disable=protected-access
+    while current is not None:
+        if current is frame:
+            return True
+        current = current.f_back
+    return False
 
 
 # How often the workers are started again without a batch read in between, before a worker's
@@ -120,29 +349,92 @@ def iterate(batch, start, end, workers, buffer):
 
 
 def stream(dataset, workers, buffer):
-    """The elements of a MapDataset, read `workers` processes wide, each `buffer` ahead."""
+    """The elements of a MapDataset, read `workers` processes wide, each `buffer` ahead. A wait
+    for one ends at a stop signal (WaitInterrupted); workers that could not start are one
+    DataError (a worker that died of a signal is RuntimeError, for iterate to start again)."""
     # Grain's default reads 500 elements ahead in 16 threads: 500 batches here, so data that
     # broke mid-run was seen ~500 steps late, and as much memory held. `buffer` batches in as
     # many threads read as fast on 2 cores (docs/speed.md#streaming).
     stream = dataset.to_iter_dataset(grain.ReadOptions(num_threads=buffer,
                                                        prefetch_buffer_size=buffer))
     if workers:
+        workers_skip_main()
         stream = stream.mp_prefetch(grain.MultiprocessingOptions(
             num_workers=workers, per_worker_buffer_size=buffer), worker_init_fn=start_worker)
-    iterator = iter(stream)
+    feeder = Feeder(stream)
     atexit.register(unlink_freed_batches)  # once: registering the same function again is a no-op
+    first = True
     try:
-        yield from iterator
+        while True:
+            try:
+                element = feeder.get()
+            except Exception as e:  # pylint: disable=broad-except
+                if first and workers:
+                    raise not_started(e) from e
+                raise
+            if element is Feeder.DONE:
+                return
+            first = False
+            yield element
     finally:
-        iterator.close()
+        feeder.close()
+
+
+def not_started(error):
+    """The error of workers that failed before their first batch, as one line where it is that:
+    a worker that could not be started (its own error printed above by multiprocessing), or
+    the source or transform that could not be sent to the workers."""
+    text = (str(error).splitlines() or [""])[0]
+    if isinstance(error, DataError):
+        return error
+    workers_0 = setting("pipeline.workers", 0)
+    if isinstance(error, RuntimeError) and "Worker process was terminated unexpectedly" in text:
+        code = text.split("exit code ")[-1].split(".")[0]
+        if code.lstrip("-").isdigit() and int(code) < 0:  # killed: iterate starts them again
+            return error
+        return DataError(
+            f"the data pipeline's worker processes ended as they started (exit code {code}; the "
+            f"worker's own error is printed above): a module they cannot import, a main script "
+            f"run again in them without `if __name__ == \"__main__\":`, or too little memory. "
+            f"Set {workers_0} to read in this process.")
+    kind = f"{type(error).__name__}: {text}"
+    if isinstance(error, ImportError):
+        return DataError(
+            f"the pipeline's worker processes could not import what the data needs ({kind}). "
+            f"They are new Python processes that do not run the main script: make it importable "
+            f"there (a module on sys.path or PYTHONPATH), or set {workers_0} to read in this "
+            f"process.")
+    if sent_to_workers(error):
+        return DataError(
+            f"the data (its source or transform) could not be sent to the pipeline's worker "
+            f"processes ({kind}). Keep no open file, lock or connection in it (open them lazily, "
+            f"at the first read), define its class in a module of its own, or set {workers_0} "
+            f"to read in this process.")
+    return error
+
+
+def sent_to_workers(error):
+    """Whether `error` arose pickling the data for the workers here, or unpickling it in one."""
+    frames = [frame for frame, _ in traceback_frames(error)]
+    return any(frame.f_code.co_name in ("_serialize_dataset", "_check_picklable") or
+               os.path.basename(frame.f_code.co_filename) in ("cloudpickle.py", "pickle.py")
+               for frame in frames) or "pickl" in str(error).lower()
+
+
+def traceback_frames(error):
+    return list(traceback.walk_tb(error.__traceback__))
 
 
 def unlink_freed_batches():
     """Batches come from the workers in shared memory, which Grain unlinks when their arrays are
     freed, in a thread of its own. At the end of an evaluation its last batches are still held in
     reference cycles (seen: a frame of Grain's prefetch thread), and a process that ends then
-    would report them as leaked shared_memory objects: at exit, this frees them and waits for
-    Grain's thread to unlink them."""
+    would report them as leaked shared_memory objects: at exit, this waits (a second at most) for
+    the pipeline threads that a stop left ending, frees the batches and waits for Grain's thread
+    to unlink them."""
+    deadline = time.monotonic() + 1.5
+    for thread in ENDING:
+        thread.join(max(0.0, deadline - time.monotonic()))
     gc.collect()
     pool = getattr(grain_shared_memory.SharedMemoryArray, "_del_thread_pool", None)
     if pool is not None:

@@ -19,11 +19,12 @@ from absl import logging
 from clu import parameter_overview
 
 from datasets import DataError
-from trainer import evaluation, finetune, optim, record, sharding
+from trainer import evaluation, finetune, input_pipeline, optim, record, sharding
 from trainer.checkpoint import CheckpointMismatch, Checkpoints
 from trainer.early_stopping import EarlyStopping
 from trainer.errors import (SPOKEN, NonFiniteError, Stopped, StorageError, WorkdirError,
                             os_error, same_again, setting)
+from trainer.input_pipeline import WaitInterrupted
 from trainer.parallel import local_copy
 from trainer.progress import Progress
 from trainer.runners import make_runner
@@ -89,7 +90,9 @@ class StopSignals:
     """SIGTERM and SIGINT ask the loop to save a checkpoint and stop. The first one puts back the
     system's default action, so a second one ends the process at once, even mid-step; or, where
     the process must live on (`keep_process`: a notebook's kernel), a second SIGINT raises
-    KeyboardInterrupt at once. With several processes JAX's preemption notice is used instead (see
+    KeyboardInterrupt at once. One that comes while the loop waits for a batch from the pipeline
+    (slow or stuck workers) also ends the wait: WaitInterrupted, and the loop saves the last
+    completed step and stops. With several processes JAX's preemption notice is used instead (see
     Checkpoints)."""
 
     def __init__(self, keep_process=False):
@@ -108,6 +111,8 @@ class StopSignals:
         self.received = signal_number
         for s in self.previous:
             signal.signal(s, self.second[s])
+        if input_pipeline.waiting():
+            raise WaitInterrupted(signal_number)
 
     def __exit__(self, *exc_info):
         for signal_number, handler in self.previous.items():
@@ -248,8 +253,7 @@ def train_and_evaluate_with(config, setup, workdir, keep_process, checkpoints):
                 if jax.process_index() == 0:
                     record.write(workdir, config, step, changed)
                 state, step, eval_scalars = train(config, setup, workdir, checkpoints, state, step,
-                                                  stop, early_stopping,
-                                                  loop_values.get("train_metrics"))
+                                                  stop, early_stopping, loop_values)
             elif results_written(workdir, step):
                 logging.info("The run in %s is already complete: %s.", workdir,
                              reached(step, setup.total_steps, early_stopping.stopped_at))
@@ -257,7 +261,10 @@ def train_and_evaluate_with(config, setup, workdir, keep_process, checkpoints):
             else:
                 logging.info("The run in %s is complete (step %d), but it was stopped before its "
                              "results were written; writing them now.", workdir, step)
-                eval_scalars = evaluation.evaluate_state(setup, state)
+                try:
+                    eval_scalars = evaluation.evaluate_state(setup, state)
+                except WaitInterrupted:  # a stop while waiting for test batches
+                    raise stopped(stop, step, checkpoints, config, workdir) from None
         finally:
             try:
                 checkpoints.wait()
@@ -285,9 +292,12 @@ def reached(step, total_steps, stopped_early_at):
             f"back; {earlier} uses an earlier checkpoint)")
 
 
-def data_failed(error, checkpoints, state, step, loop):
+def data_failed(error, checkpoints, state, step, loop, started_at):
     """The DataError of data that broke mid-run, once the state of the last completed step is
-    saved (where it was not already and can be)."""
+    saved (where it was not already and can be). Data that failed before this session's first
+    step (workers that could not start) is the error alone: there is nothing new to keep."""
+    if step == started_at:
+        return error
     try:
         if step not in checkpoints.intact_steps() and checkpoints.saving != step:
             checkpoints.save(state, loop=loop)
@@ -297,6 +307,14 @@ def data_failed(error, checkpoints, state, step, loop):
         kept = f"the checkpoint of step {step} could not be saved either ({os_error(e.cause)})"
     return DataError(f"{error} ({kept}: once the data is whole again, {same_again()} to "
                      f"resume)")
+
+
+def stopped(stop, step, checkpoints, config, workdir):
+    """The Stopped of a stop signal (or a preemption notice) at `step`, its checkpoint saved."""
+    name = signal.Signals(stop.received).name if stop.received else "preemption"
+    return Stopped(f"Stopped by {name} at step {step}, with a checkpoint saved in "
+                   f"{checkpoints.directory}. {how_to_resume(config, workdir)}",
+                   stop.received or signal.SIGTERM)
 
 
 def how_to_resume(config, workdir):
@@ -309,11 +327,12 @@ def how_to_resume(config, workdir):
             f"again would start another run beside it.")
 
 
-def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping, saved_metrics):
+def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping, loop_values):
     """Steps from `step` to the end, or to an early stop; returns (state in checkpoint form, the
-    step reached, the final evaluation's scalars). `saved_metrics`: the running train metrics of
-    the checkpoint resumed from (the steps since its last log), so that the next log averages the
-    same steps as in a run never stopped."""
+    step reached, the final evaluation's scalars). `loop_values`: those of the checkpoint resumed
+    from: the running train metrics (the steps since its last log), so that the next log averages
+    the same steps as in a run never stopped; and whether a stop cut short the evaluation of its
+    step, which is then done first, so that the logged history is the same too."""
     parallel, task, total_steps = setup.parallel, setup.task, setup.total_steps
     writer = MetricWriter(config, workdir, step)
     if step == 0:  # "global": statistics of sharded arrays, computed where their shards are
@@ -336,13 +355,46 @@ def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping
     if setup.describe_streaming():
         logging.info("%s", setup.describe_streaming())
     state = parallel.to_device_form(state)
-    train_metrics = parallel.metrics_from_values(task.collection, saved_metrics)
+    train_metrics = parallel.metrics_from_values(task.collection, loop_values.get("train_metrics"))
     eval_scalars = {}
     last_log_time, last_log_step = time.perf_counter(), step
     profile = Profile(config, workdir)
+    started_at = step
+
+    def save_and_stop(evaluation_pending=False):
+        """The Stopped of a signal that ended a wait for data at `step`: the state of that step,
+        the last completed, saved where it is not already (with `evaluation_pending`, the
+        evaluation of the step that the stop cut short, for the resumed run to do first)."""
+        if step not in checkpoints.intact_steps() and checkpoints.saving != step:
+            check_finite(config, state, parallel, checkpoints, step)
+            checkpoints.save(parallel.to_checkpoint_form(state),
+                             loop={"early_stopping": early_stopping.values(),
+                                   "train_metrics": parallel.metrics_values(train_metrics),
+                                   "evaluation_pending": evaluation_pending})
+        checkpoints.wait()
+        return stopped(stop, step, checkpoints, config, workdir)
+
+    def evaluate_at(step):
+        """The evaluation of `step`, logged; returns its scalars and early stopping's verdict."""
+        nonlocal last_log_time
+        eval_start = time.perf_counter()
+        try:
+            scalars = evaluation.evaluate_scalars(eval_fn, setup, state)
+        except WaitInterrupted:  # a stop while waiting for test batches: evaluated on resume
+            raise save_and_stop(evaluation_pending=True) from None
+        writer.write_scalars(step, scalars)
+        progress.show(step, scalars)
+        last_log_time += time.perf_counter() - eval_start  # not training speed
+        return scalars, early_stopping.update(step, scalars)
+
     try:
         with Progress(setup.steps_per_epoch, total_steps, jax.process_index() == 0) as progress:
             profile.at(step, train_metrics)
+            if loop_values.get("evaluation_pending"):
+                eval_scalars, stopped_early = evaluate_at(step)
+                if stopped_early:  # the checkpoint of this step is saved: the run ends there
+                    logging.info("%s", stopped_early)
+                    return parallel.to_checkpoint_form(state), step, eval_scalars
             while step < total_steps:
                 done_before = step
                 try:
@@ -351,7 +403,10 @@ def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping
                 except DataError as e:  # data that vanished or broke mid-run
                     raise data_failed(e, checkpoints, parallel.to_checkpoint_form(state), step, {
                         "early_stopping": early_stopping.values(),
-                        "train_metrics": parallel.metrics_values(train_metrics)}) from e
+                        "train_metrics": parallel.metrics_values(train_metrics)},
+                        started_at) from e
+                except WaitInterrupted:  # a stop while the workers were reading the next batch
+                    raise save_and_stop() from None
                 progress.advance(step, step - done_before)
                 checkpoints.check()
                 profile.at(step, train_metrics)
@@ -379,12 +434,7 @@ def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping
 
                 stopped_early = None
                 if "eval" in events:
-                    eval_start = time.perf_counter()
-                    eval_scalars = evaluation.evaluate_scalars(eval_fn, setup, state)
-                    writer.write_scalars(step, eval_scalars)
-                    progress.show(step, eval_scalars)
-                    stopped_early = early_stopping.update(step, eval_scalars)
-                    last_log_time += time.perf_counter() - eval_start  # not training speed
+                    eval_scalars, stopped_early = evaluate_at(step)
 
                 stopping = stop.received or checkpoints.reached_preemption(step)
                 # With best_metric, every evaluation is saved, so that the best can be kept.
@@ -400,10 +450,7 @@ def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping
                     break
                 if stopping:
                     checkpoints.wait()
-                    name = signal.Signals(stop.received).name if stop.received else "preemption"
-                    raise Stopped(f"Stopped by {name} at step {step}, with a checkpoint saved in "
-                                  f"{checkpoints.directory}. {how_to_resume(config, workdir)}",
-                                  stop.received or signal.SIGTERM)
+                    raise stopped(stop, step, checkpoints, config, workdir)
     finally:
         failing = sys.exc_info()[1] is not None
         profile.stop(train_metrics)
