@@ -54,7 +54,7 @@ BAD = [
      "unit=%, percent slice boundaries should be in [-100, 100]): its splits are"),
     ({"model": dict(features=(32, 5))},  # TFDS's ClassLabel says 10
      "config.model gives 5 outputs but the data set's labels go up to 9 (10 classes): a classifier "
-     "needs an output for each class; pass --config.model.features=\"(32, 10)\"."),
+     "needs an output for each class; pass model=dict(features=(32, 10))."),
     ({"name": "image_folder", "data_dir": "{root}/images", "tfds_data_dir": None,
       "model": dict(features=(32, 2))},
      "config.model gives 2 outputs but the data set's labels go up to 2 (3 classes)"),

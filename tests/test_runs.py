@@ -129,7 +129,7 @@ def test_early_stopping_says_why_and_a_resumed_run_remembers_the_count(tmp_path)
 
     done = run_train(*EARLY, "--config.num_steps=1000", f"--workdir={resumed}")
     assert done.returncode == 0
-    assert "already complete: step 200 of 1000, stopped early" in done.stderr
+    assert "already complete: early stopping ended it at step 200 of 1000" in done.stderr
 
 
 def test_a_run_of_an_earlier_version_is_still_read(tmp_path):
