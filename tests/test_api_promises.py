@@ -120,6 +120,13 @@ def test_a_dict_as_the_config_is_fields_over_the_defaults(tmp_path):
     from_file, _ = api.resolved(XOR, {"num_steps": 20}, dict(
         model=None, dataset=None, task=None, optimizer=None, writers=None))
     assert from_dict.to_dict() == from_file.to_dict()
+    # A section in the dict and as a keyword: field by field, the keyword's over the dict's.
+    merged, _ = api.resolved(
+        dict(augment=dict(flip=True), optimizer=dict(learning_rate=0.5, momentum=0.8)),
+        dict(augment=dict(crop_padding=2), optimizer=dict(momentum=None)),
+        dict(model=None, dataset=None, task=None, optimizer=None, writers=None))
+    assert (merged.augment.flip, merged.augment.crop_padding) == (True, 2)
+    assert (merged.optimizer.learning_rate, merged.optimizer.momentum) == (0.5, None)
     run = api.fit(dict(task="binary_regression", dataset=dict(name="xor"), batch_size=4,
                        eval_batch_size=4, model=dict(name="mlp", features=(8, 1)),
                        optimizer=dict(name="sgd", learning_rate=0.1)), tmp_path / "dict", **TINY)

@@ -78,7 +78,7 @@ BAD_INPUTS = [
     # a fix as a flag here, as a keyword of api.fit in Python (BAD_VALUES below)
     ([XOR, "--config.task=classification"], "use e.g. --config.task=regression."),
     ([XOR, "--config.best_metric=eval/loss", "--config.eval_every_steps=0"],
-     "e.g. --config.eval_every_steps=100, or set config.best_metric=''."),
+     "e.g. --config.eval_every_steps=100, or set --config.best_metric=''."),
     ([MNIST_MLP, "--config.dataset.data_dir={root}/digits", "--config.batch_size=16",
       "--config.model.features=(512, 512, 5)"], 'pass --config.model.features="(512, 512, 10)".'),
     # several hosts, asked for where there are none
@@ -141,7 +141,7 @@ BAD_VALUES = [
     (XOR, {"best_metric": "eval/loss", "eval_every_steps": 0},
      "config.best_metric='eval/loss' compares evaluations, but config.eval_every_epochs=0 and "
      "eval_every_steps=0 evaluate only once, at the end of training (step 1000): evaluate during "
-     "it, e.g. eval_every_steps=100, or set config.best_metric=''."),
+     "it, e.g. eval_every_steps=100, or set best_metric=''."),
     (XOR, {"early_stopping.metric": "eval/loss", "eval_every_steps": 2000},
      "config.early_stopping.metric='eval/loss' compares evaluations, but "
      "config.eval_every_epochs=0 and eval_every_steps=2000 evaluate only once"),

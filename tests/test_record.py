@@ -107,7 +107,7 @@ def test_a_run_without_a_history_keeps_its_config_json_as_its_start(first_50, tm
     result = run_train(*XOR, "--config.num_steps=100", f"--workdir={workdir}")
     assert result.returncode == 0, result.stderr
     lines = history_lines(workdir)
-    assert lines[0] == {"step": 0, "config": written}
+    assert lines[0] == {"step": 0, "changed": {}, "config": written}
     assert lines[1]["step"] == 50 and lines[1]["changed"] == {"num_steps": [50, 100]}
 
 

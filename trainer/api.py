@@ -48,7 +48,7 @@ import optax  # pylint: disable=wrong-import-position
 
 import datasets  # pylint: disable=wrong-import-position
 from trainer import configuration, evaluation, inference, loop  # pylint: disable=wrong-import-position
-from trainer import input_pipeline, parts, session  # pylint: disable=wrong-import-position
+from trainer import input_pipeline, parts, record, session  # pylint: disable=wrong-import-position
 from trainer.fingerprint import fingerprint  # pylint: disable=wrong-import-position
 from trainer.errors import ConfigError, WorkdirError, setting  # pylint: disable=wrong-import-position
 from trainer.optim import TRAINER_FIELDS  # pylint: disable=wrong-import-position
@@ -295,18 +295,17 @@ def with_objects(config, model, dataset, task, optimizer, writers):
 
 def resolved(config, overrides, objects_given):
     """The config a call runs with, and the objects it names. A dict as the config is keyword
-    arguments over the defaults (those given as keywords win)."""
+    arguments over the defaults, resolved first: the keywords given then set fields over it, a
+    section's dict field by field (augment=dict(flip=True) in the dict and
+    augment=dict(crop_padding=2) as a keyword give both)."""
+    objects = {}
     if isinstance(config, dict):
-        fields, config = dict(config), None
-        for name in objects_given:
-            if name in fields:
-                value = fields.pop(name)
-                if objects_given[name] is None:
-                    objects_given[name] = value
-        overrides = {**fields, **overrides}
+        fields = dict(config)
+        config, objects = resolved(None, fields, {name: fields.pop(name, None)
+                                                  for name in objects_given})
     config = configuration.given_config(config)
     with config.unlocked() if config.is_locked else contextlib.nullcontext():
-        objects = with_objects(config, **objects_given)
+        objects = {**objects, **with_objects(config, **objects_given)}
         configuration.override(config, overrides)
         configuration.resolve_paths(config)
     return config, objects
@@ -377,9 +376,8 @@ def other_data(workdir, name):
     """Warns, in one line, where the data set `name` load() was given is not the one the run's
     config.json records ("given:datasets.Dataset#1f2e3d4c": other arrays, by their fingerprint)."""
     try:
-        with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
-            trained_on = json.load(f)["dataset"]["name"]
-    except (OSError, ValueError, KeyError, TypeError):
+        trained_on = record.saved(workdir)["dataset"]["name"]
+    except (KeyError, TypeError):
         return  # no record to compare with (read_run_config, or config=, says what is wrong)
     if trained_on != name:
         logging.warning("dataset: the data given (%s) is not the data the run in %s was trained "

@@ -1,7 +1,7 @@
 """Checks a config before anything is built or written, so a bad value costs nothing."""
 import re
 
-from trainer.errors import ConfigError, setting
+from trainer.errors import ConfigError, Placeholder, setting
 from trainer.optim import SCHEDULES
 from trainer.parallel import MODES
 
@@ -19,7 +19,7 @@ def require(config, field, ok, requirement):
     value = lookup(config, field)
     if not ok(value):
         raise ConfigError(f"config.{field}={value!r} is invalid: it must be {requirement}. "
-                          f"Fix the config file or pass {setting(field, 'VALUE')}.")
+                          f"Fix the config file or pass {setting(field, Placeholder('VALUE'))}.")
 
 
 def is_int(value):

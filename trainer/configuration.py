@@ -106,7 +106,8 @@ def no_such_field(config, dotted, written, listing, value=None):
         owners = [name for name, each in config.items()
                   if isinstance(each, ml_collections.ConfigDict) and leaf in each]
         if owners:
-            hint = f" at the top level (did you mean {setting(f'{owners[0]}.{leaf}', value)}?)"
+            hint = (" at the top level (did you mean " + " or ".join(
+                setting(f"{owner}.{leaf}", value) for owner in owners) + "?)")
     return ConfigError(f"{written}: the config has no such field{hint}. See the fields with "
                        f"{listing}.")
 

@@ -24,6 +24,13 @@ def listed(names):
 SPOKEN = {"flags": False}
 
 
+class Placeholder(str):
+    """A value for the reader to fill in, said as it is: `batch_size=VALUE`, not `'VALUE'`."""
+
+    def __repr__(self):
+        return str(self)
+
+
 def setting(name, value):
     """How to give the config field `name` ("optimizer.grad_clip_norm") the `value`:
     `--config.optimizer.grad_clip_norm=1.0` in a script, `optimizer=dict(grad_clip_norm=1.0)` in
@@ -31,7 +38,8 @@ def setting(name, value):
     if SPOKEN["flags"]:
         if isinstance(value, dict):
             return " ".join(setting(f"{name}.{key}", each) for key, each in value.items())
-        quoted = f'"{value}"' if isinstance(value, tuple) else value  # for the shell
+        # As the shell must be given them: a tuple quoted, the empty string as ''.
+        quoted = f'"{value}"' if isinstance(value, tuple) else "''" if value == "" else value
         return f"--config.{name}={quoted}"
     *sections, leaf = name.split(".")
     spoken = f"{leaf}={value!r}" if not isinstance(value, dict) else (

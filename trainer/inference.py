@@ -10,9 +10,9 @@ def checkpoint_step(checkpoints, config, step):
     or a number."""
     steps = checkpoints.manager.all_steps()
     if not steps:
-        train = ("scripts/train.py --workdir=" if SPOKEN["flags"] else "trainer.api.fit(config, ")
-        raise WorkdirError(f"no checkpoint in {checkpoints.directory}: train first with "
-                           f"{train}{checkpoints.workdir}{'' if SPOKEN['flags'] else ')'}.")
+        train = (f"scripts/train.py --workdir={checkpoints.workdir}" if SPOKEN["flags"] else
+                 f"trainer.api.fit(config, {checkpoints.workdir!r})")
+        raise WorkdirError(f"no checkpoint in {checkpoints.directory}: train first with {train}.")
     if step == "best":
         best = checkpoints.best_step() if config.best_metric else None
         if best is None:

@@ -147,26 +147,15 @@ def refuse_in_a_starting_process():
 
 
 class WaitInterrupted(BaseException):
-    """Raised by the trainer's stop signal handler (trainer/loop.py StopSignals) while the main
-    thread waits for a batch: the wait ends at once, and the loop saves and stops. Not an
-    Exception, so that no `except Exception` between takes it for a data error."""
+    """Raised by a wait for a batch once a stop is asked for (STOP_ASKED): the loop then saves the
+    last completed step and stops. Not an Exception, so that no `except Exception` between takes
+    it for a data error."""
 
 
-WAITING = []  # non-empty while the main thread waits for a batch (see waiting)
-
-
-def waiting():
-    """Whether the main thread is waiting for a batch from the pipeline now."""
-    return bool(WAITING)
-
-
-@contextlib.contextmanager
-def waiting_for_data():
-    WAITING.append(True)
-    try:
-        yield
-    finally:
-        WAITING.pop()
+# Set by the trainer's stop signal handler (trainer/loop.py StopSignals). The handler itself only
+# sets it: raising from a handler would land wherever the main thread happens to be (inside a
+# step, or a checkpoint's save); a wait for a batch looks at it between its short waits.
+STOP_ASKED = threading.Event()
 
 
 def grain_workers():
@@ -223,16 +212,20 @@ class Feeder:
         return False
 
     def get(self):
-        """The next element (DONE at the end); a worker's error raised here."""
-        with waiting_for_data():
-            while True:
-                try:
-                    element, error = self.batches.get(timeout=POLL_SECONDS)
-                    break
-                except queue.Empty:
-                    if not self.thread.is_alive() and self.batches.empty():  # never seen
-                        raise DataError("the data pipeline's reading thread ended unexpectedly")
-                    unblock_launches_of_dead_workers()
+        """The next element (DONE at the end); a worker's error raised here, and WaitInterrupted
+        where a stop is asked for while there is none to take."""
+        while True:
+            try:
+                element, error = self.batches.get(timeout=POLL_SECONDS)
+                break
+            except queue.Empty:
+                if STOP_ASKED.is_set():
+                    raise WaitInterrupted() from None
+                # feed() ends by putting DONE or its error: a thread gone without either died
+                # some other way, and must not be waited for.
+                if not self.thread.is_alive() and self.batches.empty():
+                    raise DataError("the data pipeline's reading thread ended unexpectedly") from None
+                unblock_launches_of_dead_workers()
         if error is not None:
             raise error
         return element
@@ -274,7 +267,7 @@ def unblock_launches_of_dead_workers():
                 or not process_ended(pid)):
             continue
         DRAINING.add(pid)
-        threading.Thread(target=drain, args=(os.dup(reader), thread_id, frame), daemon=True,
+        threading.Thread(target=drain, args=(os.dup(reader), thread_id, frame, pid), daemon=True,
                          name="flaxfit-drain").start()
 
 
@@ -295,15 +288,16 @@ def process_ended(pid):
         return os.path.isdir("/proc")
 
 
-def drain(reader, thread_id, frame):
-    """Reads and drops what the start in `frame` of thread `thread_id` writes to a dead worker,
-    until the start has moved on."""
+def drain(reader, thread_id, frame, pid):
+    """Reads and drops what the start in `frame` of thread `thread_id` writes to the dead worker
+    `pid`, until the start has moved on."""
     try:
         while frame_active(thread_id, frame):
             if select.select([reader], [], [], POLL_SECONDS)[0] and not os.read(reader, 1 << 20):
                 break
     finally:
         os.close(reader)
+        DRAINING.discard(pid)
 
 
 def frame_active(thread_id, frame):
@@ -382,19 +376,20 @@ def stream(dataset, workers, buffer):
 
 def not_started(error):
     """The error of workers that failed before their first batch, as one line where it is that:
-    a worker that could not be started (its own error printed above by multiprocessing), or
+    a worker that could not be started (its own error printed on stderr by multiprocessing), or
     the source or transform that could not be sent to the workers."""
     text = (str(error).splitlines() or [""])[0]
     if isinstance(error, DataError):
         return error
     workers_0 = setting("pipeline.workers", 0)
     if isinstance(error, RuntimeError) and "Worker process was terminated unexpectedly" in text:
-        code = text.split("exit code ")[-1].split(".")[0]
+        code = text.split("exit code ")[-1].split(".")[0] if "exit code " in text else ""
         if code.lstrip("-").isdigit() and int(code) < 0:  # killed: iterate starts them again
             return error
         return DataError(
-            f"the data pipeline's worker processes ended as they started (exit code {code}; the "
-            f"worker's own error is printed above): a module they cannot import, a main script "
+            f"the data pipeline's worker processes ended as they started (exit code "
+            f"{code if code.lstrip('-').isdigit() else 'unknown'}; the worker's own error is on "
+            f"the process's stderr, in a notebook the kernel's log): a module they cannot import, a main script "
             f"run again in them without `if __name__ == \"__main__\":`, or too little memory. "
             f"Set {workers_0} to read in this process.")
     kind = f"{type(error).__name__}: {text}"
@@ -414,22 +409,19 @@ def not_started(error):
 
 
 def sent_to_workers(error):
-    """Whether `error` arose pickling the data for the workers here, or unpickling it in one."""
-    frames = [frame for frame, _ in traceback_frames(error)]
+    """Whether `error` arose pickling the data for the workers (in Grain's serialisation of the
+    data set, or cloudpickle's): not a data file that fails to load."""
     return any(frame.f_code.co_name in ("_serialize_dataset", "_check_picklable") or
-               os.path.basename(frame.f_code.co_filename) in ("cloudpickle.py", "pickle.py")
-               for frame in frames) or "pickl" in str(error).lower()
-
-
-def traceback_frames(error):
-    return list(traceback.walk_tb(error.__traceback__))
+               os.path.basename(frame.f_code.co_filename) == "cloudpickle.py"
+               for frame, _ in traceback.walk_tb(error.__traceback__)) or any(
+                   words in str(error) for words in ("cannot pickle", "can't pickle"))
 
 
 def unlink_freed_batches():
     """Batches come from the workers in shared memory, which Grain unlinks when their arrays are
     freed, in a thread of its own. At the end of an evaluation its last batches are still held in
     reference cycles (seen: a frame of Grain's prefetch thread), and a process that ends then
-    would report them as leaked shared_memory objects: at exit, this waits (a second at most) for
+    would report them as leaked shared_memory objects: at exit, this waits (1.5 s at most) for
     the pipeline threads that a stop left ending, frees the batches and waits for Grain's thread
     to unlink them."""
     deadline = time.monotonic() + 1.5

@@ -91,7 +91,7 @@ class StopSignals:
     system's default action, so a second one ends the process at once, even mid-step; or, where
     the process must live on (`keep_process`: a notebook's kernel), a second SIGINT raises
     KeyboardInterrupt at once. One that comes while the loop waits for a batch from the pipeline
-    (slow or stuck workers) also ends the wait: WaitInterrupted, and the loop saves the last
+    (slow or stuck workers) also ends the wait (WaitInterrupted), and the loop saves the last
     completed step and stops. With several processes JAX's preemption notice is used instead (see
     Checkpoints)."""
 
@@ -103,20 +103,22 @@ class StopSignals:
 
     def __enter__(self):
         if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            input_pipeline.STOP_ASKED.clear()
             self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGTERM, signal.SIGINT)}
         return self
 
     def handle(self, signal_number, frame):
         del frame
         self.received = signal_number
+        input_pipeline.STOP_ASKED.set()
         for s in self.previous:
             signal.signal(s, self.second[s])
-        if input_pipeline.waiting():
-            raise WaitInterrupted(signal_number)
 
     def __exit__(self, *exc_info):
         for signal_number, handler in self.previous.items():
             signal.signal(signal_number, handler)
+        if self.previous:
+            input_pipeline.STOP_ASKED.clear()
         self.previous = {}
 
 
@@ -248,15 +250,21 @@ def train_and_evaluate_with(config, setup, workdir, keep_process, checkpoints):
                 state = finetune.load(setup.init_from, state)
             early_stopping = EarlyStopping(config.early_stopping, loop_values.get("early_stopping"))
             step = int(local_copy(state.step))
-            end = setup.total_steps if early_stopping.stopped_at is None else early_stopping.stopped_at
-            if step < end:
+            stopped_early_at = early_stopping.stopped_at
+            pending = loop_values.get("evaluation_pending", False)
+            if pending and results_written(workdir, step):
+                # The evaluation a stop cut short was done by a resume that ended the run there:
+                # early stopping, whose verdict no checkpoint after this one holds.
+                pending, stopped_early_at = False, step
+            end = setup.total_steps if stopped_early_at is None else stopped_early_at
+            if step < end or pending:
                 if jax.process_index() == 0:
                     record.write(workdir, config, step, changed)
                 state, step, eval_scalars = train(config, setup, workdir, checkpoints, state, step,
                                                   stop, early_stopping, loop_values)
             elif results_written(workdir, step):
                 logging.info("The run in %s is already complete: %s.", workdir,
-                             reached(step, setup.total_steps, early_stopping.stopped_at))
+                             reached(step, setup.total_steps, stopped_early_at))
                 return Trained(state, results_written(workdir, step), workdir, setup, [])
             else:
                 logging.info("The run in %s is complete (step %d), but it was stopped before its "
@@ -282,11 +290,11 @@ def train_and_evaluate_with(config, setup, workdir, keep_process, checkpoints):
 
 def reached(step, total_steps, stopped_early_at):
     """How far a complete run went, against the `total_steps` asked for now."""
-    if step == total_steps:
-        return f"step {step} of {total_steps}"
-    if stopped_early_at is not None:
+    if step < total_steps and stopped_early_at is not None:
         return (f"early stopping ended it at step {step} of {total_steps} (other early_stopping "
                 f"settings go on from there)")
+    if step == total_steps:
+        return f"step {step} of {total_steps}"
     earlier = "--step=N of scripts/evaluate.py" if SPOKEN["flags"] else "api.load(workdir, step=N)"
     return (f"step {step}, past the {total_steps} steps asked for now (it trains no further, nor "
             f"back; {earlier} uses an earlier checkpoint)")
@@ -374,18 +382,18 @@ def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping
         checkpoints.wait()
         return stopped(stop, step, checkpoints, config, workdir)
 
-    def evaluate_at(step):
-        """The evaluation of `step`, logged; returns its scalars and early stopping's verdict."""
+    def evaluate_at(at):
+        """The evaluation of step `at`, logged; returns its scalars and early stopping's verdict."""
         nonlocal last_log_time
         eval_start = time.perf_counter()
         try:
             scalars = evaluation.evaluate_scalars(eval_fn, setup, state)
         except WaitInterrupted:  # a stop while waiting for test batches: evaluated on resume
             raise save_and_stop(evaluation_pending=True) from None
-        writer.write_scalars(step, scalars)
-        progress.show(step, scalars)
+        writer.write_scalars(at, scalars)
+        progress.show(at, scalars)
         last_log_time += time.perf_counter() - eval_start  # not training speed
-        return scalars, early_stopping.update(step, scalars)
+        return scalars, early_stopping.update(at, scalars)
 
     try:
         with Progress(setup.steps_per_epoch, total_steps, jax.process_index() == 0) as progress:

@@ -40,11 +40,18 @@ def flat(tree, prefix=""):
 
 
 def saved(workdir):
-    """The run's config.json as JSON; None where there is none (or it was cut short)."""
+    """The settings the run trained with last, as JSON: its config.json, or where that cannot be
+    read (cut short by a crash of an earlier version, which wrote it in place) the last line of
+    config_history.jsonl; None where the run has neither."""
     try:
         with open(os.path.join(workdir, CONFIG), encoding="utf-8") as f:
             return json.load(f)
     except (OSError, ValueError):
+        pass
+    try:
+        with open(os.path.join(workdir, HISTORY), encoding="utf-8") as f:
+            return json.loads(f.read().splitlines()[-1])["config"]
+    except (OSError, ValueError, IndexError, KeyError, TypeError):
         return None
 
 
@@ -117,7 +124,7 @@ def write(workdir, config, step, changed):
     lines = []
     if step > 0 and not os.path.exists(path) and saved(workdir) is not None:
         # A run of an earlier version: its config.json is the best record of its start there is.
-        lines.append({"step": 0, "config": saved(workdir)})
+        lines.append({"step": 0, "changed": {}, "config": saved(workdir)})
     if step == 0 or changed:
         lines.append({"step": step, "changed": {name: list(values)
                                                 for name, values in changed.items()},
@@ -126,9 +133,12 @@ def write(workdir, config, step, changed):
         with writing(f"writing {HISTORY}"), open(path, "w" if step == 0 else "a",
                                                   encoding="utf-8") as f:
             f.writelines(json.dumps(line) + "\n" for line in lines)
-    with writing(f"writing {CONFIG}"), open(os.path.join(workdir, CONFIG), "w",
-                                            encoding="utf-8") as f:
-        f.write(config.to_json_best_effort(indent=2))
+    # Whole or not at all: a resume's check reads it.
+    path = os.path.join(workdir, CONFIG)
+    with writing(f"writing {CONFIG}"):
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            f.write(config.to_json_best_effort(indent=2))
+        os.replace(path + ".tmp", path)
 
 
 def announce(step, changed):

@@ -184,7 +184,7 @@ def check_evaluated_during_training(config, steps_per_epoch, total_steps):
                 f"{config.eval_every_epochs} and eval_every_steps={config.eval_every_steps} "
                 f"evaluate only once, at the end of training (step {total_steps}): evaluate during "
                 f"it, e.g. {setting('eval_every_steps', max(1, total_steps // 10))}, or set "
-                f"config.{field}=''.")
+                f"{setting(field, '')}.")
 
 
 def num_classes(dataset):
