@@ -4,6 +4,7 @@ what the run is (its seed, its model, an object's code) is refused in one line, 
 unless resume_with_changes says it is meant."""
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -194,3 +195,17 @@ def test_a_finished_run_asked_for_fewer_steps_says_so(first_50, tmp_path):
             f"(it trains no further, nor back; --step=N of scripts/evaluate.py uses an earlier "
             f"checkpoint).") in result.stderr
     assert "early" not in result.stderr
+
+
+def test_errors_say_settings_and_arguments_as_their_reader_gives_them(first_50, tmp_path):
+    """A run without checkpoints, from Python and from a script: each its own wording."""
+    workdir = copy_of(first_50, tmp_path)
+    shutil.rmtree(workdir / "checkpoints")
+    with pytest.raises(WorkdirError) as refused:
+        api.load(workdir)
+    assert str(refused.value).endswith(f"train first with trainer.api.fit(config, "
+                                       f"{str(workdir)!r}).")
+    script = subprocess.run([sys.executable, str(REPO / "scripts" / "evaluate.py"),
+                             f"--workdir={workdir}"], capture_output=True, text=True, cwd=REPO)
+    assert script.returncode == 2
+    assert script.stderr.strip().endswith(f"train first with scripts/train.py --workdir={workdir}.")
