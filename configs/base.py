@@ -75,6 +75,14 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.init_from_regex = ".*"  # which arrays to load, by path ("params/Dense_0/kernel")
 
     config.log_every_steps = 100
+    # A validation split carved from train: `fraction` of its examples, drawn with `seed` from
+    # their count alone (0: none; a data set's own validation split needs none).
+    config.validation = ml_collections.ConfigDict(dict(fraction=0.0, seed=0))
+    # Named evaluations, each {split, every_steps, every_epochs, max_examples, ema}, logged as
+    # <name>/<metric> (trainer/evals.py), e.g.
+    #   config.evals = dict(val=dict(split="validation", every_epochs=1), test=dict(split="test"))
+    # None given: one evaluation of the test split, by the two fields below, as eval/<metric>.
+    config.evals = ml_collections.ConfigDict()
     config.eval_every_epochs = 1  # 0: not by epochs
     config.eval_every_steps = 0  # > 0: also every this many steps
     config.checkpoint_every_steps = 1000  # and always at the end
@@ -82,6 +90,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     # Keep the best checkpoint by an eval metric too ("eval/accuracy"; evaluations then save one).
     config.best_metric = ""
     config.best_mode = "auto"  # max | min | auto (min for a metric named *loss or *error)
+    # Selection by an evaluation of the test split is refused; True: it is what the run means.
+    config.select_on_test = False
     config.early_stopping = ml_collections.ConfigDict(dict(
         metric="",  # e.g. "eval/loss": stop when it has not improved for `patience` evaluations
         patience=5,

@@ -55,6 +55,9 @@ class Dataset:
     test: Split
     prepare_inputs: Callable = identity  # raw inputs -> model inputs; traced inside the step
     decode_outputs: Callable = identity  # model outputs (and targets) -> natural units
+    # A split of the data set's own for choosing the model (a TFDS `validation`, a `val/`
+    # folder); else config.validation.fraction carves one from train (trainer/setup.py).
+    validation: Union[Split, None] = None
 
     @property
     def num_train(self) -> int:
@@ -75,6 +78,46 @@ def examples(split, indices) -> dict:
         return {name: array[np.asarray(indices)] for name, array in split.items()}
     read = [split[int(i)] for i in indices]
     return {name: np.stack([np.asarray(e[name]) for e in read]) for name in ("inputs", "targets")}
+
+
+def validation_indices(count, fraction, seed):
+    """The examples of a split of `count` that a validation split of `fraction` takes, sorted:
+    drawn with `seed` from the count alone, so the same for every device, process, worker count
+    and path."""
+    held = np.random.default_rng([seed, count]).permutation(count)[:round(fraction * count)]
+    return np.sort(held)
+
+
+def subset(split, indices):
+    """The examples at `indices` of a split, as a split of their own (the same kind)."""
+    indices = np.asarray(indices, dtype=np.int64)
+    if in_memory(split):
+        return {name: array[indices] for name, array in split.items()}
+    return Subset(split, indices)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Subset:
+    """Some examples of a streamed split, by index: a validation split carved from train, the
+    training examples left, the first K of a split. Pickled into the workers with its source."""
+    source: Source
+    indices: np.ndarray
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, index):
+        return self.source[int(self.indices[index])]
+
+    def __getitems__(self, indices):
+        chosen = [int(self.indices[i]) for i in indices]
+        if hasattr(self.source, "__getitems__"):
+            return self.source.__getitems__(chosen)
+        return [self.source[i] for i in chosen]
+
+    @property
+    def num_classes(self):
+        return getattr(self.source, "num_classes", None)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -77,7 +77,8 @@ BAD_INPUTS = [
     ([MNIST, "--config.dataset.data_dir={root}/truncated"], "train-labels-idx1-ubyte.gz is truncated"),
     # a fix as a flag here, as a keyword of api.fit in Python (BAD_VALUES below)
     ([XOR, "--config.task=classification"], "use e.g. --config.task=regression."),
-    ([XOR, "--config.best_metric=eval/loss", "--config.eval_every_steps=0"],
+    ([XOR, "--config.best_metric=eval/loss", "--config.eval_every_steps=0",
+      "--config.select_on_test=True"],
      "e.g. --config.eval_every_steps=100, or set --config.best_metric=''."),
     ([MNIST_MLP, "--config.dataset.data_dir={root}/digits", "--config.batch_size=16",
       "--config.model.features=(512, 512, 5)"], 'pass --config.model.features="(512, 512, 10)".'),
@@ -138,11 +139,11 @@ BAD_VALUES = [
     (XOR, {"optimizer.frozen": "params/(Dense"}, "config.optimizer.frozen='params/(Dense' is "
                                                  "invalid"),
     # best_metric and early stopping compare evaluations, which must come before the end
-    (XOR, {"best_metric": "eval/loss", "eval_every_steps": 0},
+    (XOR, {"best_metric": "eval/loss", "eval_every_steps": 0, "select_on_test": True},
      "config.best_metric='eval/loss' compares evaluations, but config.eval_every_epochs=0 and "
      "eval_every_steps=0 evaluate only once, at the end of training (step 1000): evaluate during "
      "it, e.g. eval_every_steps=100, or set best_metric=''."),
-    (XOR, {"early_stopping.metric": "eval/loss", "eval_every_steps": 2000},
+    (XOR, {"early_stopping.metric": "eval/loss", "eval_every_steps": 2000, "select_on_test": True},
      "config.early_stopping.metric='eval/loss' compares evaluations, but "
      "config.eval_every_epochs=0 and eval_every_steps=2000 evaluate only once"),
     # what the data set holds: images to augment, targets for the task, classes for the outputs

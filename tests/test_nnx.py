@@ -214,7 +214,8 @@ def test_a_model_function_and_the_modes_other_paths(user_folder, tmp_path):
     result = run(command(user_folder, tmp_path, "factory", "--config.steps=fused",
                          "--config.grad_accum_steps=2", "--config.ema_decay=0.9",
                          "--config.best_metric=eval_ema/accuracy", "--config.num_steps=120",
-                         "--config.early_stopping.metric=eval/loss"), user_folder)
+                         "--config.early_stopping.metric=eval/loss",
+                         "--config.select_on_test=True"), user_folder)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Steps run fused" in result.stderr
     final = json.loads((tmp_path / "results.json").read_text())

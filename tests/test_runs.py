@@ -70,7 +70,8 @@ def test_the_best_checkpoint_is_kept_while_newer_ones_rotate(tmp_path):
     # newest two past it shows.
     args = [*XOR, "--config.num_steps=300", "--config.eval_every_steps=50",
             "--config.checkpoint_every_steps=50", "--config.keep_checkpoints=2",
-            "--config.best_metric=eval/loss", "--config.best_mode=max", f"--workdir={tmp_path}"]
+            "--config.best_metric=eval/loss", "--config.best_mode=max",
+            "--config.select_on_test=True", f"--workdir={tmp_path}"]
     result = run_train(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     evals = {e["step"]: e["eval/loss"] for e in logged(tmp_path) if "eval/loss" in e}
@@ -106,7 +107,7 @@ def test_step_best_and_ema_of_a_run_that_kept_neither_are_one_line(tmp_path):
 EARLY = [*XOR, "--config.eval_every_steps=50", "--config.checkpoint_every_steps=1000",
          # max on a falling loss: no evaluation after the first improves on it
          "--config.early_stopping.metric=eval/loss", "--config.early_stopping.mode=max",
-         "--config.early_stopping.patience=3"]
+         "--config.early_stopping.patience=3", "--config.select_on_test=True"]
 
 
 def test_early_stopping_says_why_and_a_resumed_run_remembers_the_count(tmp_path):

@@ -175,7 +175,7 @@ def arrays_split(data, argument):
 
 
 SPLITS = ("train", "test")  # a dict of these is data, not config.dataset's fields
-FUNCTIONS = ("prepare_inputs", "decode_outputs")  # a Dataset's, which a dict of splits may add
+OPTIONAL = ("validation", "prepare_inputs", "decode_outputs")  # a Dataset's, a dict may add
 
 
 def is_splits(data):
@@ -184,20 +184,21 @@ def is_splits(data):
 
 def dataset_of(data):
     """A datasets.Dataset from a Dataset, or from arrays ((train inputs, train targets), (test
-    inputs, test targets)) or {"train": ..., "test": ...} (each split (inputs, targets) or
-    {"inputs": ..., "targets": ...}) taken as the model's inputs as they are."""
+    inputs, test targets)) or {"train": ..., "test": ...} (and "validation"; each split (inputs,
+    targets) or {"inputs": ..., "targets": ...}) taken as the model's inputs as they are."""
     if isinstance(data, datasets.Dataset):
         return data
     if is_splits(data):
         keys = set(data)
-        if not set(SPLITS) <= keys or keys - set(SPLITS) - set(FUNCTIONS):
+        if not set(SPLITS) <= keys or keys - set(SPLITS) - set(OPTIONAL):
             raise ConfigError(f"dataset: a dict of splits takes 'train' and 'test', each (inputs, "
                               f"targets) or {{'inputs': ..., 'targets': ...}}, and optionally "
-                              f"{' and '.join(map(repr, FUNCTIONS))}; this one has "
+                              f"{', '.join(map(repr, OPTIONAL))}; this one has "
                               f"{', '.join(map(repr, sorted(keys)))}.")
+        splits = [split for split in (*SPLITS, "validation") if split in data]
         return datasets.Dataset(
-            **{split: arrays_split(data[split], f"dataset[{split!r}]") for split in SPLITS},
-            **{name: data[name] for name in FUNCTIONS if name in data})
+            **{split: arrays_split(data[split], f"dataset[{split!r}]") for split in splits},
+            **{name: data[name] for name in OPTIONAL[1:] if name in data})
     if isinstance(data, (tuple, list)) and len(data) == 2:
         return datasets.Dataset(train=arrays_split(data[0], "dataset=(train, test): train"),
                                 test=arrays_split(data[1], "dataset=(train, test): test"))

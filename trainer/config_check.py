@@ -47,7 +47,7 @@ def validate_config(config):
                   "keep_checkpoints"):
         require(config, field, lambda v: is_int(v) and v > 0, "a positive integer")
     for field in ("num_epochs", "num_steps", "eval_every_epochs", "eval_every_steps", "seed",
-                  "optimizer.warmup_steps"):
+                  "validation.seed", "optimizer.warmup_steps"):
         require(config, field, lambda v: is_int(v) and v >= 0, "an integer >= 0")
     if lookup(config, "num_epochs") == 0 and lookup(config, "num_steps") == 0:
         raise ConfigError("config.num_epochs and config.num_steps are both 0: set one of them to "
@@ -86,7 +86,9 @@ def validate_config(config):
     require(config, "pipeline.workers", lambda v: is_int(v) and v >= -1,
             "an integer >= 0, or -1 (a worker a core but one)")
     require(config, "pipeline.buffer", lambda v: is_int(v) and v > 0, "a positive integer")
-    for field in ("resume", "plots", "augment.flip"):
+    require(config, "validation.fraction", lambda v: is_number(v) and 0 <= v < 1,
+            "in [0, 1): the share of the training split held out for validation (0: none)")
+    for field in ("resume", "plots", "augment.flip", "select_on_test"):
         require(config, field, lambda v: isinstance(v, bool), "True or False")
     require(config, "optimizer.schedule", *one_of(SCHEDULES))
     for field in ("task", "model.name", "dataset.name", "optimizer.name"):

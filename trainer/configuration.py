@@ -112,6 +112,10 @@ def no_such_field(config, dotted, written, listing, value=None):
                        f"{listing}.")
 
 
+# Sections whose fields are names of the user's (config.evals.<name>): new ones are added.
+OPEN_SECTIONS = ("evals",)
+
+
 def override(config, overrides, written=None, listing="print(run.config)"):
     """Sets the fields of `overrides` ({"num_epochs": 2, "optimizer": {"momentum": None}} or
     {"optimizer.momentum": None}) in `config`, each checked: it exists, and a value of its type
@@ -126,6 +130,9 @@ def override(config, overrides, written=None, listing="print(run.config)"):
             if not isinstance(section, ml_collections.ConfigDict) or part not in section:
                 raise no_such_field(config, key, said, listing, value)
             section = section[part]
+        if parents and parents[0] in OPEN_SECTIONS and leaf not in section:
+            # A new name there, or a field of one (trainer/evals.py checks those).
+            section[leaf] = ml_collections.ConfigDict() if isinstance(value, dict) else value
         if not isinstance(section, ml_collections.ConfigDict) or leaf not in section:
             raise no_such_field(config, key, said, listing, value)
         if isinstance(value, dict) and isinstance(section[leaf], ml_collections.ConfigDict):

@@ -30,8 +30,9 @@ class EarlyStopping:
         return gain > self.min_delta  # a NaN compares false: never an improvement
 
     def update(self, step, scalars):
-        """Counts the evaluation at `step`; returns why the run stops there, or None."""
-        if not self.metric:
+        """Counts the evaluation at `step` (`scalars`: the evaluations due there, which may not
+        hold the metric: another's schedule); returns why the run stops there, or None."""
+        if not self.metric or self.metric not in scalars:
             return None
         value = scalars[self.metric]
         if self.improved(value):

@@ -33,18 +33,24 @@ def evaluate(eval_fn, state, batches, parallel):
     return {name: float(value) for name, value in total.compute().items()}
 
 
-def evaluate_scalars(eval_fn, setup, state):
-    """{"eval/loss": ..., ...} of a state in device form on the test split, and "eval_ema/..."
-    of its moving average where it keeps one."""
-    scalars = prefixed("eval", evaluate(eval_fn, state, setup.eval_batches(), setup.parallel))
-    if state.ema_params is not None:
-        scalars.update(prefixed("eval_ema", evaluate(eval_fn, state.replace(
-            params=state.ema_params), setup.eval_batches(), setup.parallel)))
+def evaluate_scalars(eval_fn, setup, state, due=None):
+    """{"val/loss": ..., "test/accuracy": ...} of a state in device form: the evaluations `due`
+    (evals.Evaluation; None: every one), each on its split, "<name>_ema/..." of the moving average
+    too where the state keeps one and the evaluation asks for it."""
+    scalars = {}
+    for each in setup.evaluations if due is None else due:
+        scalars.update(prefixed(each.name, evaluate(eval_fn, state, setup.eval_batches(each),
+                                                    setup.parallel)))
+        if state.ema_params is not None and each.ema:
+            scalars.update(prefixed(f"{each.name}_ema", evaluate(
+                eval_fn, state.replace(params=state.ema_params), setup.eval_batches(each),
+                setup.parallel)))
     return scalars
 
 
 def evaluate_state(setup, state):
-    """evaluate_scalars of a state in checkpoint form, on all devices JAX sees."""
+    """evaluate_scalars of every evaluation, of a state in checkpoint form, on all devices JAX
+    sees."""
     return evaluate_scalars(compile_eval(setup), setup, setup.parallel.to_device_form(state))
 
 

@@ -29,7 +29,7 @@ from trainer.parallel import local_copy
 from trainer.progress import Progress
 from trainer.runners import make_runner
 from trainer.setup import build
-from trainer.timetable import Timetable
+from trainer.timetable import Timetable, event
 from trainer.writers import MetricWriter, json_safe, prefixed, writing
 
 
@@ -369,27 +369,30 @@ def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping
     profile = Profile(config, workdir)
     started_at = step
 
-    def save_and_stop(evaluation_pending=False):
+    def save_and_stop(evaluation_pending=()):
         """The Stopped of a signal that ended a wait for data at `step`: the state of that step,
-        the last completed, saved where it is not already (with `evaluation_pending`, the
-        evaluation of the step that the stop cut short, for the resumed run to do first)."""
+        the last completed, saved where it is not already (with `evaluation_pending`, the names
+        of the evaluations due at the step that the stop cut short, for the resumed run to do
+        first)."""
         if step not in checkpoints.intact_steps() and checkpoints.saving != step:
             check_finite(config, state, parallel, checkpoints, step)
             checkpoints.save(parallel.to_checkpoint_form(state),
                              loop={"early_stopping": early_stopping.values(),
                                    "train_metrics": parallel.metrics_values(train_metrics),
-                                   "evaluation_pending": evaluation_pending})
+                                   "evaluation_pending": list(evaluation_pending)})
         checkpoints.wait()
         return stopped(stop, step, checkpoints, config, workdir)
 
-    def evaluate_at(at):
-        """The evaluation of step `at`, logged; returns its scalars and early stopping's verdict."""
+    def evaluate_at(at, due):
+        """The evaluations `due` at step `at`, logged together: every one of them before early
+        stopping and the best checkpoint decide. Returns their scalars and early stopping's
+        verdict."""
         nonlocal last_log_time
         eval_start = time.perf_counter()
         try:
-            scalars = evaluation.evaluate_scalars(eval_fn, setup, state)
-        except WaitInterrupted:  # a stop while waiting for test batches: evaluated on resume
-            raise save_and_stop(evaluation_pending=True) from None
+            scalars = evaluation.evaluate_scalars(eval_fn, setup, state, due)
+        except WaitInterrupted:  # a stop while waiting for eval batches: evaluated on resume
+            raise save_and_stop(evaluation_pending=[each.name for each in due]) from None
         writer.write_scalars(at, scalars)
         progress.show(at, scalars)
         last_log_time += time.perf_counter() - eval_start  # not training speed
@@ -398,8 +401,10 @@ def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping
     try:
         with Progress(setup.steps_per_epoch, total_steps, jax.process_index() == 0) as progress:
             profile.at(step, train_metrics)
-            if loop_values.get("evaluation_pending"):
-                eval_scalars, stopped_early = evaluate_at(step)
+            pending = loop_values.get("evaluation_pending")
+            if pending:
+                eval_scalars, stopped_early = evaluate_at(step, [
+                    each for each in setup.evaluations if each.name in pending])
                 if stopped_early:  # the checkpoint of this step is saved: the run ends there
                     logging.info("%s", stopped_early)
                     return parallel.to_checkpoint_form(state), step, eval_scalars
@@ -440,19 +445,25 @@ def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping
                     train_metrics = parallel.empty_metrics(task.collection)
                     last_log_time, last_log_step = now, step
 
-                stopped_early = None
-                if "eval" in events:
-                    eval_scalars, stopped_early = evaluate_at(step)
+                stopped_early, scalars = None, {}
+                due = [each for each in setup.evaluations if event(each) in events]
+                if due:
+                    scalars, stopped_early = evaluate_at(step, due)
+                    if stopped_early:  # the run ends here: the evaluations of its end too
+                        rest = [each for each in setup.evaluations if each not in due]
+                        scalars = {**scalars, **(evaluate_at(step, rest)[0] if rest else {})}
+                    eval_scalars = scalars
 
                 stopping = stop.received or checkpoints.reached_preemption(step)
-                # With best_metric, every evaluation is saved, so that the best can be kept.
-                evaluated_for_best = "eval" in events and config.best_metric
+                # With best_metric, every evaluation of it is saved, with the metrics of every
+                # evaluation due, so that the best can be kept.
+                evaluated_for_best = config.best_metric in scalars
                 if "checkpoint" in events or stopping or stopped_early or evaluated_for_best:
                     check_finite(config, state, parallel, checkpoints, step)
                     checkpoints.save(parallel.to_checkpoint_form(state),
                                      loop={"early_stopping": early_stopping.values(),
                                            "train_metrics": parallel.metrics_values(train_metrics)},
-                                     metrics=eval_scalars if "eval" in events else None)
+                                     metrics=scalars if evaluated_for_best else None)
                 if stopped_early:
                     logging.info("%s", stopped_early)
                     break

@@ -24,7 +24,7 @@ CONFIG = "config.json"
 HISTORY = "config_history.jsonl"
 
 # What the run is: a change here makes the resumed run another one.
-DEFINING = ("seed", "dataset", "model", "task", "augment")
+DEFINING = ("seed", "dataset", "validation", "model", "task", "augment")
 # Whose change says nothing of the run: where files are, and how this session runs.
 FREE = ("resume", "resume_with_changes", "init_from", "init_from_regex")
 # The settings that shape the train state: where a checkpoint does not fit, one of them changed.

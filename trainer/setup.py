@@ -8,7 +8,7 @@ import numpy as np
 
 import datasets
 from datasets.augment import Augment, normalized
-from trainer import batching, finetune, input_pipeline, parts
+from trainer import batching, evals, finetune, input_pipeline, parts
 from trainer.config_check import is_int, lookup, validate_config
 from trainer.errors import ConfigError, setting
 from trainer.model import build as build_model
@@ -16,7 +16,6 @@ from trainer.optim import create_optimizer, frozen_parameters
 from trainer.parallel import Parallel
 from trainer.state import TrainState, create_train_state
 from trainer.tasks import Task
-from trainer.timetable import Timetable
 from trainer.writers import find_writers
 
 
@@ -69,12 +68,20 @@ class Setup:
                                             augment=self.augment, **self.pipeline_settings(),
                                             **order)
 
-    def eval_batches(self):
-        """This process's rows of every test batch, padded and masked."""
-        test, shares = self.dataset.test, (jax.process_index(), jax.process_count())
-        if datasets.in_memory(test):
-            return batching.eval_batches(test, self.config.eval_batch_size, *shares)
-        return input_pipeline.eval_batches(test, self.config.eval_batch_size, *shares,
+    @property
+    def evaluations(self):
+        return evals.evaluations(self.config)
+
+    def eval_batches(self, evaluation):
+        """This process's rows of every batch of `evaluation`'s split (an evals.Evaluation),
+        padded and masked: every example once."""
+        split = getattr(self.dataset, evaluation.split)
+        if evaluation.max_examples and evaluation.max_examples < datasets.num_examples(split):
+            split = datasets.subset(split, np.arange(evaluation.max_examples))
+        shares = (jax.process_index(), jax.process_count())
+        if datasets.in_memory(split):
+            return batching.eval_batches(split, self.config.eval_batch_size, *shares)
+        return input_pipeline.eval_batches(split, self.config.eval_batch_size, *shares,
                                            **self.pipeline_settings())
 
 
@@ -150,41 +157,55 @@ def check_grad_accum(config):
             f"device(s). Use a batch size that is a multiple of {k * devices}.")
 
 
-def logged_eval_metrics(config, task):
-    """The names evaluation logs: eval/<metric>, and eval_ema/<metric> with config.ema_decay."""
-    prefixes = ("eval", "eval_ema") if config.ema_decay else ("eval",)
-    return [f"{prefix}/{name}" for prefix in prefixes for name in task.collection.__annotations__]
+def with_validation(dataset, validation):
+    """The data set with a validation split carved from train where config.validation.fraction
+    asks for one: `fraction` of the training examples (datasets.validation_indices), which training
+    then never sees."""
+    fraction = validation.fraction
+    if not fraction:
+        return dataset
+    field = f"config.validation.fraction={fraction!r}"
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise ConfigError(f"{field} is invalid: it must be in (0, 1), the share of the training "
+                          f"split to hold out (0: none).")
+    if dataset.validation is not None:
+        raise ConfigError(f"{field}: the data set has a validation split of its own; carve none "
+                          f"({setting('validation.fraction', 0.0)}) and its own is used.")
+    count = dataset.num_train
+    held = datasets.validation_indices(count, fraction, validation.seed)
+    if not 0 < len(held) < count:
+        raise ConfigError(f"{field} of the training split's {count} examples holds out "
+                          f"{len(held)}: give a fraction that leaves some on either side.")
+    kept = np.setdiff1d(np.arange(count), held)
+    return dataclasses.replace(dataset, train=datasets.subset(dataset.train, kept),
+                               validation=datasets.subset(dataset.train, held))
 
 
-def check_metric_names(config, task):
-    """config.best_metric and config.early_stopping.metric must be metrics evaluation logs."""
-    logged = logged_eval_metrics(config, task)
-    for field, name in (("best_metric", config.best_metric),
-                        ("early_stopping.metric", config.early_stopping.metric)):
-        if name and name not in logged:
-            without_ema = name.startswith("eval_ema/") and not config.ema_decay
-            raise ConfigError(f"config.{field}={name!r} is never logged: evaluation logs "
-                              f"{', '.join(logged)}" + (
-                                  "; eval_ema/... is the moving average of the parameters, which "
-                                  f"{setting('ema_decay', 0.999)} (say) keeps." if without_ema else "."))
+def check_evaluated_splits(config, dataset):
+    for each in evals.evaluations(config):
+        if getattr(dataset, each.split) is None:
+            raise ConfigError(
+                f"config.evals.{each.name}.split='validation', and the data set has no validation "
+                f"split: carve one from train ({setting('validation.fraction', 0.1)}).")
 
 
 def check_evaluated_during_training(config, steps_per_epoch, total_steps):
     """config.best_metric and config.early_stopping.metric compare evaluations: with none before
     the end (the schedules 0, or longer than training) there is only the final one, and neither
     would ever act."""
-    periods = Timetable.from_config(config, steps_per_epoch, total_steps).periods["eval"]
-    if any(0 < k < total_steps for k in periods):
-        return
     for field in ("best_metric", "early_stopping.metric"):
         name = lookup(config, field)
-        if name:
-            raise ConfigError(
-                f"config.{field}={name!r} compares evaluations, but config.eval_every_epochs="
-                f"{config.eval_every_epochs} and eval_every_steps={config.eval_every_steps} "
-                f"evaluate only once, at the end of training (step {total_steps}): evaluate during "
-                f"it, e.g. {setting('eval_every_steps', max(1, total_steps // 10))}, or set "
-                f"{setting(field, '')}.")
+        each = evals.evaluation_of(config, name) if name else None
+        if each is None or any(0 < k < total_steps for k in each.periods(steps_per_epoch)):
+            continue
+        every = (("eval_every_epochs", "eval_every_steps") if each.name == evals.LEGACY else
+                 (f"evals.{each.name}.every_epochs", f"evals.{each.name}.every_steps"))
+        raise ConfigError(
+            f"config.{field}={name!r} compares evaluations, but config.{every[0]}="
+            f"{each.every_epochs} and {every[1].split('.')[-1]}={each.every_steps} "
+            f"evaluate only once, at the end of training (step {total_steps}): evaluate during "
+            f"it, e.g. {setting(every[1], max(1, total_steps // 10))}, or set "
+            f"{setting(field, '')}.")
 
 
 def num_classes(dataset):
@@ -260,10 +281,11 @@ def build(config, training=True) -> Setup:
     parallel.check_batch_size("eval_batch_size", config.eval_batch_size)
     check_grad_accum(config)
     task = build_task(config.task)
-    check_metric_names(config, task)
+    evals.check_selection(config, list(task.collection.__annotations__))
     if training:
         find_writers(config.writers)
-    dataset = build_dataset(config.dataset)
+    dataset = with_validation(build_dataset(config.dataset), config.validation)
+    check_evaluated_splits(config, dataset)
     first = datasets.examples(dataset.train, [0])  # read once: a streamed example is decoded
     dataset = with_normalization(dataset, config.augment, first["inputs"])
     augment = build_augment(config.augment, first["inputs"], config.dataset.name)

@@ -2,6 +2,13 @@
 run before the loop must look?" (the fused path's chunk boundaries)."""
 import dataclasses
 
+from trainer import evals
+
+
+def event(evaluation):
+    """The event of an evaluation (an evals.Evaluation) in the table: "eval:val"."""
+    return f"eval:{evaluation.name}"
+
 
 @dataclasses.dataclass(frozen=True)
 class Timetable:
@@ -13,7 +20,7 @@ class Timetable:
     def from_config(cls, config, steps_per_epoch, total_steps):
         return cls({
             "log": (config.log_every_steps,),
-            "eval": (config.eval_every_steps, config.eval_every_epochs * steps_per_epoch),
+            **{event(each): each.periods(steps_per_epoch) for each in evals.evaluations(config)},
             "checkpoint": (config.checkpoint_every_steps,),
             "epoch_end": (steps_per_epoch,),  # the data order changes there
         }, total_steps, tuple(config.profile_steps))
