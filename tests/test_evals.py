@@ -21,10 +21,11 @@ EVALS = dict(val=dict(split="validation", every_steps=20, max_examples=1000),
 @pytest.fixture(scope="module")
 def chosen(tmp_path_factory):
     """MNIST, a tenth of train held out: val every 20 steps on its first 1000, the test split at
-    the end, the best checkpoint by val/accuracy."""
+    the end, the best checkpoint by val/accuracy; best_mode=min keeps the worst, an early one,
+    so that the chosen model is not the last."""
     workdir = tmp_path_factory.mktemp("evals")
     run = api.fit("configs/mnist_mlp.py", workdir, validation=dict(fraction=0.1), evals=EVALS,
-                  best_metric="val/accuracy", **SMALL)
+                  best_metric="val/accuracy", best_mode="min", **SMALL)
     return run
 
 
@@ -56,12 +57,18 @@ def test_each_evaluation_logs_its_rows_and_selection_is_by_validation(chosen):
         (60, ["step", "test/accuracy", "test/loss", "val/accuracy", "val/loss"])]
     results = json.loads((pathlib.Path(chosen.workdir) / "results.json").read_text())
     assert results == {"step": 60, **chosen.final}
-    assert set(chosen.final) == {"val/loss", "val/accuracy", "test/loss", "test/accuracy"}
-    best_step = max(rows, key=lambda row: row["val/accuracy"])["step"]
+    best_step = min(rows, key=lambda row: row["val/accuracy"])["step"]
+    assert best_step < 60
+    # The final evaluation, and the test split's figures of the model validation chose.
+    assert set(chosen.final) == {"val/loss", "val/accuracy", "test/loss", "test/accuracy",
+                                 "best_step", "best/test/loss", "best/test/accuracy"}
+    assert chosen.final["best_step"] == best_step
     best = api.load(chosen.workdir, step="best")
     assert best.step == best_step
-    assert best.evaluate()["val/accuracy"] == pytest.approx(
+    again = best.evaluate()
+    assert again["val/accuracy"] == pytest.approx(
         rows[[row["step"] for row in rows].index(best_step)]["val/accuracy"], abs=1e-6)
+    assert again["test/accuracy"] == pytest.approx(chosen.final["best/test/accuracy"], abs=1e-6)
 
 
 def kept(workdir):

@@ -273,6 +273,11 @@ def train_and_evaluate_with(config, setup, workdir, keep_process, checkpoints):
                     eval_scalars = evaluation.evaluate_state(setup, state)
                 except WaitInterrupted:  # a stop while waiting for test batches
                     raise stopped(stop, step, checkpoints, config, workdir) from None
+            try:
+                eval_scalars = {**eval_scalars,
+                                **chosen_model_tested(setup, checkpoints, step, eval_scalars)}
+            except WaitInterrupted:  # the run is complete: the same command writes its results
+                raise stopped(stop, step, checkpoints, config, workdir) from None
         finally:
             try:
                 checkpoints.wait()
@@ -286,6 +291,29 @@ def train_and_evaluate_with(config, setup, workdir, keep_process, checkpoints):
         if figures:
             logging.info("Figures: %s", ", ".join(figures))
     return Trained(state, eval_scalars, workdir, setup, figures)
+
+
+def chosen_model_tested(setup, checkpoints, step, final):
+    """The test split's figures of the model selection chose: the best checkpoint by
+    config.best_metric, evaluated by every evaluation of the test split ({"best_step": 300,
+    "best/test/accuracy": ...}); {} without a best checkpoint or such an evaluation. `final`: the
+    evaluation of the run's last step, which it is where the best is the last."""
+    best = checkpoints.best_step() if setup.config.best_metric else None
+    testing = [each for each in setup.evaluations if each.split == "test"]
+    if best is None or not testing:
+        return {}
+    if best == step:
+        scalars = final
+    else:
+        state, _ = checkpoints.restore(setup.state, best)
+        scalars = evaluation.evaluate_scalars(evaluation.compile_eval(setup), setup,
+                                              setup.parallel.to_device_form(state), testing)
+    names = {prefix for each in testing for prefix in each.prefixes(setup.config.ema_decay)}
+    chosen = {f"best/{name}": value for name, value in scalars.items()
+              if name.split("/")[0] in names}
+    logging.info("The model chosen by %s, at step %d: %s.", setup.config.best_metric, best,
+                 ", ".join(f"{name}={value:.4g}" for name, value in chosen.items()))
+    return {"best_step": best, **chosen}
 
 
 def reached(step, total_steps, stopped_early_at):
