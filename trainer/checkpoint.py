@@ -250,20 +250,28 @@ def ignore_io_left_after_a_failure():
         asyncio_logger.addFilter(drop_unretrieved_failed_io)
 
 
+def failed_io(error):
+    """Whether `error`, or one it was raised from, is a read or write of TensorStore's that failed
+    (or Orbax's wrapper of one: "Encountered error while reading array index ...")."""
+    while error is not None:
+        if any(words in str(error) for words in ("Error reading", "Error writing",
+                                                  "Encountered error while reading array index")):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def drop_unretrieved_failed_io(record):
-    error = record.exc_info[1] if record.exc_info else None
     return not (record.getMessage().startswith(("Task exception was never retrieved",
                                                 "Future exception was never retrieved"))
-                and error is not None and ("Error reading" in str(error)
-                                            or "Error writing" in str(error)))
+                and record.exc_info and failed_io(record.exc_info[1]))
 
 
 def drop_abandoned_reads(unraisable):
     error = unraisable.exc_value
     closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
     abandoned_read = (getattr(unraisable.object, "__qualname__", None)
-                      == "_read_array_index_and_device_put"
-                      and str(error).startswith("Encountered error while reading array index"))
+                      == "_read_array_index_and_device_put" and failed_io(error))
     if not (closed_loop or abandoned_read):
         drop_abandoned_reads.previous(unraisable)
 
