@@ -11,8 +11,10 @@ seed and epoch). Orbax writes each checkpoint to a temporary folder and renames 
 so a crash during a save leaves the previous ones whole; old checkpoints are removed only after a
 newer one is complete. Checkpoints are arrays and JSON: restoring unpickles nothing.
 """
+import atexit
 import contextlib
 import dataclasses
+import gc
 import glob
 import json
 import logging as python_logging  # asyncio's logger; absl's is `logging`
@@ -241,10 +243,13 @@ def ignore_io_left_after_a_failure():
     for each task or future of them when it is collected ("... exception was never retrieved");
     the same for the other writes of a save that failed (a full disk: one run in ten of a test
     here). A damaged checkpoint is reported once, by set_aside or the scripts' error line, a
-    failed save by its StorageError; only these are dropped."""
+    failed save by its StorageError; only these are dropped. What is still uncollected when the
+    process ends is collected at exit, while the hook holds: left to the interpreter's teardown,
+    it would be reported by Python's default hook (seen under load, after a script's error line)."""
     if sys.unraisablehook is not drop_abandoned_reads:
         drop_abandoned_reads.previous = sys.unraisablehook
         sys.unraisablehook = drop_abandoned_reads
+        atexit.register(gc.collect)
     asyncio_logger = python_logging.getLogger("asyncio")
     if drop_unretrieved_failed_io not in asyncio_logger.filters:
         asyncio_logger.addFilter(drop_unretrieved_failed_io)
