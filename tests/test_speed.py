@@ -45,7 +45,8 @@ def run_benchmark(*args):
 def test_benchmark_reports_each_way_in_process_and_as_whole_commands(tmp_path):
     out = tmp_path / "benchmark.json"
     result = run_benchmark("--config=configs/mnist_mlp.py", f"--config.dataset.data_dir={MNIST_DIR}",
-                           "--config.model.features=(32,)", "--repeats=1", f"--out={out}")
+                           "--config.model.features=(32,)", "--config.num_epochs=1", "--repeats=1",
+                           f"--out={out}")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
     assert [row["name"] for row in report["in_process"]] == [

@@ -162,16 +162,48 @@ def test_a_source_defined_in_the_script_reaches_the_workers(tmp_path):
     assert "steps 4" in result.stdout
 
 
-def stop_while_waiting(tmp_path, split, after, *args):
+def stalling_args(num_steps):
+    """A run on the stalling data: an evaluation of the test split every 4 steps."""
+    return [*SMALL, "--config.dataset.name=stalling", f"--config.num_steps={num_steps}",
+            "--config.eval_every_epochs=0", "--config.eval_every_steps=4",
+            "--config.eval_batch_size=8"]
+
+
+@pytest.fixture(scope="module")
+def never_stopped(tmp_path_factory):
+    """num_steps -> the history of a run on the stalling data (not stalled) never stopped: what
+    a stopped and resumed one must log. Trained once for the tests that ask for it."""
+    folder, histories = tmp_path_factory.mktemp("never_stopped"), {}
+    (folder / "stalling.py").write_text(STALLING)
+
+    def history_of(num_steps):
+        if num_steps not in histories:
+            result = run_train(*stalling_args(num_steps), f"--workdir={folder / str(num_steps)}",
+                               env={"PYTHONPATH": str(folder)})
+            assert result.returncode == 0, result.stderr[-3000:]
+            histories[num_steps] = history(folder / str(num_steps))
+        return histories[num_steps]
+    return history_of
+
+
+def resumed_history(tmp_path, num_steps):
+    """The stopped run in tmp_path/run resumed, its data whole again: its history."""
+    result = run_train(*stalling_args(num_steps), f"--workdir={tmp_path / 'run'}",
+                       env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return history(tmp_path / "run")
+
+
+def stop_while_waiting(tmp_path, split, after, num_steps):
     """scripts/train.py on the stalling data, SIGTERM once a worker is stuck and the trainer
     waits for it: (the run's CompletedProcess-like result, seconds from the signal to the end)."""
     (tmp_path / "stalling.py").write_text(STALLING)
     stall = tmp_path / "stalled"
     env = {**os.environ, "PYTHONPATH": str(tmp_path), f"STALL_{split}_AFTER": str(after),
            "STALL_FILE": str(stall)}
-    run = subprocess.Popen([sys.executable, str(REPO / "scripts" / "train.py"), *SMALL,
-                            "--config.dataset.name=stalling", f"--workdir={tmp_path / 'run'}",
-                            *args], cwd=REPO, env=env, text=True, stdout=subprocess.DEVNULL,
+    run = subprocess.Popen([sys.executable, str(REPO / "scripts" / "train.py"),
+                            *stalling_args(num_steps), f"--workdir={tmp_path / 'run'}"],
+                           cwd=REPO, env=env, text=True, stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE)
     deadline = time.time() + 60
     while not stall.exists() and run.poll() is None and time.time() < deadline:
@@ -186,24 +218,17 @@ def stop_while_waiting(tmp_path, split, after, *args):
     return run.returncode, stderr, time.time() - sent
 
 
-def test_sigterm_while_waiting_on_a_stuck_worker_saves_and_stops(tmp_path):
+def test_sigterm_while_waiting_on_a_stuck_worker_saves_and_stops(tmp_path, never_stopped):
     """The worker reads 5 batches of 8 and sticks on the sixth: the trainer, waiting for it,
     stops at once, saving the last step it completed, the worker is ended, and the run resumed
     (the data whole again) logs what a run never stopped logs, bit for bit."""
-    args = ["--config.num_steps=12", "--config.eval_every_epochs=0",
-            "--config.eval_every_steps=12"]
-    code, stderr, seconds = stop_while_waiting(tmp_path, "TRAIN", 40, *args)
+    code, stderr, seconds = stop_while_waiting(tmp_path, "TRAIN", 40, 8)
     assert code == 128 + signal.SIGTERM and seconds < 3, (code, seconds, stderr[-3000:])
     step = int(re.search(r"Stopped by SIGTERM at step (\d+), with a checkpoint saved", stderr)[1])
     assert 1 <= step <= 5
     assert (tmp_path / "run" / "checkpoints" / str(step)).is_dir()
     assert "Traceback" not in stderr and "leaked" not in stderr
-    env = {"PYTHONPATH": str(tmp_path)}
-    for workdir in (tmp_path / "run", tmp_path / "whole"):
-        result = run_train(*SMALL, "--config.dataset.name=stalling", f"--workdir={workdir}",
-                           *args, env=env)
-        assert result.returncode == 0, result.stderr[-3000:]
-    assert history(tmp_path / "run") == history(tmp_path / "whole")
+    assert resumed_history(tmp_path, 8) == never_stopped(8)
 
 
 def test_ctrl_c_to_the_whole_process_group_stops_a_python_run(tmp_path):
@@ -246,25 +271,19 @@ def test_ctrl_c_to_the_whole_process_group_stops_a_python_run(tmp_path):
 
 
 @pytest.mark.parametrize("num_steps", [8, 4])  # 4: the final evaluation cut short
-def test_sigterm_during_a_streamed_evaluation_stops_and_the_resume_evaluates_first(num_steps,
-                                                                                  tmp_path):
+def test_sigterm_during_a_streamed_evaluation_stops_and_the_resume_evaluates_first(
+        num_steps, tmp_path, never_stopped):
     """The test split sticks mid-evaluation at step 4: no evaluation is written, step 4 is
     saved, and the run resumed from there evaluates step 4 first: its history is that of a run
     never stopped, bit for bit."""
-    args = [f"--config.num_steps={num_steps}", "--config.eval_every_epochs=0",
-            "--config.eval_every_steps=4", "--config.eval_batch_size=8"]
-    code, stderr, seconds = stop_while_waiting(tmp_path, "TEST", 24, *args)
+    code, stderr, seconds = stop_while_waiting(tmp_path, "TEST", 24, num_steps)
     assert code == 128 + signal.SIGTERM and seconds < 3, (code, seconds, stderr[-3000:])
     assert "Stopped by SIGTERM at step 4, with a checkpoint saved" in stderr, stderr[-3000:]
     assert (tmp_path / "run" / "checkpoints" / "4").is_dir()
     assert "eval/accuracy" not in stderr and "Traceback" not in stderr
-    env = {"PYTHONPATH": str(tmp_path)}
-    for workdir in (tmp_path / "run", tmp_path / "whole"):
-        result = run_train(*SMALL, "--config.dataset.name=stalling", f"--workdir={workdir}",
-                           *args, env=env)
-        assert result.returncode == 0, result.stderr[-3000:]
-    assert history(tmp_path / "run") == history(tmp_path / "whole")
-    assert [row["step"] for row in history(tmp_path / "run") if "eval/accuracy" in row] == (
+    resumed = resumed_history(tmp_path, num_steps)
+    assert resumed == never_stopped(num_steps)
+    assert [row["step"] for row in resumed if "eval/accuracy" in row] == (
         list(range(4, num_steps + 1, 4)))
 
 

@@ -11,8 +11,10 @@ seed and epoch). Orbax writes each checkpoint to a temporary folder and renames 
 so a crash during a save leaves the previous ones whole; old checkpoints are removed only after a
 newer one is complete. Checkpoints are arrays and JSON: restoring unpickles nothing.
 """
+import atexit
 import contextlib
 import dataclasses
+import gc
 import glob
 import json
 import logging as python_logging  # asyncio's logger; absl's is `logging`
@@ -241,29 +243,40 @@ def ignore_io_left_after_a_failure():
     for each task or future of them when it is collected ("... exception was never retrieved");
     the same for the other writes of a save that failed (a full disk: one run in ten of a test
     here). A damaged checkpoint is reported once, by set_aside or the scripts' error line, a
-    failed save by its StorageError; only these are dropped."""
+    failed save by its StorageError; only these are dropped. What is still uncollected when the
+    process ends is collected at exit, while the hook holds: left to the interpreter's teardown,
+    it would be reported by Python's default hook (seen under load, after a script's error line)."""
     if sys.unraisablehook is not drop_abandoned_reads:
         drop_abandoned_reads.previous = sys.unraisablehook
         sys.unraisablehook = drop_abandoned_reads
+        atexit.register(gc.collect)
     asyncio_logger = python_logging.getLogger("asyncio")
     if drop_unretrieved_failed_io not in asyncio_logger.filters:
         asyncio_logger.addFilter(drop_unretrieved_failed_io)
 
 
+def failed_io(error):
+    """Whether `error`, or one it was raised from, is a read or write of TensorStore's that failed
+    (or Orbax's wrapper of one: "Encountered error while reading array index ...")."""
+    while error is not None:
+        if any(words in str(error) for words in ("Error reading", "Error writing",
+                                                  "Encountered error while reading array index")):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def drop_unretrieved_failed_io(record):
-    error = record.exc_info[1] if record.exc_info else None
     return not (record.getMessage().startswith(("Task exception was never retrieved",
                                                 "Future exception was never retrieved"))
-                and error is not None and ("Error reading" in str(error)
-                                            or "Error writing" in str(error)))
+                and record.exc_info and failed_io(record.exc_info[1]))
 
 
 def drop_abandoned_reads(unraisable):
     error = unraisable.exc_value
     closed_loop = isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
     abandoned_read = (getattr(unraisable.object, "__qualname__", None)
-                      == "_read_array_index_and_device_put"
-                      and str(error).startswith("Encountered error while reading array index"))
+                      == "_read_array_index_and_device_put" and failed_io(error))
     if not (closed_loop or abandoned_read):
         drop_abandoned_reads.previous(unraisable)
 

@@ -113,6 +113,8 @@ class StopSignals:
         input_pipeline.STOP_ASKED.set()
         for s in self.previous:
             signal.signal(s, self.second[s])
+        logging.warning("%s: the run stops at the end of this step, with a checkpoint; a second "
+                        "one ends it at once.", signal.Signals(signal_number).name)
 
     def __exit__(self, *exc_info):
         for signal_number, handler in self.previous.items():
