@@ -102,7 +102,7 @@ def check_selection(config, metric_names):
             without_ema = "_ema/" in name and not config.ema_decay
             raise ConfigError(
                 f"config.{field}={name!r} is never logged: evaluation logs {listed(list(rows))}"
-                + (f"; {name.split('/')[0]} is the moving average of the parameters, which "
+                + (f"; {name.split('/')[0]}/... is the moving average of the parameters, which "
                    f"{setting('ema_decay', 0.999)} (say) keeps." if without_ema else "."))
         if rows[name].split == "test" and not config.select_on_test:
             raise ConfigError(
