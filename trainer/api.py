@@ -244,14 +244,17 @@ def with_objects(config, model, dataset, task, optimizer, writers):
         objects[name] = value
         return name
 
+    def give_part(section, value):
+        """The name of an object given as a part; data set arrays made a Dataset first."""
+        if section == "dataset" and not callable(value):
+            value = dataset_of(value)
+        return give(value)
+
     def named(section, fields):
         """Fields whose "name" may be an object: dict(name=MyModule, hidden=32)."""
         fields = dict(fields)
         if fields.get("name") is not None and not isinstance(fields["name"], str):
-            value = fields["name"]
-            if section == "dataset" and not callable(value):
-                value = dataset_of(value)
-            fields["name"] = give(value)
+            fields["name"] = give_part(section, fields["name"])
         return fields
 
     for section, value in (("model", model), ("dataset", dataset)):
@@ -264,9 +267,7 @@ def with_objects(config, model, dataset, task, optimizer, writers):
         elif isinstance(value, str):
             config[section] = ml_collections.ConfigDict({"name": value})
         else:
-            if section == "dataset" and not callable(value):
-                value = dataset_of(value)
-            name = give(value)
+            name = give_part(section, value)
             if config[section].get("name") != name:  # the same object keeps its fields (load)
                 config[section] = ml_collections.ConfigDict({"name": name})
     if task is not None:

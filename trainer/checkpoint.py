@@ -374,6 +374,10 @@ class Checkpoints:
             return []
         return sorted(int(name) for name in os.listdir(self.directory) if name.isdigit())
 
+    def holds(self, step):
+        """Whether a checkpoint of `step` is on disk or being saved."""
+        return step in self.intact_steps() or self.saving == step
+
     def kept(self):
         """What a failure leaves: the newest intact checkpoint, and the space the folder has."""
         steps = self.intact_steps()

@@ -23,7 +23,7 @@ from trainer import evaluation, finetune, input_pipeline, optim, record, shardin
 from trainer.checkpoint import CheckpointMismatch, Checkpoints
 from trainer.early_stopping import EarlyStopping
 from trainer.errors import (SPOKEN, NonFiniteError, Stopped, StorageError, WorkdirError,
-                            os_error, same_again, setting)
+                            argument, os_error, same_again, setting)
 from trainer.input_pipeline import WaitInterrupted
 from trainer.parallel import local_copy
 from trainer.progress import Progress
@@ -337,7 +337,7 @@ def data_failed(error, checkpoints, state, step, loop, started_at):
     if step == started_at:
         return error
     try:
-        if step not in checkpoints.intact_steps() and checkpoints.saving != step:
+        if not checkpoints.holds(step):
             checkpoints.save(state, loop=loop)
         checkpoints.wait()
         kept = f"the checkpoint of step {step}, the last completed, is saved"
@@ -360,8 +360,7 @@ def how_to_resume(config, workdir):
     (the same again would make another)."""
     if config.resume:
         return f"To resume, {same_again()}."
-    where = f"--workdir={workdir}" if SPOKEN["flags"] else f"workdir={workdir!r}"
-    return (f"To resume, give {where} and {setting('resume', True)}: with resume=False the same "
+    return (f"To resume, give {argument('workdir', workdir)} and {setting('resume', True)}: with resume=False the same "
             f"again would start another run beside it.")
 
 
@@ -399,17 +398,20 @@ def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping
     profile = Profile(config, workdir)
     started_at = step
 
+    def loop_now(**more):
+        """The loop's values a checkpoint of this moment holds (trainer/checkpoint.py)."""
+        return {"early_stopping": early_stopping.values(),
+                "train_metrics": parallel.metrics_values(train_metrics), **more}
+
     def save_and_stop(evaluation_pending=()):
         """The Stopped of a signal that ended a wait for data at `step`: the state of that step,
         the last completed, saved where it is not already (with `evaluation_pending`, the names
         of the evaluations due at the step that the stop cut short, for the resumed run to do
         first)."""
-        if step not in checkpoints.intact_steps() and checkpoints.saving != step:
+        if not checkpoints.holds(step):
             check_finite(config, state, parallel, checkpoints, step)
             checkpoints.save(parallel.to_checkpoint_form(state),
-                             loop={"early_stopping": early_stopping.values(),
-                                   "train_metrics": parallel.metrics_values(train_metrics),
-                                   "evaluation_pending": list(evaluation_pending)})
+                             loop=loop_now(evaluation_pending=list(evaluation_pending)))
         checkpoints.wait()
         return stopped(stop, step, checkpoints, config, workdir)
 
@@ -432,6 +434,8 @@ def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping
         with Progress(setup.steps_per_epoch, total_steps, jax.process_index() == 0) as progress:
             profile.at(step, train_metrics)
             pending = loop_values.get("evaluation_pending")
+            if pending is True:  # a checkpoint of the single evaluation's days
+                pending = [each.name for each in setup.evaluations]
             if pending:
                 eval_scalars, stopped_early = evaluate_at(step, [
                     each for each in setup.evaluations if each.name in pending])
@@ -444,10 +448,8 @@ def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping
                     state, train_metrics, step = runner.run(state, train_metrics, step,
                                                             timetable.next_boundary(step))
                 except DataError as e:  # data that vanished or broke mid-run
-                    raise data_failed(e, checkpoints, parallel.to_checkpoint_form(state), step, {
-                        "early_stopping": early_stopping.values(),
-                        "train_metrics": parallel.metrics_values(train_metrics)},
-                        started_at) from e
+                    raise data_failed(e, checkpoints, parallel.to_checkpoint_form(state), step,
+                                      loop_now(), started_at) from e
                 except WaitInterrupted:  # a stop while the workers were reading the next batch
                     raise save_and_stop() from None
                 progress.advance(step, step - done_before)
@@ -490,9 +492,7 @@ def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping
                 evaluated_for_best = config.best_metric in scalars
                 if "checkpoint" in events or stopping or stopped_early or evaluated_for_best:
                     check_finite(config, state, parallel, checkpoints, step)
-                    checkpoints.save(parallel.to_checkpoint_form(state),
-                                     loop={"early_stopping": early_stopping.values(),
-                                           "train_metrics": parallel.metrics_values(train_metrics)},
+                    checkpoints.save(parallel.to_checkpoint_form(state), loop=loop_now(),
                                      metrics=scalars if evaluated_for_best else None)
                 if stopped_early:
                     logging.info("%s", stopped_early)

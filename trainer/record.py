@@ -122,9 +122,10 @@ def write(workdir, config, step, changed):
     changed (`changed`: check_resume's). Called by process 0."""
     path = os.path.join(workdir, HISTORY)
     lines = []
-    if step > 0 and not os.path.exists(path) and saved(workdir) is not None:
-        # A run of an earlier version: its config.json is the best record of its start there is.
-        lines.append({"step": 0, "changed": {}, "config": saved(workdir)})
+    # A run of an earlier version: its config.json is the best record of its start there is.
+    began = saved(workdir) if step > 0 and not os.path.exists(path) else None
+    if began is not None:
+        lines.append({"step": 0, "changed": {}, "config": began})
     if step == 0 or changed:
         lines.append({"step": step, "changed": {name: list(values)
                                                 for name, values in changed.items()},
