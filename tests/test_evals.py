@@ -105,7 +105,18 @@ BAD = [
     (XOR, dict(evals={"a-b": dict(split="test")}), "config.evals.a-b: an evaluation's name"),
     (XOR, dict(evals=dict(val=dict(evry_steps=5))),
      "config.evals.val.evry_steps: an evaluation has no such field; its fields are split, "
-     "every_steps, every_epochs, max_examples, ema."),
+     "every_steps, every_epochs, max_examples, ema, metrics."),
+    (XOR, dict(evals=dict(test=dict(split="test", metrics=("loss", "f2")))),
+     "config.evals.test.metrics: 'f2': there is no such metric; give some of loss, accuracy, "
+     "per_class_accuracy, precision, recall, f1"),
+    (XOR, dict(evals=dict(test=dict(split="test", metrics="r2"))),
+     "config.evals.test.metrics: 'r2': it is a regression metric and this task is a classifier"),
+    (XOR, dict(evals=dict(test=dict(split="test", metrics=("top3_accuracy",)))),
+     "config.evals.test.metrics=('top3_accuracy',): cannot be computed on the model's outputs "
+     "(shape (1,) each)"),
+    (XOR, dict(evals=dict(test=dict(split="test", metrics="my_metrics:Nothing"))),
+     "config.evals.test.metrics='my_metrics:Nothing' is not an evaluator: there is no module "
+     "'my_metrics'"),
     (XOR, dict(evals=dict(val=dict(split="valid"))), "config.evals.val.split='valid' is not a split"),
     (XOR, dict(evals=dict(val=dict(split="validation"))),
      "config.evals.val.split='validation', and the data set has no validation split: carve one "

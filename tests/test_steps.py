@@ -16,6 +16,7 @@ from trainer.parallel import Parallel
 from trainer.state import create_train_state
 from trainer.evaluation import evaluate
 from trainer.model import LinenModel
+from trainer.metrics import Metrics
 from trainer.steps import eval_step, train_step
 from trainer.runners import step_args
 from trainer.model import build as build_model
@@ -41,8 +42,9 @@ def fake_batch(n=32, seed=0):
 
 
 STEP_FNS = dict(task=classification, prepare_inputs=scale)
+METRICS = Metrics(classification, ("loss", "accuracy"))
 train = jax.jit(functools.partial(train_step, **STEP_FNS))
-evaluate_batch = jax.jit(functools.partial(eval_step, **STEP_FNS))
+evaluate_batch = jax.jit(functools.partial(eval_step, metrics=METRICS, **STEP_FNS))
 
 
 def test_train_step_learns_and_updates_batch_stats():
@@ -71,9 +73,10 @@ def test_eval_counts_every_example_once_with_padding():
     batches = list(batching.eval_batches(split, 4))
     assert [int(b["mask"].sum()) for b in batches] == [4, 4, 2]
     parallel = Parallel("jit")
-    metrics = evaluate(evaluate_batch, state, batching.eval_batches(split, 4), parallel)
+    metrics = evaluate(evaluate_batch, state, batching.eval_batches(split, 4), parallel, METRICS)
     assert metrics["accuracy"] == pytest.approx(expected_accuracy)
-    assert metrics == evaluate(evaluate_batch, state, batching.eval_batches(split, 10), parallel)
+    assert metrics == evaluate(evaluate_batch, state, batching.eval_batches(split, 10), parallel,
+                               METRICS)
 
 
 def test_epoch_order_is_a_seeded_permutation():

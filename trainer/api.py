@@ -47,10 +47,10 @@ import numpy as np  # pylint: disable=wrong-import-position
 import optax  # pylint: disable=wrong-import-position
 
 import datasets  # pylint: disable=wrong-import-position
-from trainer import configuration, evaluation, inference, loop  # pylint: disable=wrong-import-position
+from trainer import configuration, evals, evaluation, inference, loop  # pylint: disable=wrong-import-position
 from trainer import input_pipeline, parts, record, session  # pylint: disable=wrong-import-position
 from trainer.fingerprint import fingerprint  # pylint: disable=wrong-import-position
-from trainer.errors import ConfigError, WorkdirError, setting  # pylint: disable=wrong-import-position
+from trainer.errors import ConfigError, WorkdirError, argument, setting  # pylint: disable=wrong-import-position
 from trainer.optim import TRAINER_FIELDS  # pylint: disable=wrong-import-position
 from trainer.progress import in_notebook  # pylint: disable=wrong-import-position
 from trainer.tasks import Task  # pylint: disable=wrong-import-position
@@ -126,17 +126,25 @@ class Run:
                                f"{setting('ema_decay', 0.999)}.")
         return self.state.replace(params=self.state.ema_params)
 
-    def evaluate(self, data=None):
-        """{"eval/loss": ..., ...}, and "eval_ema/..." of the moving average where the run kept
-        one: of the test split (`data` None), of another `datasets.Dataset`'s test split, or of
-        arrays, (inputs, targets) or {"inputs": ..., "targets": ...}, raw as the run's data set
-        stores them."""
+    def evaluate(self, data=None, *, eval=None, split=None):  # pylint: disable=redefined-builtin
+        """Every metric of the run's evaluations ({"val/loss": ..., "test/accuracy": ...,
+        "test/confusion_matrix": counts}; "<name>_ema/..." of the moving average where the run
+        kept one), each on its split; `eval`: only the evaluation of that name; `split`: the
+        split of that name instead ("validation", "test" or "train"), with the metrics of `eval`
+        or else the task's, its rows named by it. `data`: the test split replaced by another
+        `datasets.Dataset`'s, or by arrays, (inputs, targets) or {"inputs": ..., "targets": ...},
+        raw as the run's data set stores them (unless `eval` names one, the evaluations of the
+        test split)."""
         setup = self.setup
+        due = evals.chosen(setup.evaluations, eval, split, testing=data is not None)
         if data is not None:
-            split = data.test if isinstance(data, datasets.Dataset) else arrays_split(data, "data")
+            test = data.test if isinstance(data, datasets.Dataset) else arrays_split(data, "data")
             dataset = data if isinstance(data, datasets.Dataset) else setup.dataset
-            setup = dataclasses.replace(setup, dataset=dataclasses.replace(dataset, test=split))
-        return evaluation.evaluate_state(setup, self.state)
+            setup = dataclasses.replace(setup, dataset=dataclasses.replace(dataset, test=test))
+            due = [dataclasses.replace(each, split="test", max_examples=0) for each in due]
+        setup.check_splits(due, lambda each: argument("split", each.split))
+        scalars, arrays = evaluation.evaluate_state(setup, self.state, due)
+        return {**scalars, **arrays}
 
     def predict(self, inputs, ema=False):
         """The model's outputs for raw `inputs` (as the data set stores them), in natural units."""

@@ -14,7 +14,7 @@ import dataclasses
 
 import ml_collections
 
-from trainer.errors import ConfigError, listed, setting
+from trainer.errors import ConfigError, argument, listed, setting
 
 SPLITS = ("validation", "test", "train")
 LEGACY = "eval"  # the name of the one evaluation of a config without evals
@@ -29,6 +29,9 @@ class Evaluation:
     every_epochs: int = None
     max_examples: int = 0  # > 0: only the split's first this many examples, the same each time
     ema: bool = True  # also the moving average of the parameters, where config.ema_decay keeps one
+    # Names of trainer/metrics.py (or of evaluators of your own); None: the task's own (loss, and
+    # accuracy for a classifier).
+    metrics: tuple = None
 
     def prefixes(self, ema_decay):
         """The prefixes of its rows: `name`, and `name_ema` where it evaluates the EMA too."""
@@ -73,6 +76,15 @@ def evaluation(config, name, fields):
         value = getattr(made, field)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ConfigError(f"{where}.{field}={value!r} is invalid: it must be an integer >= 0.")
+    if isinstance(made.metrics, str):  # "loss,f1": as a flag gives it
+        made = dataclasses.replace(made, metrics=tuple(
+            name.strip() for name in made.metrics.split(",") if name.strip()))
+    if made.metrics is not None:
+        if (not isinstance(made.metrics, (tuple, list)) or not made.metrics
+                or not all(isinstance(name, str) for name in made.metrics)):
+            raise ConfigError(f"{where}.metrics={made.metrics!r} is invalid: give metric names, "
+                              f"e.g. ('loss', 'accuracy', 'f1') (docs/runs.md#metrics).")
+        made = dataclasses.replace(made, metrics=tuple(dict.fromkeys(made.metrics)))
     if not isinstance(made.ema, bool):
         raise ConfigError(f"{where}.ema={made.ema!r} is invalid: it must be True or False.")
     return made
@@ -84,20 +96,27 @@ def evaluation_of(config, metric):
     return next((each for each in evaluations(config) if prefix in each.prefixes(True)), None)
 
 
-def logged(config, metric_names):
-    """Every `<prefix>/<metric>` the evaluations log, with the evaluation that logs it."""
+def logged(config, metrics_of):
+    """Every `<prefix>/<metric>` the evaluations log, with the evaluation that logs it;
+    `metrics_of(evaluation)`: its trainer.metrics.Metrics."""
     return {f"{prefix}/{metric}": each for each in evaluations(config)
-            for prefix in each.prefixes(config.ema_decay) for metric in metric_names}
+            for prefix in each.prefixes(config.ema_decay)
+            for metric in metrics_of(each).scalar_names()}
 
 
-def check_selection(config, metric_names):
+def check_selection(config, metrics_of):
     """config.best_metric and config.early_stopping.metric name metrics some evaluation logs, of
-    a split other than the test split (unless config.select_on_test)."""
-    rows = logged(config, metric_names)
+    a split other than the test split (unless config.select_on_test). An evaluation with
+    evaluators of the user's own may log any name."""
+    rows = logged(config, metrics_of)
     for field, name in (("best_metric", config.best_metric),
                         ("early_stopping.metric", config.early_stopping.metric)):
         if not name:
             continue
+        each = evaluation_of(config, name)
+        if each is not None and metrics_of(each).parts and name.split("/")[0] in each.prefixes(
+                config.ema_decay):
+            rows[name] = each
         if name not in rows:
             without_ema = "_ema/" in name and not config.ema_decay
             raise ConfigError(
@@ -112,3 +131,23 @@ def check_selection(config, metric_names):
                 f"(config.evals.val=dict(split='validation', every_epochs=1); "
                 f"docs/runs.md#evaluations), and select on val/...; or "
                 f"{setting('select_on_test', True)} if that is what you mean.")
+
+
+def chosen(runs, name=None, split=None, testing=False):
+    """The evaluations a use of a trained run asks for, of the run's `runs`: the one named
+    `name`, else all (with `testing`, those of the test split); `split`: instead one of that split
+    named after it, with the metrics of `name`'s, or else the task's."""
+    if name is not None:
+        named = [each for each in runs if each.name == name]
+        if not named:
+            raise ConfigError(f"{argument('eval', name)}: the run has no such evaluation; it has "
+                              f"{listed(each.name for each in runs)}.")
+        runs = named
+    elif testing:
+        runs = [each for each in runs if each.split == "test"] or runs[:1]
+    if split is None:
+        return runs
+    if split not in SPLITS:
+        raise ConfigError(f"{argument('split', split)} is not a split: give one of "
+                          f"{', '.join(SPLITS)}.")
+    return [Evaluation(split, split, 0, 0, metrics=runs[0].metrics if name else None)]

@@ -18,40 +18,64 @@ from trainer.writers import prefixed
 FIGURE_EXAMPLES = 10000  # of the test split, read into memory for the figures
 
 
-def compile_eval(setup):
-    return setup.parallel.compile(eval_step, task=setup.task,
-                                  prepare_inputs=setup.dataset.prepare_inputs)
+def compile_eval(setup, due=None):
+    """{evaluation name: its eval step}, jitted (compiled on first use), one for each set of
+    metrics; of the evaluations `due` (None: the run's)."""
+    due = setup.evaluations if due is None else due
+    compiled = {}
+    for each in due:
+        metrics = setup.metrics_of(each)
+        if metrics not in compiled:
+            compiled[metrics] = setup.parallel.compile(
+                eval_step, task=setup.task, prepare_inputs=setup.dataset.prepare_inputs,
+                metrics=metrics, gather=bool(metrics.host_evaluators))
+    return {each.name: compiled[setup.metrics_of(each)] for each in due}
 
 
-def evaluate(eval_fn, state, batches, parallel):
+def evaluate(eval_fn, state, batches, parallel, metrics):
     """eval_fn (compile_eval's) over `batches` (this process's rows of each, padded and masked);
-    returns the metrics as floats."""
-    total = None
+    returns the rows of `metrics` (trainer/metrics.py): numbers, and arrays (a confusion
+    matrix)."""
+    total, host = None, {name: make() for name, make in metrics.host_evaluators.items()}
     for batch in batches:
-        metrics = parallel.to_host(eval_fn(state, parallel.put_batch(batch)))
-        total = metrics if total is None else total.merge(metrics)
-    return {name: float(value) for name, value in total.compute().items()}
+        computed, rows = eval_fn(state, parallel.put_batch(batch))
+        computed = parallel.to_host(computed)
+        total = computed if total is None else total.merge(computed)
+        if host:
+            rows = parallel.gather_rows(rows)
+            for evaluator in host.values():
+                evaluator.update(rows["outputs"], rows["targets"], rows["mask"])
+    return metrics.finish(total.compute(), {name: evaluator.finish()
+                                            for name, evaluator in host.items()})
 
 
-def evaluate_scalars(eval_fn, setup, state, due=None):
-    """{"val/loss": ..., "test/accuracy": ...} of a state in device form: the evaluations `due`
-    (evals.Evaluation; None: every one), each on its split, "<name>_ema/..." of the moving average
-    too where the state keeps one and the evaluation asks for it."""
-    scalars = {}
+def evaluate_all(eval_fns, setup, state, due=None):
+    """({"val/loss": ..., "test/accuracy": ...}, {"val/confusion_matrix": counts}) of a state in
+    device form: the numbers and the arrays of the evaluations `due` (evals.Evaluation; None: every
+    one), each on its split, "<name>_ema/..." of the moving average too where the state keeps one
+    and the evaluation asks for it."""
+    rows = {}
     for each in setup.evaluations if due is None else due:
-        scalars.update(prefixed(each.name, evaluate(eval_fn, state, setup.eval_batches(each),
-                                                    setup.parallel)))
+        states = {each.name: state}
         if state.ema_params is not None and each.ema:
-            scalars.update(prefixed(f"{each.name}_ema", evaluate(
-                eval_fn, state.replace(params=state.ema_params), setup.eval_batches(each),
-                setup.parallel)))
-    return scalars
+            states[f"{each.name}_ema"] = state.replace(params=state.ema_params)
+        for prefix, evaluated in states.items():
+            rows.update(prefixed(prefix, evaluate(eval_fns[each.name], evaluated,
+                                                  setup.eval_batches(each), setup.parallel,
+                                                  setup.metrics_of(each))))
+    scalars = {name: value for name, value in rows.items() if np.ndim(value) == 0}
+    return scalars, {name: value for name, value in rows.items() if name not in scalars}
 
 
-def evaluate_state(setup, state):
-    """evaluate_scalars of every evaluation, of a state in checkpoint form, on all devices JAX
-    sees."""
-    return evaluate_scalars(compile_eval(setup), setup, setup.parallel.to_device_form(state))
+def evaluate_scalars(eval_fns, setup, state, due=None):
+    """evaluate_all's numbers."""
+    return evaluate_all(eval_fns, setup, state, due)[0]
+
+
+def evaluate_state(setup, state, due=None):
+    """evaluate_all of the evaluations `due` (None: the run's), of a state in checkpoint form, on
+    all devices JAX sees: numbers, and arrays."""
+    return evaluate_all(compile_eval(setup, due), setup, setup.parallel.to_device_form(state), due)
 
 
 def stored_example(dataset):

@@ -272,7 +272,7 @@ def train_and_evaluate_with(config, setup, workdir, keep_process, checkpoints):
                 logging.info("The run in %s is complete (step %d), but it was stopped before its "
                              "results were written; writing them now.", workdir, step)
                 try:
-                    eval_scalars = evaluation.evaluate_state(setup, state)
+                    eval_scalars, _ = evaluation.evaluate_state(setup, state)
                 except WaitInterrupted:  # a stop while waiting for test batches
                     raise stopped(stop, step, checkpoints, config, workdir) from None
             try:
@@ -293,6 +293,14 @@ def train_and_evaluate_with(config, setup, workdir, keep_process, checkpoints):
         if figures:
             logging.info("Figures: %s", ", ".join(figures))
     return Trained(state, eval_scalars, workdir, setup, figures)
+
+
+def confusion_pictures(workdir, arrays):
+    """confusion_matrix_<evaluation>.png of each confusion matrix evaluated, the latest; returns
+    the pictures, for TensorBoard."""
+    from trainer import plots  # pylint: disable=g-import-not-at-top  (matplotlib: only here)
+    return {name: plots.evaluation_confusion(workdir, name.split("/")[0], counts)
+            for name, counts in arrays.items()}
 
 
 def chosen_model_tested(setup, checkpoints, step, final):
@@ -422,10 +430,13 @@ def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping
         nonlocal last_log_time
         eval_start = time.perf_counter()
         try:
-            scalars = evaluation.evaluate_scalars(eval_fn, setup, state, due)
+            scalars, arrays = evaluation.evaluate_all(eval_fn, setup, state, due)
         except WaitInterrupted:  # a stop while waiting for eval batches: evaluated on resume
             raise save_and_stop(evaluation_pending=[each.name for each in due]) from None
         writer.write_scalars(at, scalars)
+        if arrays and jax.process_index() == 0:
+            with writing("drawing the confusion matrices"):
+                writer.write_images(at, confusion_pictures(workdir, arrays))
         progress.show(at, scalars)
         last_log_time += time.perf_counter() - eval_start  # not training speed
         return scalars, early_stopping.update(at, scalars)

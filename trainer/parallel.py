@@ -19,6 +19,7 @@ import inspect
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from trainer import sharding
@@ -128,6 +129,13 @@ class Parallel:
         if self.mode == "pmap":
             return jax.tree.map(lambda x: x[0], tree)
         return local_copy(tree)
+
+    def gather_rows(self, tree):
+        """An eval step's gathered rows (whole batches, in device form) as this process's NumPy
+        arrays: under jit from every process (a batch's rows are split over them)."""
+        if self.mode == "pmap":
+            return jax.tree.map(lambda x: np.asarray(x[0]), tree)
+        return multihost_utils.process_allgather(tree, tiled=True)
 
     def empty_metrics(self, collection):
         """An empty metrics collection in device form, to accumulate into on the device."""

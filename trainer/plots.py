@@ -68,16 +68,32 @@ def plot_regression(workdir, inputs, targets, outputs, suffix=""):
 def plot_confusion_matrix(workdir, labels, predicted, num_classes, suffix=""):
     counts = np.zeros((num_classes, num_classes), int)
     np.add.at(counts, (labels, predicted), 1)
+    return save(confusion_figure(counts), workdir, f"confusion_matrix{suffix}.png")
+
+
+def confusion_figure(counts, title="Confusion matrix"):
+    """A figure of a confusion matrix's counts (row: true class, column: predicted)."""
+    num_classes = len(counts)
     figure, axis = plt.subplots(figsize=(1 + 0.6 * num_classes, 0.6 * num_classes + 0.6))
     axis.imshow(counts, cmap="Blues")
     for (true, guess), count in np.ndenumerate(counts):
         axis.text(guess, true, count, ha="center", va="center", fontsize=8,
                   color="white" if count > counts.max() / 2 else "black")
+    right = np.trace(counts) / max(counts.sum(), 1)
     axis.set(xlabel="predicted", ylabel="true", xticks=range(num_classes),
-             yticks=range(num_classes),
-             title=f"Confusion matrix ({(labels == predicted).mean():.2%} right)")
+             yticks=range(num_classes), title=f"{title} ({right:.2%} right)")
     figure.tight_layout()
-    return save(figure, workdir, f"confusion_matrix{suffix}.png")
+    return figure
+
+
+def evaluation_confusion(workdir, name, counts):
+    """confusion_matrix_<name>.png of an evaluation's confusion matrix, and the picture as an
+    (height, width, 3) uint8 array, for TensorBoard."""
+    figure = confusion_figure(counts, f"{name}: confusion matrix")
+    figure.canvas.draw()
+    image = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
+    save(figure, workdir, f"confusion_matrix_{name}.png")
+    return image
 
 
 def plot_misclassified(workdir, images, labels, predicted, suffix="", count=25, columns=5):

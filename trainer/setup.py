@@ -8,7 +8,7 @@ import numpy as np
 
 import datasets
 from datasets.augment import Augment, normalized
-from trainer import batching, evals, finetune, input_pipeline, parts
+from trainer import batching, evals, finetune, input_pipeline, metrics, parts
 from trainer.config_check import is_int, lookup, validate_config
 from trainer.errors import ConfigError, setting
 from trainer.model import build as build_model
@@ -71,6 +71,12 @@ class Setup:
     @property
     def evaluations(self):
         return evals.evaluations(self.config)
+
+    def check_splits(self, evaluations, asked=None):
+        check_evaluated_splits(evaluations, self.dataset, asked)
+
+    def metrics_of(self, evaluation):
+        return metrics.of_evaluation(self.task, evaluation)
 
     def eval_batches(self, evaluation):
         """This process's rows of every batch of `evaluation`'s split (an evals.Evaluation),
@@ -181,12 +187,14 @@ def with_validation(dataset, validation):
                                validation=datasets.subset(dataset.train, held))
 
 
-def check_evaluated_splits(config, dataset):
-    for each in evals.evaluations(config):
+def check_evaluated_splits(evaluations, dataset, asked=None):
+    """Each evaluation's split exists; `asked(evaluation)`: how its split was asked for, for the
+    error (config.evals.<name>.split)."""
+    for each in evaluations:
         if getattr(dataset, each.split) is None:
-            raise ConfigError(
-                f"config.evals.{each.name}.split='validation', and the data set has no validation "
-                f"split: carve one from train ({setting('validation.fraction', 0.1)}).")
+            where = asked(each) if asked else f"config.evals.{each.name}.split={each.split!r}"
+            raise ConfigError(f"{where}, and the data set has no validation split: carve one "
+                              f"from train ({setting('validation.fraction', 0.1)}).")
 
 
 def check_evaluated_during_training(config, steps_per_epoch, total_steps):
@@ -261,6 +269,18 @@ def check_outputs(config, task, dataset, state, first):
             f"{config.dataset.name!r} ({targets.dtype}, shape {targets.shape[1:]} each; the "
             f"model's outputs: shape {outputs.shape[1:]}): {type(e).__name__}: "
             f"{str(e).strip().splitlines()[0].rstrip('.')}.{hint}") from e
+    for each in evals.evaluations(config):
+        measured = metrics.of_evaluation(task, each)
+        mask = jax.ShapeDtypeStruct(targets.shape[:1], np.int32)
+        try:
+            jax.eval_shape(lambda o, t, m: measured.on_device(o, t, task.loss(o, t), m).compute(),
+                           outputs, targets, mask)
+        except Exception as e:  # pylint: disable=broad-except  (a metric's, on shapes)
+            raise ConfigError(
+                f"{measured.where}={measured.names}: cannot be computed on the model's outputs "
+                f"(shape {outputs.shape[1:]} each) and the targets ({targets.dtype}, shape "
+                f"{targets.shape[1:]} each): {type(e).__name__}: "
+                f"{str(e).strip().splitlines()[0].rstrip('.')}.") from e
     classes = num_classes(dataset)
     if (task.classes and np.issubdtype(targets.dtype, np.integer) and classes
             and outputs.ndim == targets.ndim + 1 and outputs.shape[-1] < classes):
@@ -281,11 +301,11 @@ def build(config, training=True) -> Setup:
     parallel.check_batch_size("eval_batch_size", config.eval_batch_size)
     check_grad_accum(config)
     task = build_task(config.task)
-    evals.check_selection(config, list(task.collection.__annotations__))
+    evals.check_selection(config, lambda each: metrics.of_evaluation(task, each))
     if training:
         find_writers(config.writers)
     dataset = with_validation(build_dataset(config.dataset), config.validation)
-    check_evaluated_splits(config, dataset)
+    check_evaluated_splits(evals.evaluations(config), dataset)
     first = datasets.examples(dataset.train, [0])  # read once: a streamed example is decoded
     dataset = with_normalization(dataset, config.augment, first["inputs"])
     augment = build_augment(config.augment, first["inputs"], config.dataset.name)

@@ -108,10 +108,17 @@ def skip_if_nonfinite(state, new_state, values, nonfinite):
                                        state.first_nonfinite_step, state.step))
 
 
-def eval_step(state: TrainState, batch, *, task, prepare_inputs, axis_name=None):
-    """Metrics on `batch`; examples whose batch["mask"] is 0 are padding and do not count."""
+def eval_step(state: TrainState, batch, *, task, prepare_inputs, metrics, gather=False,
+              axis_name=None):
+    """The metrics (trainer/metrics.py's `metrics`) of `batch`, whose examples with batch["mask"]
+    0 are padding and do not count; with `gather`, also the whole batch's outputs, targets and mask
+    on every device, for the host's evaluators (else None)."""
     outputs, _ = state.model.apply(state.params, state.model_state,
                                    prepare_inputs(batch["inputs"]), False)
     per_example_loss = task.loss(outputs, batch["targets"])
-    return task.compute_metrics(outputs, batch["targets"], per_example_loss, mask=batch["mask"],
-                                axis_name=axis_name)
+    computed = metrics.on_device(outputs, batch["targets"], per_example_loss, batch["mask"],
+                                 axis_name=axis_name)
+    if not gather:
+        return computed, None
+    rows = {"outputs": outputs, "targets": batch["targets"], "mask": batch["mask"]}
+    return computed, jax.lax.all_gather(rows, axis_name, tiled=True) if axis_name else rows

@@ -68,6 +68,10 @@ class TensorBoard:
     def write_text(self, step, tag, text):
         self.write([Event(step=step, summary=summary.text(tag, text))])
 
+    def write_image(self, step, tag, image):
+        """An (height, width, 3) uint8 picture (a confusion matrix)."""
+        self.write([Event(step=step, summary=summary.image(tag, image, dataformats="HWC"))])
+
     def close(self):
         self.events.close()
 
@@ -252,6 +256,14 @@ class MetricWriter:
         for name, writer in self.writers.items():
             with writing(f"writing the metrics of step {step} with the {name!r} writer"):
                 writer.write_scalars(step, scalars)
+
+    def write_images(self, step: int, images: dict):
+        """{tag: (height, width, 3) uint8 picture}, to the writers that show pictures."""
+        for name, writer in self.writers.items():
+            if hasattr(writer, "write_image"):
+                with writing(f"writing the pictures of step {step} with the {name!r} writer"):
+                    for tag, image in images.items():
+                        writer.write_image(step, tag, image)
 
     def write_text(self, step: int, tag: str, text: str):
         for name, writer in self.writers.items():
