@@ -1,10 +1,14 @@
-"""Evaluates a checkpoint on the test split; prints the metrics as one JSON line and writes them
-to WORKDIR/eval_<step>.json. Runs on any device count, also one other than training's (a run
-trained with a sharding mesh: give one that fits the devices at hand, as the error says).
+"""Evaluates a checkpoint by the run's evaluations (config.evals: each on its split, with its
+metrics); prints every metric as one JSON line and writes them to WORKDIR/eval_<step>.json. Runs
+on any device count, also one other than training's (a run trained with a sharding mesh: give one
+that fits the devices at hand, as the error says).
 
-    python scripts/evaluate.py --workdir=runs/mnist [--step=N|best] [--config=configs/mnist_cnn.py]
+    python scripts/evaluate.py --workdir=runs/mnist [--step=N|best] [--eval=NAME] [--split=SPLIT]
 
-With config.ema_decay the moving average is evaluated too (eval_ema/...).
+--eval: only the evaluation of that name (val, test; eval for a run of a config without evals);
+--split: the split of that name instead (validation, test, train), with the metrics of --eval's
+evaluation or else the task's, its rows named by the split. With config.ema_decay the moving
+average is evaluated too (<name>_ema/...). Confusion matrices are written as lists of counts.
 """
 import json
 import os
@@ -17,15 +21,22 @@ from trainer import host_memory  # pylint: disable=wrong-import-position
 
 host_memory.restart_with_reusing_malloc()  # before JAX allocates anything
 
+from absl import flags  # pylint: disable=wrong-import-position
+
 from trainer import api, cli  # pylint: disable=wrong-import-position
 
-WORKDIR, STEP = cli.define_run_flags(ema=False)  # both eval/ and eval_ema/ are reported
+WORKDIR, STEP = cli.define_run_flags(ema=False)  # both val/ and val_ema/ are reported
+EVAL = flags.DEFINE_string("eval", None, "Only the evaluation of this name (config.evals).")
+SPLIT = flags.DEFINE_string("split", None, "Evaluate this split instead: validation, test or "
+                            "train.")
 
 
 def main(argv):
     del argv
     run = api.load(WORKDIR.value, STEP.value, config=cli.config())
-    results = {"step": run.step, **run.evaluate()}
+    results = {"step": run.step, **{
+        name: value.tolist() if hasattr(value, "tolist") else value
+        for name, value in run.evaluate(eval=EVAL.value, split=SPLIT.value).items()}}
     print(json.dumps(results))
     with open(os.path.join(WORKDIR.value, f"eval_{results['step']}.json"), "w",
               encoding="utf-8") as f:

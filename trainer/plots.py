@@ -1,7 +1,7 @@
 """PNG figures in the workdir: training curves, and what the model predicts on the test split.
 
-    curves.png            train and eval loss (and accuracy) against steps (from metrics.jsonl),
-                          and eval_ema, the moving average's, where the run kept one
+    curves.png            loss (and accuracy) against steps, from metrics.jsonl: the training's
+                          and each evaluation's (eval, val, val_ema, test, ...: its rows' prefix)
     predictions.png       a task of values with one input: predictions over the ground truth
     confusion_matrix.png  a task of classes: true against predicted class
     misclassified.png     classes of images: a grid of misclassified test images
@@ -26,25 +26,40 @@ def save(figure, workdir, name):
     return path
 
 
-SPLIT_STYLES = {"train": "-", "eval": "o-", "eval_ema": "s--"}
+METRICS = ("loss", "accuracy")  # the panels of curves.png
+
+
+def style(prefix):
+    """Training a line, an evaluation with markers, a moving average's dashed."""
+    return "-" if prefix == "train" else "s--" if prefix.endswith("_ema") else "o-"
 
 
 def curves(entries):
-    """{metric: {split: [(step, value), ...]}} of the logged rows, for loss and accuracy."""
-    found = {metric: {split: sorted((e["step"], e[f"{split}/{metric}"]) for e in entries
-                                    if f"{split}/{metric}" in e) for split in SPLIT_STYLES}
-             for metric in ("loss", "accuracy")}
-    return {metric: {split: points for split, points in splits.items() if points}
-            for metric, splits in found.items() if any(splits.values())}
+    """{metric: {prefix: [(step, value), ...]}} of the logged rows `<prefix>/<metric>`, for loss
+    and accuracy: train first, then each evaluation (eval, val, val_ema, test, ...) in the order
+    of its first row."""
+    found = {}
+    for entry in entries:
+        for key, value in entry.items():
+            prefix, _, metric = key.partition("/")
+            if metric in METRICS:
+                found.setdefault(metric, {}).setdefault(prefix, []).append((entry["step"], value))
+    return {metric: {prefix: sorted(found[metric][prefix])  # a stable sort: train first
+                     for prefix in sorted(found[metric], key=lambda prefix: prefix != "train")}
+            for metric in METRICS if metric in found}
 
 
 def plot_curves(workdir):
     with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
         series = curves([json.loads(line) for line in f])
+    # A prefix's colour, the same in every panel.
+    colours = {prefix: f"C{k}" for k, prefix in enumerate(dict.fromkeys(
+        prefix for splits in series.values() for prefix in splits))}
     figure, axes = plt.subplots(1, len(series), figsize=(6 * len(series), 4), squeeze=False)
     for axis, (metric, splits) in zip(axes[0], series.items()):
-        for split, points in splits.items():
-            axis.plot(*zip(*points), SPLIT_STYLES[split], label=split, markersize=3)
+        for prefix, points in splits.items():
+            axis.plot(*zip(*points), style(prefix), color=colours[prefix], label=prefix,
+                      markersize=3)
         axis.set(xlabel="step", ylabel=metric, title=metric)
         if metric == "loss":
             axis.set_yscale("log")
