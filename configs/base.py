@@ -78,10 +78,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     # A validation split carved from train: `fraction` of its examples, drawn with `seed` from
     # their count alone (0: none; a data set's own validation split needs none).
     config.validation = ml_collections.ConfigDict(dict(fraction=0.0, seed=0))
-    # Named evaluations, each {split, every_steps, every_epochs, max_examples, ema}, logged as
-    # <name>/<metric> (trainer/evals.py), e.g.
-    #   config.evals = dict(val=dict(split="validation", every_epochs=1), test=dict(split="test"))
-    # None given: one evaluation of the test split, by the two fields below, as eval/<metric>.
+    # Named evaluations, each {split, every_steps, every_epochs, max_examples, ema, metrics},
+    # logged as <name>/<metric> (trainer/evals.py, trainer/metrics.py); see
+    # chosen_on_validation below. None given: one evaluation of the test split, by the two fields
+    # below, as eval/<metric>.
     config.evals = ml_collections.ConfigDict()
     config.eval_every_epochs = 1  # 0: not by epochs
     config.eval_every_steps = 0  # > 0: also every this many steps
@@ -105,4 +105,15 @@ def get_base_config() -> ml_collections.ConfigDict:
     config.resume_with_changes = False
     config.nonfinite = "stop"  # a NaN or Inf in loss or gradients: "stop" the run, or "skip" the update
     config.profile_steps = ()  # (start, end): a JAX profiler trace of those steps in workdir/profile
+    return config
+
+
+def chosen_on_validation(config, fraction=0.1):
+    """`config` with a validation split of `fraction` of train that chooses the best checkpoint,
+    evaluated as `val` every config.eval_every_epochs, and the test split, `test`, evaluated once,
+    at the end: results.json's best/test/... are the test figures of the model validation chose."""
+    config.validation.fraction = fraction
+    config.evals = ml_collections.ConfigDict(dict(
+        val=dict(split="validation"), test=dict(split="test", every_steps=0, every_epochs=0)))
+    config.best_metric = "val/accuracy"
     return config

@@ -11,11 +11,11 @@ of 2026-12-02, tests sharing its cores for part of it).
 """
 import ml_collections
 
-from configs.base import get_base_config
+from configs.base import chosen_on_validation, get_base_config
 
 
 def get_config():
-    config = get_base_config()
+    config = chosen_on_validation(get_base_config())
     config.model = ml_collections.ConfigDict(dict(
         name="cnn", conv_features=(32, 64), kernel_size=3, batch_norm=True, pool="avg",
         dense_features=(256,), num_classes=10, dropout_rate=0.0))

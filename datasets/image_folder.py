@@ -1,5 +1,8 @@
 """A folder of images, one subfolder per class: `data_dir/<split>/<class>/*.png|jpg|jpeg`.
 
+Splits: train/ and test/, and a validation split of its own where data_dir holds val/ (another
+name: `validation_split`; "" for none).
+
 Classes are the subfolder names of the training split, sorted (label 0 is the first). Images are
 decoded with Pillow in the pipeline's workers, to (height, width, channels) uint8: grey images
 get one channel, the others three (RGB); all must have one size, or give `image_size`.
@@ -50,7 +53,8 @@ def list_split(folder, classes):
     return tuple(files), np.array(labels, np.int32)
 
 
-def load(data_dir, train_split="train", test_split="test", image_size=None) -> Dataset:
+def load(data_dir, train_split="train", test_split="test", validation_split="val",
+         image_size=None) -> Dataset:
     if not os.path.isdir(data_dir):
         raise DataError(f"config.dataset.data_dir={data_dir!r} is not a folder. Point it at the "
                         f"folder that holds {train_split}/ and {test_split}/.")
@@ -60,8 +64,9 @@ def load(data_dir, train_split="train", test_split="test", image_size=None) -> D
     if not classes:
         raise DataError(f"{train_dir} has no class folders: it must hold one subfolder of images "
                         f"per class.")
+    own = validation_split and os.path.isdir(os.path.join(data_dir, validation_split))
     splits = {split: list_split(os.path.join(data_dir, split), classes)
-              for split in (train_split, test_split)}
+              for split in (train_split, test_split, *([validation_split] if own else []))}
     # Every header is read now (in threads), so that a file that is no image stops the run before
     # anything is written, not in the middle of an epoch.
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
@@ -75,6 +80,7 @@ def load(data_dir, train_split="train", test_split="test", image_size=None) -> D
                 raise DataError(f"{path} is {other[1]}x{other[0]} pixels and {first_file} "
                                 f"{size[1]}x{size[0]}: give config.dataset.image_size="
                                 f"(HEIGHT, WIDTH) to resize them to one size.")
-    train, test = (ImageFolderSource(*splits[split], channels, size, len(classes))
-                   for split in (train_split, test_split))
-    return Dataset(train=train, test=test, prepare_inputs=scale_to_unit)
+    train, test, validation = (
+        ImageFolderSource(*splits[split], channels, size, len(classes)) if split in splits else None
+        for split in (train_split, test_split, validation_split))
+    return Dataset(train=train, test=test, validation=validation, prepare_inputs=scale_to_unit)

@@ -123,8 +123,11 @@ def check_split(splits, name, field, split):
                         f"'train[-10%:]'), or parts joined by '+'.")
 
 
-def load(name, train_split="train", test_split="test", tfds_data_dir=None, image_key="image",
-         label_key="label") -> Dataset:
+def load(name, train_split="train", test_split="test", validation_split=None, tfds_data_dir=None,
+         image_key="image", label_key="label") -> Dataset:
+    """`validation_split`: the split that chooses the model (a name, or a slice such as
+    "train[90%:]" beside train_split="train[:90%]"); None: the data set's `validation` where it
+    has one; "": none."""
     builder = prepared_builder(name, tfds_data_dir)
     features = builder.info.features
     for key in (image_key, label_key):
@@ -132,15 +135,21 @@ def load(name, train_split="train", test_split="test", tfds_data_dir=None, image
             raise DataError(f"the TFDS data set {name} has no feature {key!r}; its features are "
                             f"{sorted(features)}. Name them with config.dataset.image_key and "
                             f"label_key.")
-    for field, split in (("train_split", train_split), ("test_split", test_split)):
+    if validation_split is None:
+        validation_split = "validation" if "validation" in builder.info.splits else ""
+    named = {"train_split": train_split, "test_split": test_split,
+             **({"validation_split": validation_split} if validation_split else {})}
+    for field, split in named.items():
         check_split(builder.info.splits, name, field, split)
     num_classes = getattr(features[label_key], "num_classes", None)
     try:
-        train, test = (TfdsSource(name, split, tfds_data_dir, image_key, label_key, num_classes)
-                       for split in (train_split, test_split))
+        train, test, *validation = (
+            TfdsSource(name, split, tfds_data_dir, image_key, label_key, num_classes)
+            for split in named.values())
     except ValueError as e:  # TFDS's other refusals, as it words them
         raise DataError(f"config.dataset (tfds:{name}): {e}") from e
-    return Dataset(train=train, test=test, prepare_inputs=scale_to_unit)
+    return Dataset(train=train, test=test, validation=validation[0] if validation else None,
+                   prepare_inputs=scale_to_unit)
 
 
 def __getattr__(name):

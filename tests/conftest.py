@@ -62,10 +62,11 @@ def history(workdir):
 
 
 def logged(workdir):
-    """(train losses, eval accuracies) as logged, step by step."""
+    """(train losses, every evaluation's accuracies) as logged, step by step."""
     entries = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     losses = [e["train/loss"] for e in entries if "train/loss" in e]
-    return losses, [e["eval/accuracy"] for e in entries if "eval/accuracy" in e]
+    return losses, [value for e in entries for name, value in sorted(e.items())
+                    if name.endswith("/accuracy") and not name.startswith("train/")]
 
 
 def assert_logged_alike(expected, actual, relative=1e-5):

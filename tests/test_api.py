@@ -156,11 +156,11 @@ def test_fields_set_back_to_none_take_the_parts_default(tmp_path):
     And gone for an Optax object, which takes no fields."""
     given = api.fit("configs/mnist_mlp.py", tmp_path / "optax", num_steps=30, plots=False,
                     dataset=dict(data_dir=str(MNIST_DIR)), optimizer=optax.adam(1e-3))
-    assert given.config.optimizer.momentum is None and given.final["eval/accuracy"] > 0.5
+    assert given.config.optimizer.momentum is None and given.final["test/accuracy"] > 0.5
     run = api.fit("configs/mnist_mlp.py", tmp_path, num_steps=30, plots=False,
                   dataset=dict(data_dir=str(MNIST_DIR)),
                   optimizer=dict(name="adam", learning_rate=1e-3, momentum=None))
-    assert run.config.optimizer.momentum is None and run.final["eval/accuracy"] > 0.5
+    assert run.config.optimizer.momentum is None and run.final["test/accuracy"] > 0.5
     command = run_train("--config=configs/mnist_mlp.py", f"--workdir={tmp_path / 'cli'}",
                         "--config.num_steps=30", "--config.plots=False",
                         f"--config.dataset.data_dir={MNIST_DIR}", "--config.optimizer.name=adam",

@@ -5,6 +5,7 @@ import json
 import pathlib
 
 import numpy as np
+from PIL import Image
 import pytest
 
 import datasets
@@ -155,3 +156,47 @@ def test_selection_on_the_test_split_when_meant(tmp_path):
     run = api.fit(XOR, tmp_path / "run", best_metric="eval/loss", select_on_test=True,
                   eval_every_steps=5, **TINY)
     assert api.load(run.workdir, step="best").step in (5, 10)
+
+
+def image_folder(root, per_class):
+    """Tiny grey PNGs of two classes, root/<split>/<class>/<i>.png, `per_class` {split: count}."""
+    rng = np.random.default_rng(0)
+    for split, count in per_class.items():
+        for label in (0, 1):
+            folder = root / split / str(label)
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 100, (8, 8)) + 150 * label
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
+    return str(root)
+
+
+FOLDER_RUN = dict(model=dict(name="mlp", features=(8, 2)), batch_size=8, eval_batch_size=8,
+                  num_steps=4, plots=False, best_metric="val/accuracy",
+                  evals=dict(val=dict(split="validation", every_steps=2), test=dict(split="test")))
+
+
+def test_a_val_folder_is_the_data_sets_own_validation_split(tmp_path):
+    own = dict(name="image_folder", data_dir=image_folder(tmp_path / "own",
+                                                          {"train": 16, "val": 6, "test": 5}))
+    with pytest.raises(ConfigError, match="the data set has a validation split of its own"):
+        api.fit(None, tmp_path / "both", dataset=own, validation=dict(fraction=0.25), **FOLDER_RUN)
+    assert not (tmp_path / "both").exists()
+    run = api.fit(None, tmp_path / "run", dataset=own, **FOLDER_RUN)
+    assert {"val/accuracy", "test/accuracy"} <= set(run.final)
+    assert json.loads((tmp_path / "run" / "validation_split.json").read_text()) == {
+        "examples": 12, "the data set's own": True}
+
+
+def test_a_resume_on_data_that_draws_another_validation_split_is_refused(tmp_path):
+    """The same settings on data of another size draw other examples: the digest tells."""
+    first, other = (dict(name="image_folder", data_dir=image_folder(tmp_path / name, {
+        "train": count, "test": 5})) for name, count in (("first", 16), ("other", 20)))
+    carved = dict(validation=dict(fraction=0.25), **FOLDER_RUN)
+    api.fit(None, tmp_path / "run", dataset=first, **carved)
+    recorded = json.loads((tmp_path / "run" / "validation_split.json").read_text())
+    assert recorded["examples"] == 8 and recorded["of"] == 32 and len(recorded["digest"]) == 16
+    before = files(tmp_path / "run")
+    with pytest.raises(WorkdirError, match="chose its model on another validation split"):
+        api.fit(None, tmp_path / "run", dataset=other, **{**carved, "num_steps": 8})
+    assert files(tmp_path / "run") == before

@@ -36,7 +36,7 @@ def test_fused_steps_compute_what_per_step_computes(mnist_dir, tmp_path):
     assert int(fused.step) == 60
     assert [s for s, _ in fused_log] == [s for s, _ in per_step_log] == [25, 50, 60]
     np.testing.assert_allclose([l for _, l in fused_log], [l for _, l in per_step_log], rtol=1e-5)
-    assert fused_eval["eval/accuracy"] == per_step_eval["eval/accuracy"]
+    assert fused_eval["test/accuracy"] == per_step_eval["test/accuracy"]
 
 
 def test_fused_chunks_stop_at_every_boundary(mnist_dir):
@@ -54,7 +54,7 @@ def test_fused_chunks_stop_at_every_boundary(mnist_dir):
 def test_bfloat16_computes_in_bf16_with_float32_parameters(mnist_dir, tmp_path):
     config = short_cnn(mnist_dir, "per_step", dtype="bfloat16", num_steps=200)
     state, metrics, *_ = train_and_evaluate(config, str(tmp_path))
-    assert metrics["eval/accuracy"] > 0.9
+    assert metrics["test/accuracy"] > 0.9
     dtypes = {x.dtype for x in jax.tree.leaves((state.params, state.opt_state, state.model_state))
               if x.ndim}
     assert dtypes == {np.dtype("float32")}

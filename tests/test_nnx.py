@@ -136,7 +136,7 @@ def cnn_run(user_folder, tmp_path_factory):
 
 
 def test_the_tutorials_cnn_trains_on_mnist_and_is_checkpointed_like_linen(cnn_run):
-    assert json.loads((cnn_run / "results.json").read_text())["eval/accuracy"] > 0.8  # chance: 0.1
+    assert json.loads((cnn_run / "results.json").read_text())["test/accuracy"] > 0.8  # chance: 0.1
     state = saved_state(cnn_run, 120)
     # NNX's attribute paths; BatchNorm statistics as linen's collection; no RNG key or count.
     assert set(state["params"]) == {"conv1", "batch_norm1", "conv2", "batch_norm2", "linear1",
@@ -213,13 +213,12 @@ def test_a_model_function_and_the_modes_other_paths(user_folder, tmp_path):
     checkpoint and early stopping."""
     result = run(command(user_folder, tmp_path, "factory", "--config.steps=fused",
                          "--config.grad_accum_steps=2", "--config.ema_decay=0.9",
-                         "--config.best_metric=eval_ema/accuracy", "--config.num_steps=120",
-                         "--config.early_stopping.metric=eval/loss",
-                         "--config.select_on_test=True"), user_folder)
+                         "--config.best_metric=val_ema/accuracy", "--config.num_steps=120",
+                         "--config.early_stopping.metric=val/loss"), user_folder)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Steps run fused" in result.stderr
     final = json.loads((tmp_path / "results.json").read_text())
-    assert final["eval_ema/accuracy"] > 0.8 and final["eval/accuracy"] > 0.8
+    assert final["test_ema/accuracy"] > 0.8 and final["test/accuracy"] > 0.8
     assert re.search(r"\| layers/0/kernel +\| \(784, 64\)", result.stderr)  # the parameter table
 
 

@@ -41,7 +41,7 @@ def assert_same_params(a, b, step):
 
 
 def accuracy(workdir):
-    return json.loads((workdir / "results.json").read_text())["eval/accuracy"]
+    return json.loads((workdir / "results.json").read_text())["test/accuracy"]
 
 
 def prepare(*args, exit_code=0):
@@ -295,12 +295,23 @@ def tfds_folder(tmp_path_factory):
 
 
 def test_a_prepared_tfds_data_set_by_name_with_split_syntax(tfds_folder, tmp_path):
-    result = run_train(*MLP, "--config.dataset.name=tfds:mnist_sample", "--config.batch_size=32",
-                       f"--config.dataset.tfds_data_dir={tfds_folder}", "--config.num_epochs=3",
-                       "--config.dataset.train_split=train[:90%]", f"--workdir={tmp_path}",
-                       "--config.dataset.image_key=image", "--config.dataset.label_key=label")
+    """A slice of train as the validation split, the data set's own: carving one too is one
+    line."""
+    tfds_run = [*MLP, "--config.dataset.name=tfds:mnist_sample", "--config.batch_size=32",
+                f"--config.dataset.tfds_data_dir={tfds_folder}", "--config.num_epochs=3",
+                "--config.dataset.train_split=train[:90%]",
+                "--config.dataset.validation_split=train[90%:]",
+                "--config.dataset.image_key=image", "--config.dataset.label_key=label"]
+    both = run_train(*tfds_run, f"--workdir={tmp_path / 'both'}")
+    assert both.returncode == 2 and not (tmp_path / "both").exists()
+    assert both.stderr.strip() == (
+        "error: config.validation.fraction=0.1: the data set has a validation split of its own; "
+        "carve none (--config.validation.fraction=0.0) and its own is used.")
+    result = run_train(*tfds_run, "--config.validation.fraction=0", f"--workdir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "56 steps an epoch of batch 32" in result.stderr  # 1800 of the 2000 examples
+    assert json.loads((tmp_path / "validation_split.json").read_text()) == {
+        "examples": 200, "the data set's own": True}
     assert accuracy(tmp_path) > 0.8
 
 

@@ -115,7 +115,7 @@ def test_a_script_without_the_main_guard_trains_once(tmp_path):
                       num_steps=6, log_every_steps=3, plots=False,
                       dataset=dict(data_dir={str(MNIST_DIR)!r}), augment=dict(crop_padding=2),
                       pipeline=dict(workers=1))
-        print("accuracy", run.final["eval/accuracy"], flush=True)
+        print("accuracy", run.final["test/accuracy"], flush=True)
     ''')
     start = time.time()
     result = run_script(path)

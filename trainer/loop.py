@@ -239,7 +239,8 @@ def train_and_evaluate_with(config, setup, workdir, keep_process, checkpoints):
         try:
             state, loop_values, changed = setup.state, {}, {}
             if checkpoints.latest_step() is not None:
-                changed = record.check_resume(config, workdir, checkpoints.latest_step())
+                changed = record.check_resume(config, workdir, checkpoints.latest_step(),
+                                              setup.validation_split)
             try:
                 restored = checkpoints.restore_latest_good(state)
             except CheckpointMismatch as e:
@@ -261,7 +262,7 @@ def train_and_evaluate_with(config, setup, workdir, keep_process, checkpoints):
             end = setup.total_steps if stopped_early_at is None else stopped_early_at
             if step < end or pending:
                 if jax.process_index() == 0:
-                    record.write(workdir, config, step, changed)
+                    record.write(workdir, config, step, changed, setup.validation_split)
                 state, step, eval_scalars = train(config, setup, workdir, checkpoints, state, step,
                                                   stop, early_stopping, loop_values)
             elif results_written(workdir, step):

@@ -22,6 +22,9 @@ from trainer.writers import writing
 
 CONFIG = "config.json"
 HISTORY = "config_history.jsonl"
+# The validation split the run chose its model on: its size, how it was drawn, and a digest of
+# its indices, which the settings alone do not fix (they are drawn from the training split's size).
+SPLIT = "validation_split.json"
 
 # What the run is: a change here makes the resumed run another one.
 DEFINING = ("seed", "dataset", "validation", "model", "task", "augment")
@@ -94,10 +97,27 @@ def given_differs(name, there, here):
     return f" ({name}: another object given in Python)"
 
 
-def check_resume(config, workdir, step):
+def saved_split(workdir):
+    try:
+        with open(os.path.join(workdir, SPLIT), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None  # a run without one, or of an earlier version
+
+
+def check_resume(config, workdir, step, split):
     """The settings that differ from the run's record, on a resume from `step` ({} where the run
-    has no record); a WorkdirError where one that defines the run changed and
-    config.resume_with_changes is not set. Nothing is written."""
+    has no record); a WorkdirError where one that defines the run changed, or its validation
+    split (`split`: what setup.with_validation describes of it), and config.resume_with_changes
+    is not set. Nothing is written."""
+    recorded = saved_split(workdir)
+    if recorded is not None and recorded != split and not config.resume_with_changes:
+        raise WorkdirError(
+            f"the run in {workdir} (at step {step}) chose its model on another validation split: "
+            f"{recorded} there, {split} here ({SPLIT}). Training would now see examples it "
+            f"validated on, or the other way round. Give the run's own data and "
+            f"config.validation to resume; or {setting('resume', False)} to start afresh in a "
+            f"new subfolder; or {setting('resume_with_changes', True)} to resume with this split.")
     before = saved(workdir)
     if before is None:
         return {}
@@ -116,10 +136,12 @@ def check_resume(config, workdir, step):
     return changed
 
 
-def write(workdir, config, step, changed):
+def write(workdir, config, step, changed, split):
     """The record of training from `step` (0: a run that begins, its history begun afresh):
     config.json, and a line of config_history.jsonl where the run begins or its settings
-    changed (`changed`: check_resume's). Called by process 0."""
+    changed (`changed`: check_resume's), and validation_split.json (`split`). Called by process
+    0."""
+    replace_json(workdir, SPLIT, split)
     path = os.path.join(workdir, HISTORY)
     lines = []
     # A run of an earlier version: its config.json is the best record of its start there is.
@@ -134,11 +156,15 @@ def write(workdir, config, step, changed):
         with writing(f"writing {HISTORY}"), open(path, "w" if step == 0 else "a",
                                                   encoding="utf-8") as f:
             f.writelines(json.dumps(line) + "\n" for line in lines)
-    # Whole or not at all: a resume's check reads it.
-    path = os.path.join(workdir, CONFIG)
-    with writing(f"writing {CONFIG}"):
+    replace_json(workdir, CONFIG, as_json(config))
+
+
+def replace_json(workdir, name, value):
+    """Whole or not at all: a resume's check reads it."""
+    path = os.path.join(workdir, name)
+    with writing(f"writing {name}"):
         with open(path + ".tmp", "w", encoding="utf-8") as f:
-            f.write(config.to_json_best_effort(indent=2))
+            json.dump(value, f, indent=2)
         os.replace(path + ".tmp", path)
 
 

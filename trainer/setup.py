@@ -1,6 +1,7 @@
 """What a config builds before any file is touched: devices, data, model, task, optimizer and a
 fresh state. Training, evaluate.py, predict.py and plot.py all start here."""
 import dataclasses
+import hashlib
 from typing import Callable
 
 import jax
@@ -30,6 +31,7 @@ class Setup:
     total_steps: int
     augment: Augment | None  # on the host, for training batches
     config: object  # what the batches below are cut by
+    validation_split: dict | None  # what the run records of it (record.py), None for none
     init_from: finetune.Plan | None = None  # what a fresh run loads of config.init_from
 
     @property
@@ -164,12 +166,14 @@ def check_grad_accum(config):
 
 
 def with_validation(dataset, validation):
-    """The data set with a validation split carved from train where config.validation.fraction
-    asks for one: `fraction` of the training examples (datasets.validation_indices), which training
-    then never sees."""
+    """(the data set with a validation split carved from train where config.validation.fraction
+    asks for one: `fraction` of the training examples (datasets.validation_indices), which
+    training then never sees; what the run records of its validation split, None for none)."""
     fraction = validation.fraction
     if not fraction:
-        return dataset
+        own = dataset.validation
+        return dataset, None if own is None else {"examples": datasets.num_examples(own),
+                                                  "the data set's own": True}
     field = f"config.validation.fraction={fraction!r}"
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
         raise ConfigError(f"{field} is invalid: it must be in (0, 1), the share of the training "
@@ -183,8 +187,11 @@ def with_validation(dataset, validation):
         raise ConfigError(f"{field} of the training split's {count} examples holds out "
                           f"{len(held)}: give a fraction that leaves some on either side.")
     kept = np.setdiff1d(np.arange(count), held)
-    return dataclasses.replace(dataset, train=datasets.subset(dataset.train, kept),
-                               validation=datasets.subset(dataset.train, held))
+    carved = dataclasses.replace(dataset, train=datasets.subset(dataset.train, kept),
+                                 validation=datasets.subset(dataset.train, held))
+    digest = hashlib.sha256(np.asarray(held, np.int64).tobytes()).hexdigest()[:16]
+    return carved, {"examples": len(held), "of": count, "fraction": fraction,
+                    "seed": validation.seed, "digest": digest}
 
 
 def check_evaluated_splits(evaluations, dataset, asked=None):
@@ -304,7 +311,7 @@ def build(config, training=True) -> Setup:
     evals.check_selection(config, lambda each: metrics.of_evaluation(task, each))
     if training:
         find_writers(config.writers)
-    dataset = with_validation(build_dataset(config.dataset), config.validation)
+    dataset, validation_split = with_validation(build_dataset(config.dataset), config.validation)
     check_evaluated_splits(evals.evaluations(config), dataset)
     first = datasets.examples(dataset.train, [0])  # read once: a streamed example is decoded
     dataset = with_normalization(dataset, config.augment, first["inputs"])
@@ -336,7 +343,7 @@ def build(config, training=True) -> Setup:
     check_outputs(config, task, dataset, state, first)
     frozen_parameters(config.optimizer, state.params)  # checked
     setup = Setup(parallel, dataset, task, state, learning_rate, steps_per_epoch, total_steps,
-                  augment, config,
+                  augment, config, validation_split,
                   finetune.plan(config, state) if training else None)
     if config.steps == "fused" and setup.streams:
         raise ConfigError("config.steps='fused' needs the training split in memory and no host "
