@@ -76,9 +76,11 @@ def evaluation(config, name, fields):
         value = getattr(made, field)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ConfigError(f"{where}.{field}={value!r} is invalid: it must be an integer >= 0.")
-    if isinstance(made.metrics, str):  # "loss,f1": as a flag gives it
-        made = dataclasses.replace(made, metrics=tuple(
-            name.strip() for name in made.metrics.split(",") if name.strip()))
+    if isinstance(made.metrics, str):  # "loss,f1"
+        made = dataclasses.replace(made, metrics=(made.metrics,))
+    if isinstance(made.metrics, (tuple, list)) and all(isinstance(n, str) for n in made.metrics):
+        made = dataclasses.replace(made, metrics=tuple(  # a flag's "loss,f1": ("loss,f1",)
+            name.strip() for entry in made.metrics for name in entry.split(",") if name.strip()))
     if made.metrics is not None:
         if (not isinstance(made.metrics, (tuple, list)) or not made.metrics
                 or not all(isinstance(name, str) for name in made.metrics)):

@@ -205,20 +205,20 @@ def check_evaluated_splits(evaluations, dataset, asked=None):
 
 
 def check_evaluated_during_training(config, steps_per_epoch, total_steps):
-    """config.best_metric and config.early_stopping.metric compare evaluations: with none before
-    the end (the schedules 0, or longer than training) there is only the final one, and neither
-    would ever act."""
+    """config.best_metric and config.early_stopping.metric compare evaluations: with schedules
+    of 0 there is only the final one, and neither would ever act. (A schedule longer than a short
+    trial run of a long config is fine: the final evaluation is then the best.)"""
     for field in ("best_metric", "early_stopping.metric"):
         name = lookup(config, field)
         each = evals.evaluation_of(config, name) if name else None
-        if each is None or any(0 < k < total_steps for k in each.periods(steps_per_epoch)):
+        if each is None or any(each.periods(steps_per_epoch)):
             continue
         every = (("eval_every_epochs", "eval_every_steps") if each.name == evals.LEGACY else
                  (f"evals.{each.name}.every_epochs", f"evals.{each.name}.every_steps"))
         raise ConfigError(
             f"config.{field}={name!r} compares evaluations, but config.{every[0]}="
             f"{each.every_epochs} and {every[1].split('.')[-1]}={each.every_steps} "
-            f"evaluate only once, at the end of training (step {total_steps}): evaluate during "
+            f"evaluate only once, at the end of training: evaluate during "
             f"it, e.g. {setting(every[1], max(1, total_steps // 10))}, or set "
             f"{setting(field, '')}.")
 
