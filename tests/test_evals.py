@@ -200,3 +200,15 @@ def test_a_resume_on_data_that_draws_another_validation_split_is_refused(tmp_pat
     with pytest.raises(WorkdirError, match="chose its model on another validation split"):
         api.fit(None, tmp_path / "run", dataset=other, **{**carved, "num_steps": 8})
     assert files(tmp_path / "run") == before
+
+
+def test_an_evaluation_on_another_data_set_by_name(mnist_folder, tmp_path):
+    """MNIST's first 500 test images as PNG files in an image folder, evaluated beside the
+    run's own test split: the same figures as the run's own evaluation of those 500 arrays."""
+    pngs = dict(split="test", dataset=dict(name="image_folder", data_dir=str(mnist_folder)))
+    run = api.fit("configs/mnist_mlp.py", tmp_path, **{**SMALL, "num_steps": 20}, best_metric="",
+                  evals=dict(val=dict(split="validation", max_examples=500), pngs=pngs))
+    test = datasets.examples(run.setup.dataset.test, range(500))
+    arrays = run.evaluate((test["inputs"], test["targets"]), eval="val")
+    assert run.final["pngs/accuracy"] == arrays["val/accuracy"]
+    assert run.final["pngs/loss"] == pytest.approx(arrays["val/loss"], rel=1e-6)

@@ -32,6 +32,9 @@ class Evaluation:
     # Names of trainer/metrics.py (or of evaluators of your own); None: the task's own (loss, and
     # accuracy for a classifier).
     metrics: tuple = None
+    # Another data set, named and given fields as config.dataset is (its `split` is read); None:
+    # the run's.
+    dataset: ml_collections.ConfigDict = None
 
     def prefixes(self, ema_decay):
         """The prefixes of its rows: `name`, and `name_ema` where it evaluates the EMA too."""
@@ -87,6 +90,13 @@ def evaluation(config, name, fields):
             raise ConfigError(f"{where}.metrics={made.metrics!r} is invalid: give metric names, "
                               f"e.g. ('loss', 'accuracy', 'f1') (docs/runs.md#metrics).")
         made = dataclasses.replace(made, metrics=tuple(dict.fromkeys(made.metrics)))
+    if made.dataset is not None and (not isinstance(made.dataset, (dict, ml_collections.ConfigDict))
+                                     or not made.dataset.get("name")):
+        raise ConfigError(f"{where}.dataset={made.dataset!r} is invalid: give a data set's name "
+                          f"and fields, as config.dataset takes them, e.g. "
+                          f"dict(name='image_folder', data_dir='digits').")
+    if isinstance(made.dataset, dict):
+        made = dataclasses.replace(made, dataset=ml_collections.ConfigDict(made.dataset))
     if not isinstance(made.ema, bool):
         raise ConfigError(f"{where}.ema={made.ema!r} is invalid: it must be True or False.")
     return made
@@ -145,8 +155,8 @@ def chosen(runs, name=None, split=None, testing=False):
             raise ConfigError(f"{argument('eval', name)}: the run has no such evaluation; it has "
                               f"{listed(each.name for each in runs)}.")
         runs = named
-    elif testing:
-        runs = [each for each in runs if each.split == "test"] or runs[:1]
+    elif testing:  # of the run's data set, whose test split the data given replaces
+        runs = [each for each in runs if each.split == "test" and each.dataset is None] or runs[:1]
     if split is None:
         return runs
     if split not in SPLITS:

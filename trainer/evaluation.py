@@ -23,13 +23,17 @@ def compile_eval(setup, due=None):
     metrics; of the evaluations `due` (None: the run's)."""
     due = setup.evaluations if due is None else due
     compiled = {}
+
+    def key(each):  # evaluations of the same metrics on the run's data share one
+        return setup.metrics_of(each), each.name if each.name in setup.evaluated_datasets else ""
+
     for each in due:
         metrics = setup.metrics_of(each)
-        if metrics not in compiled:
-            compiled[metrics] = setup.parallel.compile(
-                eval_step, task=setup.task, prepare_inputs=setup.dataset.prepare_inputs,
-                metrics=metrics, gather=bool(metrics.host_evaluators))
-    return {each.name: compiled[setup.metrics_of(each)] for each in due}
+        if key(each) not in compiled:
+            compiled[key(each)] = setup.parallel.compile(
+                eval_step, task=setup.task, metrics=metrics, gather=bool(metrics.host_evaluators),
+                prepare_inputs=setup.dataset_of(each).prepare_inputs)
+    return {each.name: compiled[key(each)] for each in due}
 
 
 def evaluate(eval_fn, state, batches, parallel, metrics):

@@ -32,6 +32,7 @@ class Setup:
     augment: Augment | None  # on the host, for training batches
     config: object  # what the batches below are cut by
     validation_split: dict | None  # what the run records of it (record.py), None for none
+    evaluated_datasets: dict  # {evaluation name: its own data set} (config.evals.<name>.dataset)
     init_from: finetune.Plan | None = None  # what a fresh run loads of config.init_from
 
     @property
@@ -75,7 +76,11 @@ class Setup:
         return evals.evaluations(self.config)
 
     def check_splits(self, evaluations, asked=None):
-        check_evaluated_splits(evaluations, self.dataset, asked)
+        check_evaluated_splits(evaluations, self.dataset_of, asked)
+
+    def dataset_of(self, evaluation):
+        """The data set `evaluation` reads: its own, or the run's."""
+        return self.evaluated_datasets.get(evaluation.name, self.dataset)
 
     def metrics_of(self, evaluation):
         return metrics.of_evaluation(self.task, evaluation)
@@ -83,7 +88,7 @@ class Setup:
     def eval_batches(self, evaluation):
         """This process's rows of every batch of `evaluation`'s split (an evals.Evaluation),
         padded and masked: every example once."""
-        split = getattr(self.dataset, evaluation.split)
+        split = getattr(self.dataset_of(evaluation), evaluation.split)
         if evaluation.max_examples and evaluation.max_examples < datasets.num_examples(split):
             split = datasets.subset(split, np.arange(evaluation.max_examples))
         shares = (jax.process_index(), jax.process_count())
@@ -93,19 +98,26 @@ class Setup:
                                            **self.pipeline_settings())
 
 
-def build_dataset(config):
-    """The data set config.dataset names, built with its other fields."""
+def build_dataset(config, section="config.dataset"):
+    """The data set a config section (config.dataset) names, built with its other fields."""
     name, fields = parts.section_fields(config)
-    dataset = parts.find(parts.DATASET, name)
+    dataset = parts.find(dataclasses.replace(parts.DATASET, field=f"{section}.name"), name)
     if isinstance(dataset, datasets.Dataset):  # given built, in Python
-        parts.no_fields(fields, "config.dataset", "a datasets.Dataset")
+        parts.no_fields(fields, section, "a datasets.Dataset")
     else:
-        dataset = parts.call_with_fields(dataset, fields, "config.dataset",
-                                         parts.DATASET.described(name))
+        dataset = parts.call_with_fields(dataset, fields, section, parts.DATASET.described(name))
     if not isinstance(dataset, datasets.Dataset):
-        raise ConfigError(f"config.dataset.name={config.name!r} gave a {type(dataset).__name__}, "
-                          f"not a datasets.Dataset.")
+        raise ConfigError(f"{section}.name={name!r} gave a {type(dataset).__name__}, not a "
+                          f"datasets.Dataset.")
     return dataset
+
+
+def evaluated_datasets(config):
+    """{evaluation name: its data set} of the evaluations on a data set of their own
+    (config.evals.<name>.dataset), normalised as the run's (config.augment.mean, std)."""
+    return {each.name: with_normalization(build_dataset(
+        each.dataset, f"config.evals.{each.name}.dataset"), config.augment)
+        for each in evals.evaluations(config) if each.dataset is not None}
 
 
 def build_task(name):
@@ -194,11 +206,11 @@ def with_validation(dataset, validation):
                     "seed": validation.seed, "digest": digest}
 
 
-def check_evaluated_splits(evaluations, dataset, asked=None):
-    """Each evaluation's split exists; `asked(evaluation)`: how its split was asked for, for the
-    error (config.evals.<name>.split)."""
+def check_evaluated_splits(evaluations, dataset_of, asked=None):
+    """Each evaluation's split exists in its data set (`dataset_of(evaluation)`); `asked
+    (evaluation)`: how its split was asked for, for the error (config.evals.<name>.split)."""
     for each in evaluations:
-        if getattr(dataset, each.split) is None:
+        if getattr(dataset_of(each), each.split) is None:
             where = asked(each) if asked else f"config.evals.{each.name}.split={each.split!r}"
             raise ConfigError(f"{where}, and the data set has no validation split: carve one "
                               f"from train ({setting('validation.fraction', 0.1)}).")
@@ -312,7 +324,8 @@ def build(config, training=True) -> Setup:
     if training:
         find_writers(config.writers)
     dataset, validation_split = with_validation(build_dataset(config.dataset), config.validation)
-    check_evaluated_splits(evals.evaluations(config), dataset)
+    others = evaluated_datasets(config)
+    check_evaluated_splits(evals.evaluations(config), lambda each: others.get(each.name, dataset))
     first = datasets.examples(dataset.train, [0])  # read once: a streamed example is decoded
     dataset = with_normalization(dataset, config.augment, first["inputs"])
     augment = build_augment(config.augment, first["inputs"], config.dataset.name)
@@ -343,7 +356,7 @@ def build(config, training=True) -> Setup:
     check_outputs(config, task, dataset, state, first)
     frozen_parameters(config.optimizer, state.params)  # checked
     setup = Setup(parallel, dataset, task, state, learning_rate, steps_per_epoch, total_steps,
-                  augment, config, validation_split,
+                  augment, config, validation_split, others,
                   finetune.plan(config, state) if training else None)
     if config.steps == "fused" and setup.streams:
         raise ConfigError("config.steps='fused' needs the training split in memory and no host "
