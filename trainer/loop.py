@@ -438,7 +438,7 @@ def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping
         if arrays and jax.process_index() == 0:
             with writing("drawing the confusion matrices"):
                 writer.write_images(at, confusion_pictures(workdir, arrays))
-        progress.show(at, scalars)
+        progress.show(at, scalars, evaluation=True)
         last_log_time += time.perf_counter() - eval_start  # not training speed
         return scalars, early_stopping.update(at, scalars)
 

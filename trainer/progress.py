@@ -77,14 +77,14 @@ class Progress:
             logging.info("epoch %.2f, %.1f steps/s, ETA %.0f s", step / self.steps_per_epoch,
                          steps_per_sec, (self.total_steps - step) / steps_per_sec)
 
-    def show(self, step, scalars):
+    def show(self, step, scalars, evaluation=False):
         """Logged scalars, in a notebook (elsewhere the log lines show them): train metrics beside
-        the bar, an evaluation as a line of its own."""
+        the bar, an evaluation's as a line of its own."""
         if not self.notebook or self.bar is None:
             return
         shown = {name.split("/")[-1]: f"{value:.4g}" for name, value in scalars.items()
                  if "/" in name}
-        if any(name.startswith("eval") for name in scalars):
+        if evaluation:
             self.bar.write(f"step {step}: " + ", ".join(f"{name}={value:.4g}"
                                                          for name, value in scalars.items()))
         else:
