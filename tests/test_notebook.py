@@ -1,5 +1,6 @@
 """docs/quickstart.ipynb run headless by a real Jupyter kernel (nbclient), as a reader runs it,
-with fewer MNIST steps: every cell runs, a figure is shown inline, the accuracies are printed."""
+with fewer MNIST steps: every cell runs, a figure is shown inline, the accuracies are printed, the
+validation loss is drawn beside the training loss."""
 import json
 import re
 import sys
@@ -25,7 +26,12 @@ def test_the_quickstart_notebook_runs_and_shows_its_results(tmp_path, monkeypatc
     (parameters,) = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
     parameters.source = (f"REPO = {str(REPO)!r}\nimport pathlib\nREPO = pathlib.Path(REPO)\n"
                          f"RUNS = pathlib.Path({str(tmp_path / 'runs')!r})\n"
-                         f"MNIST = {str(MNIST_DIR)!r}\nQUICK = dict(num_steps=150)")
+                         f"MNIST = {str(MNIST_DIR)!r}\n"
+                         # Rows and validations often enough for curves of a few points.
+                         f"QUICK = dict(num_steps=150, log_every_steps=25, eval_every_steps=50)")
+    # After the notebook, a cell of the test's own: what the validation curve's cell drew.
+    notebook.cells.append(nbformat.v4.new_code_cell(
+        'print("drawn:", {line.get_label(): len(line.get_xdata()) for line in axis.get_lines()})'))
     nbclient.NotebookClient(notebook, kernel_name="flaxfit", timeout=600,
                             resources={"metadata": {"path": str(REPO / "docs")}}).execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
@@ -36,3 +42,7 @@ def test_the_quickstart_notebook_runs_and_shows_its_results(tmp_path, monkeypatc
         accuracy = float(re.search(rf"{model}: ([\d.]+)% test accuracy at step 150", text)[1])
         assert accuracy > 80, (model, accuracy)
     assert "array([[" in text  # XOR's four outputs
+    (curve,) = [cell for cell in notebook.cells if '"val/loss"' in cell.source]
+    assert any("image/png" in o.get("data", {}) for o in curve.outputs)  # shown inline
+    # Train rows every 25 steps; validation every 50 steps and at the end.
+    assert re.search(r"drawn: (\{.*\})", text)[1] == "{'train/loss': 6, 'val/loss': 3}"

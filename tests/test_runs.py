@@ -65,6 +65,29 @@ def test_ema_and_grad_accumulation_resume_bitwise_after_sigkill(tmp_path):
                        True: {str(killed / "curves.png"), str(killed / "confusion_matrix_ema.png")}}
 
 
+def test_curves_draw_every_evaluation_whatever_its_name(tmp_path, monkeypatch):
+    rows = [{"step": 0, "val/loss": 2.3, "val/accuracy": 0.1},
+            {"step": 50, "train/loss": 1.0, "train/accuracy": 0.6, "learning_rate": 1e-3},
+            {"step": 100, "train/loss": 0.5, "train/accuracy": 0.8},
+            {"step": 100, "val/loss": 0.6, "val/accuracy": 0.75, "val/f1": 0.7,
+             "val/per_class_accuracy/3": 0.9, "val_ema/loss": 0.7, "val_ema/accuracy": 0.7},
+            {"step": 100, "test/loss": 0.65, "test/accuracy": 0.74}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    series = plots.curves(rows)
+    assert {metric: list(splits) for metric, splits in series.items()} == {
+        "loss": ["train", "val", "val_ema", "test"], "accuracy": ["train", "val", "val_ema", "test"]}
+    assert series["loss"]["train"] == [(50, 1.0), (100, 0.5)]
+    assert series["accuracy"]["val"] == [(0, 0.1), (100, 0.75)]
+
+    drawn = []
+    monkeypatch.setattr(plots, "save", lambda figure, workdir, name: drawn.append(figure))
+    plots.plot_curves(tmp_path)
+    lines = {axis.get_title(): {line.get_label(): (line.get_linestyle(), line.get_marker())
+                                for line in axis.get_lines()} for axis in drawn[0].axes}
+    assert lines["loss"] == lines["accuracy"] == {
+        "train": ("-", "None"), "val": ("-", "o"), "val_ema": ("--", "s"), "test": ("-", "o")}
+
+
 def test_the_best_checkpoint_is_kept_while_newer_ones_rotate(tmp_path):
     # best_mode=max on the loss keeps the worst evaluation: an early one, so the rotation of the
     # newest two past it shows.

@@ -11,10 +11,12 @@ their moving average.
 """
 import json
 import os
+import sys
 
 import matplotlib
 
-matplotlib.use("Agg")  # files only, no display
+if "ipykernel" not in sys.modules:  # files only, no display; a notebook keeps its inline figures
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
