@@ -1,14 +1,19 @@
 """What trainer.api promises a Python caller beyond training: a Run that keeps working after an
 os.chdir and says so when its folder is gone; positional partials of NNX classes; a dict of splits
 as data; fields beside a model object; a dict as the config; typos shown with their value and the
-section they belong to; load() saying when the data given is not the run's own. Tiny XOR runs."""
+section they belong to; load() saying when the data given is not the run's own; a run given an
+Optax object loaded without it; an evaluator class in an evaluation's metrics. Tiny XOR runs."""
 import functools
 import json
 import logging
 import os
+import subprocess
+import sys
 
 import flax.linen as nn
+import jax
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -173,3 +178,64 @@ def test_load_with_data_other_than_the_runs_own_says_so(arrays_run, caplog):
     assert len(lines) == 1 and "\n" not in lines[0]
     assert arrays_run.config.dataset.name in lines[0]
     assert api.given_name(api.dataset_of(other)) in lines[0]
+
+
+# A new session's api.load(), without the optimizer: what it evaluates and predicts, and the
+# parameters, as JSON.
+LOAD_WITHOUT_OPTIMIZER = """
+import json, sys
+import jax, numpy as np
+from trainer import api
+run = api.load(sys.argv[1])
+print(json.dumps(dict(evaluated=run.evaluate(), step=run.step, figures=len(run.plot(show=False)),
+                      predicted=run.predict(np.array(json.loads(sys.argv[2]))).tolist(),
+                      params=[np.asarray(x).tolist() for x in jax.tree.leaves(run.params)])))
+"""
+
+
+def test_a_run_given_an_optax_object_loads_without_it_in_a_new_session(tmp_path):
+    run = api.fit(XOR, tmp_path, optimizer=optax.adam(1e-2), **TINY)
+    assert run.config.optimizer.name.startswith("given:optax.")
+    loaded = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_OPTIMIZER, run.workdir,
+                             json.dumps(INPUTS.tolist())], capture_output=True, text=True,
+                            cwd=REPO, timeout=300)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    again = json.loads(loaded.stdout.splitlines()[-1])
+    assert again["evaluated"] == run.evaluate() == run.final and again["step"] == 20
+    assert np.array_equal(again["predicted"], run.predict(INPUTS)) and again["figures"]
+    assert all(np.array_equal(a, b) for a, b in zip(again["params"], jax.tree.leaves(run.params)))
+    # Given again, its state is restored too.
+    given = api.load(tmp_path, optimizer=optax.adam(1e-2))
+    assert jax.tree.all(jax.tree.map(np.array_equal, given.state.opt_state, run.state.opt_state))
+    assert given.evaluate() == run.final
+
+
+class Counter:
+    """An evaluator of the host: the examples the mask keeps."""
+
+    def __init__(self):
+        self.examples = 0
+
+    def update(self, outputs, targets, mask):
+        del outputs, targets
+        self.examples += int(np.sum(mask))
+
+    def finish(self):
+        return {"examples": self.examples}
+
+
+def test_an_evaluator_class_in_an_evaluations_metrics_is_given_by_name(tmp_path):
+    run = api.fit(XOR, tmp_path, evals=dict(test=dict(split="test", metrics=("loss", Counter))),
+                  **TINY)
+    assert run.config.evals.test.metrics == ("loss", api.given_name(Counter))
+    assert api.given_name(Counter).startswith("given:test_api_promises.Counter#")
+    assert [row["test/examples"] for row in run.history if "test/examples" in row] == [4, 4]
+    assert json.loads((tmp_path / "results.json").read_text())["test/examples"] == len(INPUTS)
+    assert run.evaluate()["test/examples"] == len(INPUTS)  # after fit() returned too
+    # In a dict as the config too.
+    fields = {**configuration.load_file(XOR).to_dict(),
+              "evals": dict(val=dict(split="test", metrics=(Counter, "loss")))}
+    config, objects = api.resolved(fields, {}, dict(model=None, dataset=None, task=None,
+                                                    optimizer=None, writers=None))
+    assert config.evals.val.metrics == (api.given_name(Counter), "loss")
+    assert objects == {api.given_name(Counter): Counter}

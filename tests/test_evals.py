@@ -106,7 +106,7 @@ BAD = [
     (XOR, dict(evals={"a-b": dict(split="test")}), "config.evals.a-b: an evaluation's name"),
     (XOR, dict(evals=dict(val=dict(evry_steps=5))),
      "config.evals.val.evry_steps: an evaluation has no such field; its fields are split, "
-     "every_steps, every_epochs, max_examples, ema, metrics."),
+     "every_steps, every_epochs, max_examples, ema, metrics, dataset."),
     (XOR, dict(evals=dict(test=dict(split="test", metrics=("loss", "f2")))),
      "config.evals.test.metrics: 'f2': there is no such metric; give some of loss, accuracy, "
      "per_class_accuracy, precision, recall, f1"),

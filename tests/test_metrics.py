@@ -61,6 +61,7 @@ from configs.mnist_cnn import get_config as mnist_cnn
 def get_config():
     config = mnist_cnn()
     config.model.conv_features = (8, 16)
+    config.best_metric = ""
     config.evals = dict(test=dict(split="test", max_examples={EXAMPLES}, metrics={
         CLASS_METRICS + ("user_metrics:Confidence", "user_metrics:Seen")!r}))
     return config

@@ -18,10 +18,12 @@ default). `model`, `dataset`, `task`, `optimizer` and `writers` take objects too
 (linen or NNX) or a function that returns one, a `datasets.Dataset` or arrays
 `((train_inputs, train_targets), (test_inputs, test_targets))` or `{"train": ..., "test": ...}`,
 a `Task`, an Optax `GradientTransformation`, writer objects; and an object with its
-constructor's fields, `model=dict(name=MyModule, hidden=32)`. The run's config.json names each
-object by what it is and a fingerprint of its code or data ("given:__main__.CNN#1f2e3d4c"): a run
-resumes only when given the same objects again, and the command line, which cannot hold them,
-says so.
+constructor's fields, `model=dict(name=MyModule, hidden=32)`; an evaluation's metrics take
+evaluator classes beside names, `evals=dict(val=dict(metrics=("loss", MyEvaluator)))`
+(trainer/metrics.py). The run's config.json names each object by what it is and a fingerprint
+of its code or data ("given:__main__.CNN#1f2e3d4c"): a run resumes only when given the same
+objects again, and the command line, which cannot hold them, says so; load() needs them all but
+the optimizer.
 
 Errors are the project's own exceptions (trainer.errors), with the command line's one-line
 messages; nothing here exits or parses flags. A run stopped by SIGINT (a notebook's interrupt
@@ -140,8 +142,10 @@ class Run:
         if data is not None:
             test = data.test if isinstance(data, datasets.Dataset) else arrays_split(data, "data")
             dataset = data if isinstance(data, datasets.Dataset) else setup.dataset
-            setup = dataclasses.replace(setup, dataset=dataclasses.replace(dataset, test=test))
-            due = [dataclasses.replace(each, split="test", max_examples=0) for each in due]
+            setup = dataclasses.replace(setup, dataset=dataclasses.replace(dataset, test=test),
+                                        evaluated_datasets={})
+            due = [dataclasses.replace(each, split="test", max_examples=0, dataset=None)
+                   for each in due]
         setup.check_splits(due, lambda each: argument("split", each.split))
         scalars, arrays = evaluation.evaluate_state(setup, self.state, due)
         return {**scalars, **arrays}
@@ -303,6 +307,31 @@ def with_objects(config, model, dataset, task, optimizer, writers):
     return objects
 
 
+def with_evaluators(overrides):
+    """`overrides` with each evaluator given as an object in an evaluation's metrics
+    (evals=dict(val=dict(metrics=("loss", MyEvaluator)))) named "given:...", and {name: object}
+    to find them by."""
+    objects = {}
+
+    def give(metric):
+        if isinstance(metric, str):
+            return metric
+        name = given_name(metric)
+        objects[name] = metric
+        return name
+
+    evals_given = overrides.get("evals")
+    if not isinstance(evals_given, (dict, ml_collections.ConfigDict)):
+        return overrides, objects
+    named = {}
+    for name, fields in evals_given.items():
+        if isinstance(fields, (dict, ml_collections.ConfigDict)) and isinstance(
+                fields.get("metrics"), (tuple, list)):
+            fields = {**fields, "metrics": tuple(map(give, fields["metrics"]))}
+        named[name] = fields
+    return ({**overrides, "evals": named} if objects else overrides), objects
+
+
 def resolved(config, overrides, objects_given):
     """The config a call runs with, and the objects it names. A dict as the config is keyword
     arguments over the defaults, resolved first: the keywords given then set fields over it, a
@@ -314,8 +343,9 @@ def resolved(config, overrides, objects_given):
         config, objects = resolved(None, fields, {name: fields.pop(name, None)
                                                   for name in objects_given})
     config = configuration.given_config(config)
+    overrides, evaluators = with_evaluators(overrides)
     with config.unlocked() if config.is_locked else contextlib.nullcontext():
-        objects = {**objects, **with_objects(config, **objects_given)}
+        objects = {**objects, **evaluators, **with_objects(config, **objects_given)}
         configuration.override(config, overrides)
         configuration.resolve_paths(config)
     return config, objects
@@ -366,9 +396,11 @@ def load(workdir, step=None, *, config=None, model=None, dataset=None, task=None
          optimizer=None, **overrides) -> Run:
     """The trained run in `workdir`, at its checkpoint `step` (None: the latest; "best": the best
     by config.best_metric; or a number), with its own config.json unless `config` is given.
-    `model`, `dataset`, `task`, `optimizer`: the objects a run trained by fit() was given (the
-    optimizer's state is part of the checkpoint); keyword arguments override fields (where its
-    data now lives, say)."""
+    `model`, `dataset`, `task`: the objects a run trained by fit() was given; `optimizer` too
+    where its state is wanted (evaluate(), predict() and plot() need none: without it the
+    checkpoint's optimizer state is left unread); keyword arguments override fields (where its
+    data now lives, say; evals=dict(val=dict(metrics=(..., MyEvaluator))) for evaluators given
+    as objects)."""
     session.start()
     base = config if config is not None else configuration.read_run_config(os.fspath(workdir))
     config, objects = resolved(base, overrides, dict(model=model, dataset=dataset, task=task,

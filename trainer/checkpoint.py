@@ -389,24 +389,32 @@ class Checkpoints:
             free = "no space it can report (is it still there?)"
         return f"{newest}, and {self.workdir} has {free}"
 
-    def restore(self, like_state, step=None):
+    def restore(self, like_state, step=None, optimizer=True):
         """Returns (state, loop values) of the checkpoint at `step` (default: the latest), in the
         structure, shapes, dtypes and shardings of `like_state`; the state's checksums verified.
-        Raises WorkdirError if it is a checkpoint of another model (nothing is read then)."""
+        Raises WorkdirError if it is a checkpoint of another model (nothing is read then).
+        `optimizer` False: the optimizer state stays `like_state`'s, the checkpoint's dropped
+        (using a run needs none, and the optimizer that made it may not be at hand)."""
         step = self.latest_step() if step is None else step
-        saved = self.check_fits(step, like_state)
+        saved = self.check_fits(step, like_state, optimizer)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_state)
         # Restored field by field: a checkpoint of an earlier version lacks the fields added since,
         # which `like_state` holds as None (not kept) unless the config asks for them.
         target = {field.name: getattr(abstract, field.name) for field in dataclasses.fields(abstract)
                   if field.metadata.get("pytree_node", True)
                   and (field.name in saved or getattr(abstract, field.name) is not None)}
+        fallback = None
+        if not optimizer:  # read and dropped (StandardRestore cannot leave it unread): placed as
+            # saved, or replicated as the step is where those devices are not these
+            target["opt_state"] = jax.tree.map(lambda array: jax.ShapeDtypeStruct(
+                array.shape, array.dtype), saved["opt_state"])
+            fallback = like_state.step.sharding
         # Checkpoints of earlier versions hold the state alone.
         extra = [item for item in ("loop", "checksums")
                  if os.path.isdir(os.path.join(self.directory, str(step), item))]
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target),
+                state=ocp.args.StandardRestore(target, fallback_sharding=fallback),
                 **{item: ocp.args.JsonRestore() for item in extra}))
         except ValueError as e:
             if "structure" in str(e):  # an empty part (an optimizer state) that differs
@@ -414,13 +422,16 @@ class Checkpoints:
                                          str(e).splitlines()[0][:300]) from e
             raise
         state = like_state.replace(**restored.state)
+        if not optimizer:
+            state = state.replace(opt_state=like_state.opt_state)
         if "checksums" in extra:
             verify(state, restored.checksums)
         return state, restored.loop if "loop" in extra else {}
 
-    def check_fits(self, step, like_state):
+    def check_fits(self, step, like_state, optimizer=True):
         """Raises CheckpointMismatch naming the first array (the model's first) whose shape
-        differs from `like_state`; returns the saved tree's metadata."""
+        differs from `like_state` (the optimizer state's only where `optimizer`); returns the
+        saved tree's metadata."""
         metadata = os.path.join(self.directory, str(step), "state", "_METADATA")
         # Orbax reads a missing one as None, with a warning that asks for a handler registry.
         if not os.path.isfile(metadata):
@@ -437,6 +448,8 @@ class Checkpoints:
             raise
         saved, wanted = shapes_by_name(tree), shapes_by_name(like_state)
         for name in sorted(set(saved) | set(wanted), key=part_order):
+            if not optimizer and name.startswith("opt_state/"):
+                continue
             if saved.get(name) != wanted.get(name):
                 raise CheckpointMismatch(step, self.directory,
                                          f"{name} is {saved.get(name, 'absent')} there and "

@@ -1,8 +1,30 @@
 """Using a trained run: restore one of its checkpoints (by step, the latest or the best), with the
 run's own config, for evaluate.py, predict.py and plot.py (trainer/evaluation.py does the rest)."""
+import optax
+
+from trainer import parts
 from trainer.checkpoint import Checkpoints
 from trainer.errors import SPOKEN, ConfigError, WorkdirError, argument, setting
 from trainer.setup import build
+
+
+def no_optimizer(**_):
+    """What stands in for an optimizer given to trainer.api.fit() in Python and not given again:
+    using a run needs none. It keeps no state, so the checkpoint's is left unread."""
+    return optax.set_to_zero()
+
+
+def stand_in(config):
+    """{config.optimizer.name: no_optimizer} where that names an object given in Python that this
+    call was not given; else {}."""
+    name = config.optimizer.name
+    if not (isinstance(name, str) and name.startswith(parts.GIVEN)):
+        return {}
+    try:
+        parts.find(parts.OPTIMIZER, name)
+    except ConfigError:  # not given to this call
+        return {name: no_optimizer}
+    return {}
 
 
 def checkpoint_step(checkpoints, config, step):
@@ -34,13 +56,16 @@ def checkpoint_step(checkpoints, config, step):
 
 def restore(config, workdir, step=None):
     """Returns (setup, state, step) for the checkpoint at `step` (None: the latest; "best": the
-    best by config.best_metric; or a number)."""
-    setup = build(config, training=False)
+    best by config.best_metric; or a number); the state without the optimizer's where the run
+    was given one in Python that this call was not (its opt_state then the stand-in's, empty)."""
+    without_optimizer = stand_in(config)
+    with parts.given(without_optimizer):
+        setup = build(config, training=False)
     checkpoints = Checkpoints(workdir, read_only=True, best_metric=config.best_metric,
                               best_mode=config.best_mode)
     step = checkpoint_step(checkpoints, config, step)
     try:
-        state, _ = checkpoints.restore(setup.state, step)
+        state, _ = checkpoints.restore(setup.state, step, optimizer=not without_optimizer)
     except WorkdirError:  # another model's checkpoint
         raise
     except Exception as e:  # pylint: disable=broad-except  (unreadable, or bytes changed: damaged)

@@ -40,7 +40,7 @@ from trainer.errors import ConfigError, listed
 
 EVALUATOR = parts.Kind("an evaluator", "config.evals.<name>.metrics", "trainer.metrics", None,
                        "the metrics named in trainer/metrics.py ('accuracy', 'f1', 'r2', ...)",
-                       "metrics")
+                       "evals")
 CLASS_METRICS = ("accuracy", "per_class_accuracy", "precision", "recall", "f1",
                  "confusion_matrix")
 CONFUSION = CLASS_METRICS[1:]
@@ -145,8 +145,13 @@ class Metrics:
     where: str = "config.evals.<name>.metrics"  # the field that asked for them, for errors
 
     def __post_init__(self):
+        # Each name checked: known, or a part found now, and kept (an object given to api.fit
+        # is found only while the call runs).
+        object.__setattr__(self, "parts", {
+            name: parts.find(dataclasses.replace(EVALUATOR, field=self.where), name)
+            for name in self.names if self.is_part(name)})
         for name in self.names:
-            self.part(name)  # checked: each is known, or a part that can be found
+            self.part(name)
 
     @staticmethod
     def is_part(name):
@@ -154,7 +159,7 @@ class Metrics:
 
     def part(self, name):
         if self.is_part(name):
-            return parts.find(dataclasses.replace(EVALUATOR, field=self.where), name)
+            return self.parts[name]
         top_k = TOP_K.match(name)
         known = ("loss", *dict(self.task.metrics), *(CLASS_METRICS if self.task.classes else ()),
                  *(REGRESSION_METRICS if not self.task.classes else ()))
@@ -167,11 +172,6 @@ class Metrics:
         raise ConfigError(f"{self.where}: {name!r}: {why}; give some of "
                           f"{listed([*known, *(['top5_accuracy'] if self.task.classes else [])])}, "
                           f"or 'module:Name' of an evaluator of your own (trainer/metrics.py).")
-
-    @property
-    def parts(self):
-        """The evaluators of the user's own, by name."""
-        return {name: self.part(name) for name in self.names if self.is_part(name)}
 
     def scalar_names(self):
         """The numbers it logs that can be known before it runs (not those of evaluators of the

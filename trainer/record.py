@@ -102,7 +102,7 @@ def saved_split(workdir):
         with open(os.path.join(workdir, SPLIT), encoding="utf-8") as f:
             return json.load(f)
     except (OSError, ValueError):
-        return None  # a run without one, or of an earlier version
+        return None  # a run of an earlier version, which had none
 
 
 def check_resume(config, workdir, step, split):
@@ -110,18 +110,8 @@ def check_resume(config, workdir, step, split):
     has no record); a WorkdirError where one that defines the run changed, or its validation
     split (`split`: what setup.with_validation describes of it), and config.resume_with_changes
     is not set. Nothing is written."""
-    recorded = saved_split(workdir)
-    if recorded is not None and recorded != split and not config.resume_with_changes:
-        raise WorkdirError(
-            f"the run in {workdir} (at step {step}) chose its model on another validation split: "
-            f"{recorded} there, {split} here ({SPLIT}). Training would now see examples it "
-            f"validated on, or the other way round. Give the run's own data and "
-            f"config.validation to resume; or {setting('resume', False)} to start afresh in a "
-            f"new subfolder; or {setting('resume_with_changes', True)} to resume with this split.")
     before = saved(workdir)
-    if before is None:
-        return {}
-    changed = changes(before, as_json(config))
+    changed = {} if before is None else changes(before, as_json(config))
     defining = {name: values for name, values in changed.items()
                 if name.split(".")[0] in DEFINING}
     if defining and not config.resume_with_changes:
@@ -133,6 +123,14 @@ def check_resume(config, workdir, step, split):
             f"to start afresh in a new subfolder (the checkpoints stay as they are); or "
             f"{setting('resume_with_changes', True)} to resume with these (the record keeps "
             f"both).")
+    recorded = saved_split(workdir)
+    if recorded != split and not config.resume_with_changes:
+        raise WorkdirError(
+            f"the run in {workdir} (at step {step}) chose its model on another validation split: "
+            f"{recorded} there, {split} here ({SPLIT}). Training would now see examples it "
+            f"validated on, or the other way round. Give the run's own data and "
+            f"config.validation to resume; or {setting('resume', False)} to start afresh in a "
+            f"new subfolder; or {setting('resume_with_changes', True)} to resume with this split.")
     return changed
 
 

@@ -33,6 +33,7 @@ class Setup:
     config: object  # what the batches below are cut by
     validation_split: dict | None  # what the run records of it (record.py), None for none
     evaluated_datasets: dict  # {evaluation name: its own data set} (config.evals.<name>.dataset)
+    measured: dict  # {an evaluation's metrics: their Metrics}, of every evaluation of the config
     init_from: finetune.Plan | None = None  # what a fresh run loads of config.init_from
 
     @property
@@ -83,7 +84,11 @@ class Setup:
         return self.evaluated_datasets.get(evaluation.name, self.dataset)
 
     def metrics_of(self, evaluation):
-        return metrics.of_evaluation(self.task, evaluation)
+        """Its trainer.metrics.Metrics: made once for each set of names, with the evaluators
+        they name, which an object given to api.fit is found while the call runs only."""
+        if evaluation.metrics not in self.measured:
+            self.measured[evaluation.metrics] = metrics.of_evaluation(self.task, evaluation)
+        return self.measured[evaluation.metrics]
 
     def eval_batches(self, evaluation):
         """This process's rows of every batch of `evaluation`'s split (an evals.Evaluation),
@@ -355,8 +360,10 @@ def build(config, training=True) -> Setup:
             f"{type(e).__name__}: {str(e).splitlines()[0]}") from e
     check_outputs(config, task, dataset, state, first)
     frozen_parameters(config.optimizer, state.params)  # checked
+    measured = {each.metrics: metrics.of_evaluation(task, each)
+                for each in evals.evaluations(config)}
     setup = Setup(parallel, dataset, task, state, learning_rate, steps_per_epoch, total_steps,
-                  augment, config, validation_split, others,
+                  augment, config, validation_split, others, measured,
                   finetune.plan(config, state) if training else None)
     if config.steps == "fused" and setup.streams:
         raise ConfigError("config.steps='fused' needs the training split in memory and no host "
