@@ -5,8 +5,10 @@
 
 The classic tutorial used plain SGD on 0-255 pixels; on [0, 1] inputs plain SGD 1e-2 reaches
 only about 93 % in 8 epochs, so momentum 0.9 is added.
-Reaches: 97.54 % test accuracy in 13.8 s, whole command, on the 2-core CPU of the
-project's machines (seed 0, 2026-12-03; 97.57 % in 37.8 s on the slower machine of 2026-12-02).
+A tenth of train is held out as a validation split, which chooses the checkpoint.
+Reaches: 97.55 % test accuracy on the checkpoint validation chose (the last, step 3368;
+validation 96.82 %) in 14.0 s, whole command, on the 2-core CPU of the project's machines
+(seed 0, 2026-12-05; trained on all 60,000 before: 97.54 % in 13.8 s).
 """
 import ml_collections
 

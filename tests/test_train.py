@@ -17,7 +17,7 @@ def test_mnist_cnn_short_run_learns(mnist_dir, tmp_path):
     config.log_every_steps = 100
     config.checkpoint_every_steps = 200
     metrics = train_and_evaluate(config, str(tmp_path)).final
-    assert metrics["eval/accuracy"] > 0.9
+    assert metrics["test/accuracy"] > 0.9
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["200", "300"]
     assert list(tmp_path.glob("events.out.tfevents.*"))
     logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -51,7 +51,7 @@ def test_the_readme_states_what_the_code_reaches(config_name, mnist_dir, tmp_pat
     results = json.loads((tmp_path / "results.json").read_text())
     if config_name == "mnist_mlp":
         stated = stated_number(config_name, r"([\d.]+) % test accuracy")
-        assert abs(100 * results["eval/accuracy"] - stated) <= 0.05
+        assert abs(100 * results["best/test/accuracy"] - stated) <= 0.05
     elif config_name == "poly_regression":
         stated = stated_number(config_name, r"standardised test MSE ([\d.]+)")
         assert results["eval/loss"] == pytest.approx(stated, rel=0.01)
