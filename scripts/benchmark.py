@@ -30,6 +30,16 @@ For a classification config. Three measurements, each a JSON section and a table
               bytes on device 0, and the median seconds of --fsdp_steps steps, each way.
   checkpoint  what a save costs (--saves of the config's fresh state): the checksums of every
               array, the blocking part of Orbax's save (which includes them) and the whole save.
+  evaluation  what named metrics cost: a whole evaluation of the test split (the config's
+              eval_batch_size, the config's fresh state) three ways, alternating, --eval_repeats
+              times each after one untimed (compiling) run of each: `today`, the eval step as it
+              was before trainer/metrics.py (the task's compute_metrics, loss and accuracy),
+              merged over the batches as evaluation.evaluate then did; `loss_accuracy`, the
+              framework's eval step and evaluate with metrics ("loss", "accuracy"); and
+              `all_metrics`, with every classification metric (EVAL_ALL_METRICS); each round
+              starts with another way. The median ms an evaluation each way and the ratios
+              loss_accuracy / today and all_metrics / loss_accuracy; also of the minima, less
+              touched by other work on the machine.
   command     whole commands as a user runs them, start-up, data loading and compile included,
               --command_epochs of training and the test evaluation, alternating, --repeats times
               each: scripts/train.py (its first run with an empty compilation cache, the others
@@ -37,6 +47,7 @@ For a classification config. Three measurements, each a JSON section and a table
               settings, no compilation cache), and hand_loop.py with the framework's malloc
               settings (trainer/host_memory.py), to show what they alone are worth.
 """
+import dataclasses
 import functools
 import json
 import os
@@ -61,9 +72,10 @@ from absl import flags  # pylint: disable=wrong-import-position
 from array_record.python.array_record_module import ArrayRecordWriter  # pylint: disable=wrong-import-position
 
 import hand_loop  # pylint: disable=wrong-import-position  (scripts/, this file's folder)
+import datasets  # pylint: disable=wrong-import-position
 from datasets import array_record, images  # pylint: disable=wrong-import-position
 from datasets.augment import Augment  # pylint: disable=wrong-import-position
-from trainer import cli, input_pipeline, sharding  # pylint: disable=wrong-import-position
+from trainer import cli, evals, evaluation, input_pipeline, sharding  # pylint: disable=wrong-import-position
 from trainer.checkpoint import Checkpoints, checksums  # pylint: disable=wrong-import-position
 from trainer.loop import train_and_evaluate  # pylint: disable=wrong-import-position
 from trainer.runners import step_args  # pylint: disable=wrong-import-position
@@ -71,6 +83,8 @@ from trainer.setup import build, build_dataset  # pylint: disable=wrong-import-p
 from trainer.steps import train_step  # pylint: disable=wrong-import-position
 
 SCRIPTS = pathlib.Path(__file__).resolve().parent
+EVAL_ALL_METRICS = ("loss", "accuracy", "top5_accuracy", "precision", "recall", "f1",
+                    "confusion_matrix", "per_class_accuracy")
 EPOCHS = flags.DEFINE_integer("epochs", 2, "Epochs each way; the first, which compiles, is not "
                               "timed in the in_process section.", lower_bound=2)
 COMMAND_EPOCHS = flags.DEFINE_integer("command_epochs", 1, "Epochs of each whole command.")
@@ -81,13 +95,15 @@ WAYS = flags.DEFINE_multi_enum(
     "epoch; streaming needs --records).")
 SECTIONS = flags.DEFINE_list("sections", ["in_process", "command"],
                              "What to measure: in_process, command, pipeline, against, "
-                             "accumulation, fsdp, checkpoint.")
+                             "accumulation, fsdp, checkpoint, evaluation.")
 ACCUM_STEPS = flags.DEFINE_list("accum_steps", ["1", "2", "4", "8"],
                                 "accumulation: the grad_accum_steps to compile.")
 ACCUM_TIMED_STEPS = flags.DEFINE_integer("accum_timed_steps", 10,
                                          "accumulation: steps timed each way.")
 FSDP_STEPS = flags.DEFINE_integer("fsdp_steps", 3, "fsdp: steps timed each way.")
 SAVES = flags.DEFINE_integer("saves", 10, "checkpoint: saves timed.")
+EVAL_REPEATS = flags.DEFINE_integer("eval_repeats", 7, "evaluation: timed evaluations each way, "
+                                    "alternating.", lower_bound=1)
 RECORDS = flags.DEFINE_string("records", None, "ArrayRecord shards of the config's data set "
                               "(scripts/prepare_data.py), for `streaming` and `pipeline`.")
 PIPELINE_WORKERS = flags.DEFINE_list("pipeline_workers", ["0", "1", "2"],
@@ -317,6 +333,74 @@ def checkpoint_cost(config, saves):
         medians["checksums_seconds"] / medians["save_call_seconds"], 3)}
 
 
+def todays_eval_step(state, batch, *, task, prepare_inputs, axis_name=None):
+    """The eval step before named metrics (trainer/steps.py before trainer/metrics.py): the loss
+    and accuracy of the task's compute_metrics, which the train step still uses."""
+    outputs, _ = state.model.apply(state.params, state.model_state,
+                                   prepare_inputs(batch["inputs"]), False)
+    per_example_loss = task.loss(outputs, batch["targets"])
+    return task.compute_metrics(outputs, batch["targets"], per_example_loss, mask=batch["mask"],
+                                axis_name=axis_name)
+
+
+def todays_evaluate(eval_fn, state, batches, parallel):
+    """todays_eval_step over `batches`, merged as evaluation.evaluate did before named metrics."""
+    total = None
+    for batch in batches:
+        metrics = parallel.to_host(eval_fn(state, parallel.put_batch(batch)))
+        total = metrics if total is None else total.merge(metrics)
+    return {name: float(value) for name, value in total.compute().items()}
+
+
+def evaluation_cost(config, repeats):
+    """{"ways": {way: ms an evaluation, ...}, ratios} of a whole evaluation of the test split,
+    batches cut by batching.eval_batches (setup.eval_batches), three ways, alternating so that the
+    machine's drift falls on all alike; each way's first run (its compile) is not timed."""
+    setup = build(config)
+    state, parallel = setup.parallel.to_device_form(setup.state), setup.parallel
+    test = evals.Evaluation("test", split="test")
+    todays_fn = parallel.compile(todays_eval_step, task=setup.task,
+                                 prepare_inputs=setup.dataset.prepare_inputs)
+
+    def named(way, names):  # the framework's evaluation of the test split with metrics `names`
+        each = dataclasses.replace(test, name=way, metrics=names)
+        eval_fn = evaluation.compile_eval(setup, [each])[way]
+        return names, lambda: evaluation.evaluate(eval_fn, state, setup.eval_batches(each),
+                                                  parallel, setup.metrics_of(each))
+
+    runs = {"today": (("loss", "accuracy"), lambda: todays_evaluate(
+                todays_fn, state, setup.eval_batches(test), parallel)),
+            "loss_accuracy": named("loss_accuracy", ("loss", "accuracy")),
+            "all_metrics": named("all_metrics", EVAL_ALL_METRICS)}
+    rows, seconds = {}, {way: [] for way in runs}
+    for way, (names, run) in runs.items():
+        COMPILE_SECONDS.clear()
+        start = time.perf_counter()
+        values = run()
+        rows[way] = {"metrics": list(names), "loss": round(values["loss"], 5),
+                     "accuracy": round(values["accuracy"], 5),
+                     "first_run_seconds": round(time.perf_counter() - start, 3),
+                     "compile_seconds": round(sum(COMPILE_SECONDS), 3)}
+    ways = list(runs)
+    for repeat in range(repeats):  # each round in turn starts with another way
+        for way in ways[repeat % 3:] + ways[:repeat % 3]:
+            start = time.perf_counter()
+            runs[way][1]()
+            seconds[way].append(time.perf_counter() - start)
+    for way, row in rows.items():
+        row["ms_per_evaluation"] = round(statistics.median(seconds[way]) * 1000, 2)
+        row["ms_min"] = round(min(seconds[way]) * 1000, 2)
+        row["ms"] = [round(s * 1000, 2) for s in seconds[way]]
+    result = {"examples": datasets.num_examples(setup.dataset.test),
+              "eval_batch_size": config.eval_batch_size, "repeats": repeats, "ways": rows}
+    for of, key in (("", "ms_per_evaluation"), ("_of_minima", "ms_min")):
+        ms = {way: row[key] for way, row in rows.items()}
+        result[f"ratio_loss_accuracy_to_today{of}"] = round(ms["loss_accuracy"] / ms["today"], 3)
+        result[f"ratio_all_metrics_to_loss_accuracy{of}"] = round(
+            ms["all_metrics"] / ms["loss_accuracy"], 3)
+    return result
+
+
 def whole_commands(config_args, epochs, repeats):
     """Alternating, so that the machine's drift falls on all alike."""
     plain_env = {name: value for name, value in os.environ.items()
@@ -400,6 +484,16 @@ def main(argv):
     if "checkpoint" in SECTIONS.value:
         results["checkpoint"] = checkpoint_cost(config, SAVES.value)
         print("checkpoint: " + ", ".join(f"{n} {v}" for n, v in results["checkpoint"].items()))
+    if "evaluation" in SECTIONS.value:
+        results["evaluation"] = evaluation_cost(config, EVAL_REPEATS.value)
+        for name, row in results["evaluation"]["ways"].items():
+            print(f"evaluation, {name}: {row['ms_per_evaluation']} ms (median of {row['ms']}), "
+                  f"compile {row['compile_seconds']} s")
+        for of in ("", "_of_minima"):
+            print(f"evaluation{of.replace('_', ' ')}: loss_accuracy / today "
+                  f"{results['evaluation'][f'ratio_loss_accuracy_to_today{of}']}, all_metrics / "
+                  f"loss_accuracy "
+                  f"{results['evaluation'][f'ratio_all_metrics_to_loss_accuracy{of}']}")
     if "command" in SECTIONS.value:
         config_args = [a for a in sys.argv[1:] if a.startswith("--config")]
         results["command"] = whole_commands(config_args, COMMAND_EPOCHS.value, REPEATS.value)

@@ -61,6 +61,32 @@ def test_benchmark_reports_each_way_in_process_and_as_whole_commands(tmp_path):
         command["seconds"]["train.py"][0] / command["seconds"]["hand-written loop"][0], abs=1e-3)
 
 
+def test_benchmark_reports_what_named_metrics_cost_an_evaluation(tmp_path):
+    out = tmp_path / "benchmark.json"
+    result = run_benchmark("--config=configs/mnist_mlp.py", f"--config.dataset.data_dir={MNIST_DIR}",
+                           "--config.model.features=(10,)", "--sections=evaluation",
+                           "--eval_repeats=1", f"--out={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert "in_process" not in report and "command" not in report
+    cost = report["evaluation"]
+    assert (cost["examples"], cost["eval_batch_size"], cost["repeats"]) == (10000, 1000, 1)
+    assert list(cost["ways"]) == ["today", "loss_accuracy", "all_metrics"]
+    assert cost["ways"]["all_metrics"]["metrics"] == [
+        "loss", "accuracy", "top5_accuracy", "precision", "recall", "f1", "confusion_matrix",
+        "per_class_accuracy"]
+    today = cost["ways"]["today"]
+    for row in cost["ways"].values():
+        assert row["accuracy"] == today["accuracy"], row  # the same metrics, computed anew
+        assert row["loss"] == pytest.approx(today["loss"], abs=1e-4), row
+        assert len(row["ms"]) == 1 and row["ms_per_evaluation"] == row["ms_min"] > 0, row
+        assert row["compile_seconds"] > 0, row
+    for name in ("ratio_loss_accuracy_to_today", "ratio_all_metrics_to_loss_accuracy",
+                 "ratio_loss_accuracy_to_today_of_minima",
+                 "ratio_all_metrics_to_loss_accuracy_of_minima"):
+        assert isinstance(cost[name], float) and cost[name] > 0, (name, cost[name])
+
+
 def test_benchmark_refuses_a_config_its_hand_loop_cannot_train():
     result = run_benchmark("--config=configs/xor_mlp.py")
     assert result.returncode == 2
