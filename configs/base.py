@@ -13,7 +13,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     # so that the command line can set them (docs/data.md says which data set takes which).
     config.dataset = ml_collections.ConfigDict(dict(
         name="mnist", data_dir=placeholder(str), tfds_data_dir=placeholder(str),
-        train_split=placeholder(str), test_split=placeholder(str), image_size=placeholder(tuple),
+        train_split=placeholder(str), test_split=placeholder(str),
+        validation_split=placeholder(str), image_size=placeholder(tuple),
         image_key=placeholder(str), label_key=placeholder(str),
         num_train=placeholder(int), num_test=placeholder(int), seed=placeholder(int)))
     # Streamed splits (TFDS, ArrayRecord, image folders) and augmented ones are read by workers.

@@ -69,6 +69,13 @@ def logged(workdir):
                     if name.endswith("/accuracy") and not name.startswith("train/")]
 
 
+def results(workdir):
+    """results.json less what it adds to the final evaluation (best_step and best/...: the
+    test figures of the best checkpoint): what evaluate.py gives of the run's last step."""
+    saved = json.loads((workdir / "results.json").read_text())
+    return {name: value for name, value in saved.items() if not name.startswith("best")}
+
+
 def assert_logged_alike(expected, actual, relative=1e-5):
     """Two runs' logged(): the same number of train losses, each to `relative`, and the same eval
     accuracies."""

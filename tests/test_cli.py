@@ -138,14 +138,6 @@ BAD_VALUES = [
     (XOR, {"best_mode": "up"}, "config.best_mode='up' is invalid"),
     (XOR, {"optimizer.frozen": "params/(Dense"}, "config.optimizer.frozen='params/(Dense' is "
                                                  "invalid"),
-    # best_metric and early stopping compare evaluations, which must come before the end
-    (XOR, {"best_metric": "eval/loss", "eval_every_steps": 0, "select_on_test": True},
-     "config.best_metric='eval/loss' compares evaluations, but config.eval_every_epochs=0 and "
-     "eval_every_steps=0 evaluate only once, at the end of training: evaluate during it, e.g. "
-     "eval_every_steps=100, or set best_metric=''."),
-    (XOR, {"early_stopping.metric": "eval/loss", "eval_every_epochs": 0, "select_on_test": True},
-     "config.early_stopping.metric='eval/loss' compares evaluations, but "
-     "config.eval_every_epochs=0 and eval_every_steps=0 evaluate only once"),
     # what the data set holds: images to augment, targets for the task, classes for the outputs
     (XOR, {"augment.crop_padding": 2},
      "config.augment.crop_padding=2 needs images, examples of shape (height, width, channels), and "

@@ -212,3 +212,16 @@ def test_an_evaluation_on_another_data_set_by_name(mnist_folder, tmp_path):
     arrays = run.evaluate((test["inputs"], test["targets"]), eval="val")
     assert run.final["pngs/accuracy"] == arrays["val/accuracy"]
     assert run.final["pngs/loss"] == pytest.approx(arrays["val/loss"], rel=1e-6)
+
+
+def test_selection_by_an_evaluation_only_at_the_end_is_said_not_refused(tmp_path, caplog):
+    """A shipped config's best_metric with its evaluation switched off during training (a quick
+    try): the run goes on, the best checkpoint its last, and one warning says why."""
+    run = api.fit(XOR, tmp_path, best_metric="eval/loss", select_on_test=True,
+                  eval_every_steps=0, **TINY)
+    assert run.final["best_step"] == run.step == 10
+    warned = [r.getMessage() for r in caplog.records if "acts on nothing" in r.getMessage()]
+    assert warned == ["config.best_metric='eval/loss' compares evaluations, but "
+                      "config.eval_every_epochs=0 and eval_every_steps=0 evaluate only once, at the "
+                      "end of training, so it acts on nothing: evaluate during it, e.g. "
+                      "eval_every_steps=1, or set best_metric=''."]

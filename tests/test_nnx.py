@@ -17,7 +17,7 @@ import pytest
 from flax import nnx
 
 import user_code
-from conftest import MNIST_DIR, REPO, assert_logged_alike, history, logged, train
+from conftest import MNIST_DIR, REPO, assert_logged_alike, history, logged, results, train
 from test_finetune import USER_FILES as FINETUNE_FILES
 from test_reliability import assert_same_state, finished_steps, saved_state
 from trainer import sharding
@@ -168,7 +168,7 @@ def test_evaluate_predict_and_plot_use_an_nnx_run(user_folder, cnn_run):
         assert result.returncode == 0, result.stderr[-3000:]
         return result.stdout
 
-    assert json.loads(script("evaluate.py")) == json.loads((cnn_run / "results.json").read_text())
+    assert json.loads(script("evaluate.py")) == results(cnn_run)
     lines = script("predict.py", "--indices=0,1,2").splitlines()
     assert lines[0] == "# nnx_models:CNN at step 120, task classification"
     assert [re.search(r"target (\d)", line)[1] for line in lines[1:]] == ["7", "2", "1"]

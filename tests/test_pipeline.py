@@ -2,6 +2,7 @@
 real MNIST, train through Grain workers on the batches the in-memory path sees, resume bitwise
 after SIGKILL whatever the worker count and leave no worker behind, and each process reads only its
 own rows."""
+import collections
 import json
 import os
 import pathlib
@@ -144,7 +145,8 @@ def test_an_image_folder_trains_and_converts_to_the_same_records(mnist_folder, i
     result = run_train(*SUBSET_RUN, "--config.dataset.name=image_folder",
                        f"--config.dataset.data_dir={mnist_folder}", f"--workdir={workdir}")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (f"Training batches are streamed from image_folder in {mnist_folder} (2000 examples), "
+    # 1800: mnist_mlp holds out a tenth of the 2000 for validation
+    assert (f"Training batches are streamed from image_folder in {mnist_folder} (1800 examples), "
             f"read by {input_pipeline.default_workers()} worker process(es).") in result.stderr
     evaluated = subprocess.run([sys.executable, str(REPO / "scripts" / "evaluate.py"),
                                 f"--workdir={workdir}"], capture_output=True, text=True, cwd=REPO)
@@ -478,13 +480,20 @@ def test_each_process_reads_only_its_own_rows(tmp_path):
             for line in (tmp_path / f"reads-{p}-{split}").read_text().splitlines():
                 pid, index = map(int, line.split())
                 read.setdefault((p, split, pid == run.pid), []).append(index)
-    order = dict(seed=0, num_examples=512, batch_size=64, steps_per_epoch=8, process_count=2)
+    # mnist_mlp holds out a tenth of train for validation: training reads the rest, by position.
+    held = datasets.validation_indices(512, 0.1, 0)
+    kept = np.setdiff1d(np.arange(512), held)
+    order = dict(seed=0, num_examples=len(kept), batch_size=64, steps_per_epoch=7,
+                 process_count=2)
+    validated = []
     for p in (0, 1):
-        assert read[p, "train", True] == [0]  # once, for the shape of the inputs
-        own = [i for step in range(6)  # its 32 rows of each of the 6 global batches, no more
+        assert read[p, "train", True] == [kept[0]]  # once, for the shape of the inputs
+        own = [kept[i] for step in range(6)  # its 32 rows of each of the 6 global batches
                for i in batching.train_indices(step, process_index=p, **order)[1]]
-        assert sorted(read[p, "train", False]) == sorted(own)
-    assert not set(read[0, "train", False]) & set(read[1, "train", False])
+        rest = collections.Counter(read[p, "train", False]) - collections.Counter(own)
+        assert sum(rest.values()) == len(read[p, "train", False]) - len(own)  # every one read
+        validated += list(rest.elements())  # and its rows of the validation split, no more
+    assert sorted(validated) == sorted(held)  # each once, in one process or the other
     assert sorted(read[0, "test", False] + read[1, "test", False]) == list(range(256))  # once each
 
 

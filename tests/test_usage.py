@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from datasets import mnist
 
-from conftest import MNIST_DIR, REPO, run_train
+from conftest import MNIST_DIR, REPO, results, run_train
 
 
 def run_script(name, *args, env=None):
@@ -56,19 +56,21 @@ def test_evaluate_reproduces_the_accuracy_logged_at_the_end(cnn_run, devices):
     (to 1e-6 relative), and the accuracy, a count of right answers, is the same."""
     env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
     printed = json.loads(run_script("evaluate.py", f"--workdir={cnn_run}", env=env))
-    logged = json.loads((cnn_run / "results.json").read_text())
+    logged = results(cnn_run)
     if devices == 1:
         assert printed == logged
     else:
-        assert printed["eval/accuracy"] == logged["eval/accuracy"]
-        assert printed["eval/loss"] == pytest.approx(logged["eval/loss"], rel=1e-6)
+        for name in ("val", "test"):
+            assert printed[f"{name}/accuracy"] == logged[f"{name}/accuracy"]
+            assert printed[f"{name}/loss"] == pytest.approx(logged[f"{name}/loss"], rel=1e-6)
     assert json.loads((cnn_run / "eval_200.json").read_text()) == printed
 
 
 def test_evaluate_an_earlier_step(cnn_run):
-    printed = json.loads(run_script("evaluate.py", f"--workdir={cnn_run}", "--step=100"))
+    printed = json.loads(run_script("evaluate.py", f"--workdir={cnn_run}", "--step=100",
+                                    "--eval=val"))
     logged = [json.loads(line) for line in (cnn_run / "metrics.jsonl").read_text().splitlines()]
-    at_100 = next(e for e in logged if e["step"] == 100 and "eval/accuracy" in e)
+    at_100 = next(e for e in logged if e["step"] == 100 and "val/accuracy" in e)
     assert printed == at_100
 
 
@@ -134,11 +136,11 @@ def test_a_run_is_read_from_any_folder_and_its_config_overridden(tmp_path):
     elsewhere = subprocess.run([sys.executable, str(REPO / "scripts" / "evaluate.py"),
                                 f"--workdir={workdir}"], capture_output=True, text=True, cwd=tmp_path)
     assert elsewhere.returncode == 0, elsewhere.stderr[-3000:]
-    assert json.loads(elsewhere.stdout) == json.loads((workdir / "results.json").read_text())
+    assert json.loads(elsewhere.stdout) == results(workdir)
     smaller_batches = run_script("evaluate.py", f"--workdir={workdir}",
                                  "--config.eval_batch_size=500")
-    assert json.loads(smaller_batches)["eval/accuracy"] == json.loads(elsewhere.stdout)[
-        "eval/accuracy"]
+    assert json.loads(smaller_batches)["test/accuracy"] == json.loads(elsewhere.stdout)[
+        "test/accuracy"]
 
 
 def test_predict_polynomial_curve_in_natural_units(poly_run):
@@ -168,12 +170,12 @@ def test_tensorboard_reads_the_scalars_and_the_config(cnn_run):
         str(cnn_run), size_guidance={event_accumulator.SCALARS: 0, event_accumulator.TENSORS: 0})
     events.Reload()
     tags = events.Tags()
-    for tag in ("train/loss", "train/accuracy", "eval/loss", "eval/accuracy", "learning_rate",
+    for tag in ("train/loss", "train/accuracy", "val/loss", "val/accuracy", "learning_rate",
                 "steps_per_sec"):
         assert tag in tags["scalars"], tag
     assert [e.step for e in events.Scalars("train/loss")] == [50, 100, 150, 200]
-    final = json.loads((cnn_run / "results.json").read_text())["eval/accuracy"]
-    assert events.Scalars("eval/accuracy")[-1].value == pytest.approx(final)
+    final = json.loads((cnn_run / "results.json").read_text())["test/accuracy"]
+    assert events.Scalars("test/accuracy")[-1].value == pytest.approx(final)
     config_text = events.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
     assert json.loads(config_text)["model"]["name"] == "cnn"
 

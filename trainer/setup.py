@@ -6,6 +6,7 @@ from typing import Callable
 
 import jax
 import numpy as np
+from absl import logging
 
 import datasets
 from datasets.augment import Augment, normalized
@@ -221,10 +222,10 @@ def check_evaluated_splits(evaluations, dataset_of, asked=None):
                               f"from train ({setting('validation.fraction', 0.1)}).")
 
 
-def check_evaluated_during_training(config, steps_per_epoch, total_steps):
+def warn_unevaluated_during_training(config, steps_per_epoch, total_steps):
     """config.best_metric and config.early_stopping.metric compare evaluations: with schedules
-    of 0 there is only the final one, and neither would ever act. (A schedule longer than a short
-    trial run of a long config is fine: the final evaluation is then the best.)"""
+    of 0 there is only the final one, and neither acts, which a warning says (a shipped config's
+    best_metric with --config.eval_every_epochs=0 is such a run, and a fine one)."""
     for field in ("best_metric", "early_stopping.metric"):
         name = lookup(config, field)
         each = evals.evaluation_of(config, name) if name else None
@@ -232,12 +233,11 @@ def check_evaluated_during_training(config, steps_per_epoch, total_steps):
             continue
         every = (("eval_every_epochs", "eval_every_steps") if each.name == evals.LEGACY else
                  (f"evals.{each.name}.every_epochs", f"evals.{each.name}.every_steps"))
-        raise ConfigError(
-            f"config.{field}={name!r} compares evaluations, but config.{every[0]}="
-            f"{each.every_epochs} and {every[1].split('.')[-1]}={each.every_steps} "
-            f"evaluate only once, at the end of training: evaluate during "
-            f"it, e.g. {setting(every[1], max(1, total_steps // 10))}, or set "
-            f"{setting(field, '')}.")
+        logging.warning(
+            "config.%s=%r compares evaluations, but config.%s=%s and %s=%s evaluate only once, "
+            "at the end of training, so it acts on nothing: evaluate during it, e.g. %s, or set "
+            "%s.", field, name, every[0], each.every_epochs, every[1].split(".")[-1],
+            each.every_steps, setting(every[1], max(1, total_steps // 10)), setting(field, ""))
 
 
 def num_classes(dataset):
@@ -340,8 +340,6 @@ def build(config, training=True) -> Setup:
         raise ConfigError(f"config.batch_size={config.batch_size} is larger than the training split "
                           f"({dataset.num_train} examples). Use a batch size <= {dataset.num_train}.")
     total_steps = config.num_steps or config.num_epochs * steps_per_epoch
-    if training:
-        check_evaluated_during_training(config, steps_per_epoch, total_steps)
     if config.profile_steps and config.profile_steps[0] >= total_steps:
         raise ConfigError(f"config.profile_steps={tuple(config.profile_steps)} starts past the end "
                           f"of training ({total_steps} steps), so it would trace nothing. Give a "
@@ -369,4 +367,6 @@ def build(config, training=True) -> Setup:
         raise ConfigError("config.steps='fused' needs the training split in memory and no host "
                           "augmentation; this data set streams or is augmented. Use per_step or "
                           "auto.")
+    if training:  # after every check: a bad config is one line, this warning not before it
+        warn_unevaluated_during_training(config, steps_per_epoch, total_steps)
     return setup
