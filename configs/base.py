@@ -114,10 +114,10 @@ def chosen_on_validation(config, fraction=0.1):
     evaluated as `val` every config.eval_every_epochs, and the test split, `test`, evaluated once,
     at the end: results.json's best/test/... are the test figures of the model validation chose."""
     config.validation.fraction = fraction
-    # The metrics named, so that a flag can change them: --config.evals.val.metrics="('f1',)".
-    measured = ("loss", "accuracy")
+    # metrics declared, so that a flag can name them (--config.evals.val.metrics=loss,f1); None:
+    # the task's own.
     config.evals = ml_collections.ConfigDict(dict(
-        val=dict(split="validation", metrics=measured),
-        test=dict(split="test", every_steps=0, every_epochs=0, metrics=measured)))
+        val=dict(split="validation", metrics=placeholder(tuple)),
+        test=dict(split="test", every_steps=0, every_epochs=0, metrics=placeholder(tuple))))
     config.best_metric = "val/accuracy"
     return config

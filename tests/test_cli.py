@@ -77,9 +77,6 @@ BAD_INPUTS = [
     ([MNIST, "--config.dataset.data_dir={root}/truncated"], "train-labels-idx1-ubyte.gz is truncated"),
     # a fix as a flag here, as a keyword of api.fit in Python (BAD_VALUES below)
     ([XOR, "--config.task=classification"], "use e.g. --config.task=regression."),
-    ([XOR, "--config.best_metric=eval/loss", "--config.eval_every_steps=0",
-      "--config.select_on_test=True"],
-     "e.g. --config.eval_every_steps=100, or set --config.best_metric=''."),
     ([MNIST_MLP, "--config.dataset.data_dir={root}/digits", "--config.batch_size=16",
       "--config.model.features=(512, 512, 5)"], 'pass --config.model.features="(512, 512, 10)".'),
     # several hosts, asked for where there are none
@@ -112,7 +109,7 @@ BAD_VALUES = [
     # unknown names
     (XOR, {"model.activation": "swish"}, "activation='swish'"),
     (XOR, {"model.name": "cnn"}, "config.model.activation is not an argument of model 'cnn'"),
-    (MNIST, {"dataset.name": "xor", "batch_size": 4},
+    (MNIST, {"dataset.name": "xor", "batch_size": 2, "validation.fraction": 0.5},
      "config.model ('cnn') cannot take the inputs of data set"),
     (XOR, {"optimizer.name": "adagrid"}, "config.optimizer.name='adagrid' is not an optimizer"),
     (XOR, {"optimizer.schedule": "linear"}, "config.optimizer.schedule='linear' is invalid"),

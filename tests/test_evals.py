@@ -88,15 +88,17 @@ def test_a_resume_under_another_validation_split_is_refused(chosen):
 
 XOR = "configs/xor_mlp.py"
 TINY = dict(num_steps=10, plots=False)
+MNIST = dict(data_dir=str(MNIST_DIR))  # read before the evaluations are checked
 
 BAD = [
     (XOR, dict(best_metric="eval/loss"),
      "config.best_metric='eval/loss' would choose the model by the test split, whose figures are "
      "then no longer an honest estimate: carve a validation split from train "
      "(validation=dict(fraction=0.1))"),
-    ("configs/mnist_mlp.py", dict(evals=EVALS, best_metric="test/accuracy"),
+    ("configs/mnist_mlp.py", dict(evals=EVALS, best_metric="test/accuracy", dataset=MNIST),
      "config.best_metric='test/accuracy' would choose the model by the test split"),
-    ("configs/mnist_mlp.py", dict(evals=EVALS, early_stopping=dict(metric="val/f1")),
+    ("configs/mnist_mlp.py", dict(evals=EVALS, early_stopping=dict(metric="val/f1"),
+                                  dataset=MNIST),
      "config.early_stopping.metric='val/f1' is never logged: evaluation logs test/loss, "
      "test/accuracy, val/loss, val/accuracy."),
     (XOR, dict(validation=dict(fraction=1.5)), "config.validation.fraction=1.5 is invalid"),

@@ -23,6 +23,7 @@ from PIL import Image
 import user_code
 from conftest import MNIST_DIR, REPO, SUBSET, files, run_train
 from configs.base import get_base_config
+import datasets
 from datasets import (ArraySource, DataError, Dataset, array_record, augment, examples,
                       image_folder, mnist, scale_to_unit)
 from trainer import api, batching, input_pipeline, parts, setup

@@ -163,10 +163,11 @@ def test_a_source_defined_in_the_script_reaches_the_workers(tmp_path):
 
 
 def stalling_args(num_steps):
-    """A run on the stalling data: an evaluation of the test split every 4 steps."""
+    """A run on the stalling data: an evaluation of the validation and test splits every 4
+    steps."""
     return [*SMALL, "--config.dataset.name=stalling", f"--config.num_steps={num_steps}",
             "--config.eval_every_epochs=0", "--config.eval_every_steps=4",
-            "--config.eval_batch_size=8"]
+            "--config.evals.test.every_steps=4", "--config.eval_batch_size=8"]
 
 
 @pytest.fixture(scope="module")
@@ -280,10 +281,10 @@ def test_sigterm_during_a_streamed_evaluation_stops_and_the_resume_evaluates_fir
     assert code == 128 + signal.SIGTERM and seconds < 3, (code, seconds, stderr[-3000:])
     assert "Stopped by SIGTERM at step 4, with a checkpoint saved" in stderr, stderr[-3000:]
     assert (tmp_path / "run" / "checkpoints" / "4").is_dir()
-    assert "eval/accuracy" not in stderr and "Traceback" not in stderr
+    assert "test/accuracy" not in stderr and "Traceback" not in stderr
     resumed = resumed_history(tmp_path, num_steps)
     assert resumed == never_stopped(num_steps)
-    assert [row["step"] for row in resumed if "eval/accuracy" in row] == (
+    assert [row["step"] for row in resumed if "test/accuracy" in row] == (
         list(range(4, num_steps + 1, 4)))
 
 

@@ -325,7 +325,6 @@ def build(config, training=True) -> Setup:
     parallel.check_batch_size("eval_batch_size", config.eval_batch_size)
     check_grad_accum(config)
     task = build_task(config.task)
-    evals.check_selection(config, lambda each: metrics.of_evaluation(task, each))
     if training:
         find_writers(config.writers)
     dataset, validation_split = with_validation(build_dataset(config.dataset), config.validation)
@@ -357,6 +356,7 @@ def build(config, training=True) -> Setup:
             f"{config.dataset.name!r}, of shape {tuple(example_inputs.shape[1:])}: "
             f"{type(e).__name__}: {str(e).splitlines()[0]}") from e
     check_outputs(config, task, dataset, state, first)
+    evals.check_selection(config, lambda each: metrics.of_evaluation(task, each))
     frozen_parameters(config.optimizer, state.params)  # checked
     measured = {each.metrics: metrics.of_evaluation(task, each)
                 for each in evals.evaluations(config)}
