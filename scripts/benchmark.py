@@ -134,6 +134,8 @@ def framework_run(config, epochs, steps, steps_per_epoch):
     config.steps, config.num_epochs, config.num_steps = steps, epochs, 0
     config.plots, config.log_every_steps = False, steps_per_epoch  # each epoch's log times it
     config.checkpoint_every_steps = 10**9  # at the end only
+    # As the hand loop trains: on all of train, the test split evaluated at the end, no selection.
+    config.validation.fraction, config.evals, config.best_metric = 0.0, {}, ""
     with tempfile.TemporaryDirectory() as workdir:
         metrics = train_and_evaluate(config, workdir).final
         with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
@@ -401,6 +403,10 @@ def evaluation_cost(config, repeats):
     return result
 
 
+# train.py as the hand loop trains: on all of train, the test split evaluated at the end.
+AS_THE_HAND_LOOP = ["--config.validation.fraction=0", "--config.evals={}", "--config.best_metric="]
+
+
 def whole_commands(config_args, epochs, repeats):
     """Alternating, so that the machine's drift falls on all alike."""
     plain_env = {name: value for name, value in os.environ.items()
@@ -412,7 +418,7 @@ def whole_commands(config_args, epochs, repeats):
     with tempfile.TemporaryDirectory() as cache:
         runs = {
             "train.py": ([sys.executable, str(SCRIPTS / "train.py"), *config_args,
-                          f"--config.num_epochs={epochs}"],
+                          f"--config.num_epochs={epochs}", *AS_THE_HAND_LOOP],
                          {**plain_env, "JAX_COMPILATION_CACHE_DIR": cache}),
             "hand-written loop": (hand_loop_command, plain_env),
             "hand-written loop, framework's malloc settings": (

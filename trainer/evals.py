@@ -48,11 +48,13 @@ FIELDS = [field.name for field in dataclasses.fields(Evaluation) if field.name !
 
 
 def evaluations(config):
-    """The run's evaluations, by name (a ConfigDict keeps its fields sorted); a ConfigError names
-    a bad one."""
-    if not config.get("evals"):
+    """The run's evaluations, by name (a ConfigDict keeps its fields sorted), but those set to
+    None (--config.evals.val=None); a ConfigError names a bad one."""
+    named = {name: fields for name, fields in (config.get("evals") or {}).items()
+             if fields is not None}
+    if not named:  # --config.evals={} too
         return (Evaluation(LEGACY, "test", config.eval_every_steps, config.eval_every_epochs),)
-    return tuple(evaluation(config, name, fields) for name, fields in config.evals.items())
+    return tuple(evaluation(config, name, fields) for name, fields in named.items())
 
 
 def evaluation(config, name, fields):
