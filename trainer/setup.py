@@ -1,6 +1,7 @@
 """What a config builds before any file is touched: devices, data, model, task, optimizer and a
 fresh state. Training, evaluate.py, predict.py and plot.py all start here."""
 import dataclasses
+import functools
 import hashlib
 from typing import Callable
 
@@ -73,8 +74,9 @@ class Setup:
                                             augment=self.augment, **self.pipeline_settings(),
                                             **order)
 
-    @property
+    @functools.cached_property
     def evaluations(self):
+        """The config's, read once: the loop asks at every boundary which are due."""
         return evals.evaluations(self.config)
 
     def check_splits(self, evaluations, asked=None):
