@@ -7,7 +7,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0  # parameters, dropout and the data order all follow from it
     # Parts are found by name: one that ships, or "module:name" of your own (README, "Your own parts").
-    config.task = "classification"  # classification | regression | binary_regression
+    config.task = "classification"  # | regression | binary_regression | language_model
     config.model = ml_collections.ConfigDict({"name": "mlp"})  # other fields go to the constructor
     # A field that is None is not given to the part: its own default applies. These are declared
     # so that the command line can set them (docs/data.md says which data set takes which).

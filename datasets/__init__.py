@@ -58,6 +58,11 @@ class Dataset:
     # A split of the data set's own for choosing the model (a TFDS `validation`, a `val/`
     # folder); else config.validation.fraction carves one from train (trainer/setup.py).
     validation: Union[Split, None] = None
+    tokenizer: object = None  # text data sets' (datasets/tokenizers.py): vocabulary, decoding
+    # (seed, epoch) -> the training rows of that epoch in order, as many as train has: for data
+    # that orders its own (a mixture of sources by weight, datasets/text.py). None: a permutation
+    # drawn from (seed, epoch) (trainer/batching.py).
+    order: Union[Callable, None] = None
 
     @property
     def num_train(self) -> int:

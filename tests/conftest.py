@@ -58,7 +58,8 @@ def train(workdir, mnist_dir, num_devices, *args, base=SMALL_CNN):
 def history(workdir):
     """The logged metrics, less the wall-clock speed."""
     lines = (workdir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "steps_per_sec"} for line in lines]
+    return [{k: v for k, v in json.loads(line).items() if not k.endswith("_per_sec")}
+            for line in lines]
 
 
 def logged(workdir):

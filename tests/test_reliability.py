@@ -51,7 +51,7 @@ def tensorboard_scalars(workdir):
     events = event_accumulator.EventAccumulator(str(workdir), size_guidance={"scalars": 0})
     events.Reload()
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
-            for tag in events.Tags()["scalars"] if tag != "steps_per_sec"}
+            for tag in events.Tags()["scalars"] if not tag.endswith("_per_sec")}
 
 
 def config_texts(workdir):

@@ -49,7 +49,7 @@ import numpy as np  # pylint: disable=wrong-import-position
 import optax  # pylint: disable=wrong-import-position
 
 import datasets  # pylint: disable=wrong-import-position
-from trainer import configuration, evals, evaluation, inference, loop  # pylint: disable=wrong-import-position
+from trainer import configuration, evals, evaluation, generation, inference, loop  # pylint: disable=wrong-import-position
 from trainer import input_pipeline, parts, record, session  # pylint: disable=wrong-import-position
 from trainer.fingerprint import fingerprint  # pylint: disable=wrong-import-position
 from trainer.errors import ConfigError, WorkdirError, argument, setting  # pylint: disable=wrong-import-position
@@ -149,6 +149,19 @@ class Run:
         setup.check_splits(due, lambda each: argument("split", each.split))
         scalars, arrays = evaluation.evaluate_state(setup, self.state, due)
         return {**scalars, **arrays}
+
+    def generate(self, prompts, max_new_tokens=200, *, temperature=1.0, top_k=0, top_p=1.0,
+                 seed=0, ema=False):
+        """The text a language model writes after each prompt (a list of strings; one string for
+        one prompt): sampled at `temperature` (0: greedy) from the `top_k` most likely tokens
+        (0: all) and the `top_p` of the probability, until the end of a document or
+        `max_new_tokens`; the same seed gives the same text (trainer/generation.py)."""
+        single = isinstance(prompts, str)
+        texts = generation.complete(self.with_ema(ema), self.setup.dataset,
+                                    [prompts] if single else list(prompts),
+                                    max_new_tokens=max_new_tokens, temperature=temperature,
+                                    top_k=top_k, top_p=top_p, seed=seed)
+        return texts[0] if single else texts
 
     def predict(self, inputs, ema=False):
         """The model's outputs for raw `inputs` (as the data set stores them), in natural units."""

@@ -12,18 +12,21 @@ import numpy as np
 
 
 @functools.lru_cache(maxsize=2)
-def epoch_order(seed, epoch, num_examples):
-    """The permutation of the training split in `epoch`."""
+def epoch_order(seed, epoch, num_examples, order=None):
+    """The training split's rows in `epoch`: a permutation, or `order(seed, epoch)` where the
+    data set orders its own (datasets.Dataset.order: a mixture's weighted interleaving)."""
+    if order is not None:
+        return np.asarray(order(seed, epoch), np.int32)
     return np.random.default_rng([seed, epoch]).permutation(num_examples).astype(np.int32)
 
 
 def train_indices(step, *, seed, num_examples, batch_size, steps_per_epoch, process_index=0,
-                  process_count=1):
+                  process_count=1, order=None):
     """(epoch, the indices of this process's rows of the global batch of `step`)."""
     epoch, step_in_epoch = divmod(step, steps_per_epoch)
     rows = batch_size // process_count
     start = step_in_epoch * batch_size + process_index * rows
-    return epoch, epoch_order(seed, epoch, num_examples)[start:start + rows]
+    return epoch, epoch_order(seed, epoch, num_examples, order)[start:start + rows]
 
 
 def eval_indices(num_examples, batch_size, process_index=0, process_count=1):

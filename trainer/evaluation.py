@@ -228,7 +228,8 @@ def write_figures(setup, state, workdir, suffix=""):
     from trainer import plots  # pylint: disable=g-import-not-at-top  (matplotlib: only here)
     test = setup.dataset.test
     test = datasets.examples(test, range(min(datasets.num_examples(test), FIGURE_EXAMPLES)))
-    outputs = outputs_on(setup, state, test["inputs"])
+    drawn = plots.prediction_figure(setup.task, test)
+    outputs = outputs_on(setup, state, test["inputs"]) if drawn else None
     if jax.process_index() != 0:
         return []
     return plots.plot_all(workdir, setup.task, test, outputs, setup.dataset.decode_outputs, suffix)

@@ -15,11 +15,12 @@ import time
 from typing import NamedTuple
 
 import jax
+import numpy as np
 from absl import logging
 from clu import parameter_overview
 
 from datasets import DataError
-from trainer import evaluation, finetune, input_pipeline, optim, record, sharding
+from trainer import evaluation, finetune, generation, input_pipeline, optim, record, sharding
 from trainer.checkpoint import CheckpointMismatch, Checkpoints
 from trainer.early_stopping import EarlyStopping
 from trainer.errors import (SPOKEN, NonFiniteError, Stopped, StorageError, WorkdirError,
@@ -373,6 +374,22 @@ def how_to_resume(config, workdir):
             f"again would start another run beside it.")
 
 
+def write_samples(config, setup, state, writer, step):
+    """A language model's text after each of config.samples.prompts, written at an evaluation
+    (console, TensorBoard, metrics.jsonl), each step's with a key of its own."""
+    samples = config.get("samples")
+    if not (samples and samples.prompts and setup.dataset.tokenizer is not None):
+        return
+    texts = generation.complete(
+        state, setup.dataset, list(samples.prompts), max_new_tokens=samples.max_new_tokens,
+        temperature=samples.temperature, top_k=samples.top_k, top_p=samples.top_p,
+        seed=int(np.random.SeedSequence([config.seed, step]).generate_state(1)[0]))
+    text = "\n\n".join(prompt + sample for prompt, sample in zip(samples.prompts, texts))
+    if jax.process_index() == 0:
+        logging.info("Samples at step %d:\n%s", step, text)
+    writer.write_text(step, "samples", text)
+
+
 def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping, loop_values):
     """Steps from `step` to the end, or to an early stop; returns (state in checkpoint form, the
     step reached, the final evaluation's scalars). `loop_values`: those of the checkpoint resumed
@@ -439,6 +456,7 @@ def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping
             with writing("drawing the confusion matrices"):
                 writer.write_images(at, confusion_pictures(workdir, arrays))
         progress.show(at, scalars, evaluation=True)
+        write_samples(config, setup, parallel.to_checkpoint_form(state), writer, at)
         last_log_time += time.perf_counter() - eval_start  # not training speed
         return scalars, early_stopping.update(at, scalars)
 
@@ -480,6 +498,9 @@ def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping
                     if setup.learning_rate is not None:  # None: an optimizer given built
                         scalars["learning_rate"] = setup.learning_rate(step - 1)
                     scalars["steps_per_sec"] = steps_per_sec
+                    if "train/tokens" in scalars:  # a language model's real tokens (tasks.Tokens)
+                        scalars["tokens_per_sec"] = scalars.pop("train/tokens") / (
+                            now - last_log_time)
                     skipped = check_finite(config, state, parallel, checkpoints, step)
                     if skipped:
                         scalars["train/nonfinite_updates"] = skipped

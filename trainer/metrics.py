@@ -4,7 +4,9 @@ Each metric is computed on the device from the batch's outputs, targets and mask
 merged over batches, devices and processes by clu (every example counted once, padding never),
 and finished on the host into the figures people read:
 
-    every task        loss, and a Task's own per-example metrics (Task.metrics)
+    every task        loss, and a Task's own per-example metrics and summaries (Task.metrics,
+                      Task.summaries: the language model's accuracy, perplexity, bits_per_byte
+                      and tokens, over its real tokens)
     classification    accuracy, top<k>_accuracy (top5_accuracy: the label among the k highest
                       outputs), per_class_accuracy (the recall of each class, a row each:
                       `val/per_class_accuracy/3`), precision, recall, f1 (macro: the mean over
@@ -51,7 +53,8 @@ TOP_K = re.compile(r"top(\d+)_accuracy$")
 def default_names(task):
     """What an evaluation measures unless it says: the loss, accuracy for a classifier, and the
     task's own metrics."""
-    return ("loss", *(["accuracy"] if task.classes else []), *dict(task.metrics))
+    return ("loss", *(["accuracy"] if task.classes else []), *dict(task.metrics),
+            *dict(task.summaries))
 
 
 def of_evaluation(task, evaluation):
@@ -161,13 +164,17 @@ class Metrics:
         if self.is_part(name):
             return self.parts[name]
         top_k = TOP_K.match(name)
-        known = ("loss", *dict(self.task.metrics), *(CLASS_METRICS if self.task.classes else ()),
-                 *(REGRESSION_METRICS if not self.task.classes else ()))
+        tokens = self.task.weights is not None  # a language model's: none of examples
+        known = ("loss", *dict(self.task.metrics), *dict(self.task.summaries),
+                 *(CLASS_METRICS if self.task.classes else ()),
+                 *(REGRESSION_METRICS if not (self.task.classes or tokens) else ()))
         if name in known or (top_k and self.task.classes and int(top_k.group(1)) > 0):
             return None
         other = REGRESSION_METRICS if self.task.classes else CLASS_METRICS
-        why = (f"it is a {'regression' if self.task.classes else 'classification'} metric and "
-               f"this task is {'' if self.task.classes else 'not '}a classifier"
+        why = ("it is a metric of examples and this task's are of tokens" if tokens and (
+            name in CLASS_METRICS + REGRESSION_METRICS or top_k)
+               else f"it is a {'regression' if self.task.classes else 'classification'} metric "
+                    f"and this task is {'' if self.task.classes else 'not '}a classifier"
                if name in other or top_k else "there is no such metric")
         raise ConfigError(f"{self.where}: {name!r}: {why}; give some of "
                           f"{listed([*known, *(['top5_accuracy'] if self.task.classes else [])])}, "
@@ -193,13 +200,14 @@ class Metrics:
         """The batch's device metrics, a clu Collection; with `axis_name` (pmap), gathered over
         the devices."""
         values = dict(outputs=outputs, targets=targets, loss=per_example_loss,
-                      mask=mask.astype(bool))
+                      mask=self.task.counted(targets, mask.astype(bool)))
         wanted = set(self.names)
         metrics = {"loss": clu_metrics.Average.from_output("loss")}
         for name, metric in self.task.metrics:
             if name in wanted:
                 values[name] = metric(outputs, targets)
                 metrics[name] = clu_metrics.Average.from_output(name)
+        metrics.update({name: summary for name, summary in self.task.summaries if name in wanted})
         if self.task.classes:
             values["predictions"] = self.task.predict(outputs)
             values["classes"] = outputs.shape[-1] if outputs.shape[-1] > 1 else 2

@@ -21,6 +21,10 @@ model sows. A parameter's name is its path, `params/Conv_0/kernel` (linen) or NN
 `params/conv1/kernel`, `params/layers/0/kernel`: the one name sharding rules, optimizer.frozen,
 init_from_regex, the parameter table and checkpoints use.
 
+Inputs are an array, or a dict with "tokens" (a language model's, datasets/text.py): the tokens
+are the first argument, and each other entry (`segment_ids`, `positions`, a generation's `cache`)
+goes by keyword to a __call__ that takes it, so a sequence model takes what it wants of them.
+
 Modes and randomness are the trainer's: `train` is True in the train step only (dropout on,
 batch statistics), False in evaluation, prediction and the figures. Linen models get `train=`,
 `training=` or `deterministic=` as their __call__ asks; an NNX model is put in that mode
@@ -70,6 +74,22 @@ def mode_argument(call):
     return next((name for name in MODE_ARGUMENTS if name in parameters), None)
 
 
+def taken_inputs(call):
+    """(argument name -> whether it is taken) of a model's __call__, for `split_inputs`."""
+    parameters = inspect.signature(call).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+        return None  # takes every keyword
+    return frozenset(parameters)
+
+
+def split_inputs(inputs, taken):
+    """(positional, keyword) arguments of the inputs, for a __call__ taking `taken` (None: any)."""
+    if not (isinstance(inputs, dict) and "tokens" in inputs):
+        return (inputs,), {}
+    return (inputs["tokens"],), {name: value for name, value in inputs.items()
+                                 if name != "tokens" and (taken is None or name in taken)}
+
+
 def mode_keywords(argument, train):
     if argument is None:
         return {}
@@ -84,10 +104,12 @@ class LinenModel:
     def __init__(self, module):
         self.module = module
         self.mode_argument = mode_argument(type(module).__call__)
+        self.taken = taken_inputs(type(module).__call__)
 
     def variables(self, params_key, dropout_key, example_inputs):
         """linen's init, boxed where the model annotates sharding (nn.with_partitioning)."""
-        return self.module.init({"params": params_key, "dropout": dropout_key}, example_inputs,
+        args, keywords = split_inputs(example_inputs, self.taken)
+        return self.module.init({"params": params_key, "dropout": dropout_key}, *args, **keywords,
                                 **mode_keywords(self.mode_argument, False))
 
     def init(self, params_key, dropout_key, example_inputs):
@@ -97,19 +119,22 @@ class LinenModel:
 
     def apply(self, params, model_state, inputs, train, dropout_key=None):
         variables = {"params": params, **model_state}
-        mode = mode_keywords(self.mode_argument, train)
+        args, keywords = split_inputs(inputs, self.taken)
+        keywords.update(mode_keywords(self.mode_argument, train))
         if not train:
-            return self.module.apply(variables, inputs, **mode), model_state
-        outputs, updates = self.module.apply(variables, inputs, rngs={"dropout": dropout_key},
-                                             mutable=list(model_state), **mode)
+            return self.module.apply(variables, *args, **keywords), model_state
+        outputs, updates = self.module.apply(variables, *args, rngs={"dropout": dropout_key},
+                                             mutable=list(model_state), **keywords)
         return outputs, {**model_state, **updates}
 
     def annotations(self, example_inputs):
         key = jax.random.PRNGKey(0)
         boxed = jax.eval_shape(self.variables, key, key, example_inputs).get("params", {})
         specs = nn.get_partition_spec(boxed)
+        # Named unboxed: a boxed leaf's path ends in the box's own `value`.
         return {name: spec for name, spec in zip(
-            parameter_names(boxed), jax.tree.leaves(specs, is_leaf=is_spec)) if spec}
+            parameter_names(nn.meta.unbox(boxed)), jax.tree.leaves(specs, is_leaf=is_spec))
+            if spec}
 
 
 def is_spec(x):
@@ -132,8 +157,10 @@ class NnxModel:
                           for path, v in nnx.to_flat_state(state) if collection(v)}
         self.random = [(path, v) for path, v in nnx.to_flat_state(state)
                        if isinstance(v, nnx.RngState)]
+        self.abstract = abstract  # its plain methods serve (the transformer's init_cache)
         call = type(abstract).__call__
         self.mode_argument = mode_argument(call)
+        self.taken = taken_inputs(call)
         self.takes_rngs = "rngs" in inspect.signature(call).parameters
         self.specs = {"params/" + "/".join(strings): spmd.get_var_pspec(v)
                       for (kind, strings), (_, v) in self.variables.items() if kind == "params"}
@@ -174,8 +201,11 @@ class NnxModel:
                 path, variable = self.variables[kind, strings]
                 flat.append((path, variable.replace(value)))
         for path, variable in self.random:  # streams stored in the model (nnx.Dropout(rngs=...))
+            # Keyed by the stream's path too: two layers' streams of one tag draw apart.
+            where = zlib.crc32("/".join(map(str, path)).encode())
             flat.append((path, variable.replace(
-                jax.random.wrap_key_data(jax.random.fold_in(key, zlib.crc32(variable.tag.encode())))
+                jax.random.wrap_key_data(jax.random.fold_in(jax.random.fold_in(
+                    key, zlib.crc32(variable.tag.encode())), where))
                 if isinstance(variable, nnx.RngKey) else jnp.zeros((), jnp.uint32))))
         return nnx.merge(self.graphdef, nnx.from_flat_state(flat))
 
@@ -191,10 +221,11 @@ class NnxModel:
         modes = dict(deterministic=not train, use_running_average=not train)
         module = nnx.view(self.module(params, model_state, key), raise_if_not_found=False, **modes)
         module.set_attributes(raise_if_not_found=False, **modes)
-        keywords = mode_keywords(self.mode_argument, train)
+        args, keywords = split_inputs(inputs, self.taken)
+        keywords.update(mode_keywords(self.mode_argument, train))
         if train and self.takes_rngs:  # the tutorial's style: __call__(x, rngs=None)
             keywords["rngs"] = nnx.Rngs(dropout=key)
-        outputs = module(inputs, **keywords)
+        outputs = module(*args, **keywords)
         if not train:
             return outputs, model_state
         new = self.carried(nnx.state(module))
@@ -204,6 +235,18 @@ class NnxModel:
     def annotations(self, example_inputs):
         del example_inputs  # read from the variables as built
         return {name: spec for name, spec in self.specs.items() if spec}
+
+
+def module_of(model):
+    """The user's module of a Model (an NNX one abstract: its fields and plain methods only)."""
+    return model.module if isinstance(model, LinenModel) else model.abstract
+
+
+def empty_cache(model, batch_size, length):
+    """A sequence model's key-value cache for generation, as its `init_cache(batch_size, length)`
+    makes it (models/transformer.py); None for a model without one (recomputed each token)."""
+    make = getattr(module_of(model), "init_cache", None)
+    return None if make is None else make(batch_size, length)
 
 
 def collection(variable):

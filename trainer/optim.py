@@ -14,24 +14,30 @@ import jax
 import optax
 
 from trainer import parts
-from trainer.errors import ConfigError, listed
+from trainer.errors import ConfigError, listed, setting
 from trainer.model import map_parameters, parameter_names
 
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "step")
 # The trainer's own fields of config.optimizer; the rest go to the optimizer.
 TRAINER_FIELDS = ("name", "learning_rate", "schedule", "warmup_steps", "decay_every_epochs",
-                  "decay_rate", "grad_clip_norm", "weight_decay", "frozen")
+                  "decay_rate", "grad_clip_norm", "weight_decay", "frozen", "end_learning_rate")
 
 
 def create_schedule(config, steps_per_epoch, total_steps):
     lr = config.learning_rate
+    end = config.get("end_learning_rate") or 0.0  # where the cosines end (a config may set it)
     if config.schedule == "constant":
         return optax.constant_schedule(lr)
     if config.schedule == "cosine":
-        return optax.cosine_decay_schedule(lr, decay_steps=total_steps)
+        return optax.cosine_decay_schedule(lr, decay_steps=total_steps, alpha=end / lr)
     if config.schedule == "warmup_cosine":
+        if not 0 <= config.warmup_steps < total_steps:
+            raise ConfigError(
+                f"config.optimizer.warmup_steps={config.warmup_steps} leaves no step of the "
+                f"cosine: the run has {total_steps} steps. Warm up over fewer "
+                f"({setting('optimizer.warmup_steps', total_steps // 10)}) or train longer.")
         return optax.warmup_cosine_decay_schedule(
-            0.0, lr, warmup_steps=config.warmup_steps, decay_steps=total_steps)
+            0.0, lr, warmup_steps=config.warmup_steps, decay_steps=total_steps, end_value=end)
     # "step": multiply by decay_rate every decay_every_epochs epochs
     return optax.exponential_decay(lr, transition_steps=config.decay_every_epochs * steps_per_epoch,
                                    decay_rate=config.decay_rate, staircase=True)

@@ -38,12 +38,12 @@ class Kind:
         return f"{self.noun.split(' ', 1)[1]} {name!r}"
 
 
-MODEL = Kind("a model", "config.model.name", "models", "Model", "'mlp', 'cnn', 'nnx_cnn'",
-             "model")
+MODEL = Kind("a model", "config.model.name", "models", "Model",
+             "'mlp', 'cnn', 'nnx_cnn', 'transformer', 'nnx_transformer'", "model")
 DATASET = Kind("a data set", "config.dataset.name", "datasets", "load",
-               "'mnist', 'xor', 'polynomial'", "dataset")
+               "'mnist', 'xor', 'polynomial', 'text'", "dataset")
 TASK = Kind("a task", "config.task", "trainer.tasks", None,
-            "'classification', 'regression', 'binary_regression'", "task")
+            "'classification', 'regression', 'binary_regression', 'language_model'", "task")
 OPTIMIZER = Kind("an optimizer", "config.optimizer.name", "optax", None,
                  "any Optax optimizer by its name ('sgd', 'adam', 'adamw', 'lamb', 'lion', ...)",
                  "optimizer")

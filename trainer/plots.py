@@ -136,19 +136,32 @@ def plot_misclassified(workdir, images, labels, predicted, suffix="", count=25, 
     return save(figure, workdir, f"misclassified{suffix}.png")
 
 
+def prediction_figure(task, test):
+    """Which figure of predictions fits the task and the test split: "confusion" (a class label
+    an example), "regression" (a value of one input), or None (nothing to draw of outputs)."""
+    inputs, targets = test["inputs"], test["targets"]
+    if task.classes and targets.reshape(len(targets), -1).shape[1] == 1:
+        return "confusion"
+    if not task.classes and inputs.ndim == 2 and inputs.shape[1] == 1 and targets.ndim == 2:
+        return "regression"
+    return None
+
+
 def plot_all(workdir, task, test, outputs, decode_outputs, suffix=""):
     """Every figure that fits the run's task, given the test split and the model's `outputs` on it
-    (in natural units); returns the paths written. `suffix`: of the figures of `outputs`."""
+    (in natural units; None where prediction_figure is None); returns the paths written.
+    `suffix`: of the figures of `outputs`."""
     paths = [plot_curves(workdir)] if os.path.exists(os.path.join(workdir, "metrics.jsonl")) else []
     inputs, targets = test["inputs"], np.asarray(decode_outputs(test["targets"]))
     count = len(targets)
-    if task.classes and targets.reshape(count, -1).shape[1] == 1:  # one class label an example
+    figure = prediction_figure(task, test)
+    if figure == "confusion":
         labels = targets.reshape(count).astype(int)
         predicted = np.asarray(task.predict(outputs)).reshape(count).astype(int)
         num_classes = max(outputs.shape[-1], 2, labels.max() + 1, predicted.max() + 1)
         paths.append(plot_confusion_matrix(workdir, labels, predicted, num_classes, suffix))
         if inputs.ndim == 4:  # images, NHWC
             paths.append(plot_misclassified(workdir, inputs, labels, predicted, suffix))
-    elif not task.classes and inputs.ndim == 2 and inputs.shape[1] == 1 and targets.ndim == 2:
+    elif figure == "regression":
         paths.append(plot_regression(workdir, inputs, targets, outputs, suffix))
     return paths

@@ -70,7 +70,7 @@ class FusedSteps:
 
     def __init__(self, config, setup):
         parallel, dataset = setup.parallel, setup.dataset
-        self.parallel, self.seed = parallel, config.seed
+        self.parallel, self.seed, self.data_order = parallel, config.seed, dataset.order
         self.steps_per_epoch = setup.steps_per_epoch
         self.num_examples = datasets.num_examples(dataset.train)  # the host's: pmap adds an axis
         self.data = parallel.put_replicated(dataset.train)
@@ -88,7 +88,7 @@ class FusedSteps:
         epoch = step // self.steps_per_epoch
         if epoch != self.epoch:  # chunks never cross an epoch's end
             self.epoch, self.order = epoch, self.parallel.put_replicated(batching.epoch_order(
-                self.seed, epoch, self.num_examples))
+                self.seed, epoch, self.num_examples, self.data_order))
         count = min(boundary - step, self.chunk)
         start = time.perf_counter()
         state, metrics = self.steps(state, self.data, self.order, metrics, step, count)

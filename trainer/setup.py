@@ -14,7 +14,7 @@ from datasets.augment import Augment, normalized
 from trainer import batching, evals, finetune, input_pipeline, metrics, parts
 from trainer.config_check import is_int, lookup, validate_config
 from trainer.errors import ConfigError, setting
-from trainer.model import build as build_model
+from trainer.model import build as build_model, module_of
 from trainer.optim import create_optimizer, frozen_parameters
 from trainer.parallel import Parallel
 from trainer.state import TrainState, create_train_state
@@ -65,7 +65,7 @@ class Setup:
         arrays), for the per-step path."""
         order = dict(seed=self.config.seed, batch_size=self.config.batch_size,
                      steps_per_epoch=self.steps_per_epoch, process_index=jax.process_index(),
-                     process_count=jax.process_count())
+                     process_count=jax.process_count(), order=self.dataset.order)
         train = self.dataset.train
         if not self.streams:
             return batching.train_batches(train, start_step, self.total_steps, **order)
@@ -201,6 +201,10 @@ def with_validation(dataset, validation):
     if dataset.validation is not None:
         raise ConfigError(f"{field}: the data set has a validation split of its own; carve none "
                           f"({setting('validation.fraction', 0.0)}) and its own is used.")
+    if dataset.order is not None:
+        raise ConfigError(f"{field}: this data set orders its training rows itself (a mixture), "
+                          f"so none can be carved from them; hold out validation data of its own "
+                          f"and set {setting('validation.fraction', 0.0)}.")
     count = dataset.num_train
     held = datasets.validation_indices(count, fraction, validation.seed)
     if not 0 < len(held) < count:
@@ -266,6 +270,20 @@ def output_fix(model_config, outputs, wanted):
             flags[field] = setting(f"model.{field}", wanted)
     fitting = [f for f in flags if "class" in f or "out" in f] or list(flags)
     return f"pass {flags[fitting[0]]}" if len(fitting) == 1 else f"give the model {wanted} outputs"
+
+
+def check_sequence_length(model, inputs):
+    """Sequences no longer than the model is made for (its field `max_len`, where it has one)."""
+    longest = getattr(module_of(model), "max_len", None)
+    if not (isinstance(inputs, dict) and "tokens" in inputs and is_int(longest)):
+        return
+    length = inputs["tokens"].shape[-1]
+    if length > longest:
+        raise ConfigError(
+            f"the data set's sequences are {length} tokens long and config.model.max_len="
+            f"{longest}: give sequences of at most {longest} tokens "
+            f"({setting('dataset.seq_len', longest)}) or a model made for longer ones "
+            f"({setting('model.max_len', length)}).")
 
 
 def check_outputs(config, task, dataset, state, first):
@@ -347,15 +365,17 @@ def build(config, training=True) -> Setup:
                           f"start below {total_steps}.")
     tx, learning_rate = create_optimizer(config.optimizer, steps_per_epoch, total_steps)
     example_inputs = dataset.prepare_inputs(first["inputs"])
+    check_sequence_length(model, example_inputs)
     try:
         state = create_train_state(model, tx, example_inputs, config.seed,
                                    parallel.state_shardings, ema=config.ema_decay > 0)
     except ConfigError:  # of the sharding rules
         raise
     except Exception as e:  # pylint: disable=broad-except
+        shapes = jax.tree.map(lambda x: tuple(x.shape[1:]), example_inputs)
         raise ConfigError(
             f"config.model ({config.model.name!r}) cannot take the inputs of data set "
-            f"{config.dataset.name!r}, of shape {tuple(example_inputs.shape[1:])}: "
+            f"{config.dataset.name!r}, of shape {shapes}: "
             f"{type(e).__name__}: {str(e).splitlines()[0]}") from e
     check_outputs(config, task, dataset, state, first)
     evals.check_selection(config, lambda each: metrics.of_evaluation(task, each))

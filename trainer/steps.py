@@ -34,16 +34,28 @@ def train_step(state: TrainState, batch, *, task, prepare_inputs, nonfinite="sto
     no later one is applied either, since the run stops at the first.
     `ema_decay` > 0: state.ema_params follows the parameters as their moving average.
     `state_sharding` (jit): the new state is kept where the old one was (sharded or replicated),
-    inside a fused loop too, so that XLA never moves it between steps."""
+    inside a fused loop too, so that XLA never moves it between steps.
+    A task of tokens (Task.weights) is one mean over the counted tokens of the whole global batch:
+    each microbatch and device adds its tokens' summed loss over that global count, and their
+    gradients are summed, not averaged (a mean of means would weigh a row of few real tokens as
+    much as a full one)."""
     dropout_key = jax.random.fold_in(state.rng, state.step)
     if axis_name:  # each device drops out its own share of the batch
         dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
+    by_tokens = task.weights is not None
+    if by_tokens:
+        counted = task.weights(batch["targets"]).astype(jnp.float32).sum()
+        if axis_name:
+            counted = jax.lax.psum(counted, axis_name)
+        counted = jnp.maximum(counted, 1.0)
 
     def loss_fn(params, model_state, batch, key):
         outputs, model_state = state.model.apply(params, model_state,
                                                  prepare_inputs(batch["inputs"]), True, key)
         per_example_loss = task.loss(outputs, batch["targets"])
-        return per_example_loss.mean(), (outputs, per_example_loss, model_state)
+        objective = ((per_example_loss * task.weights(batch["targets"])).sum() / counted
+                     if by_tokens else per_example_loss.mean())
+        return objective, (outputs, per_example_loss, model_state)
 
     gradients = jax.grad(loss_fn, has_aux=True)
     if grad_accum_steps == 1:
@@ -60,10 +72,11 @@ def train_step(state: TrainState, batch, *, task, prepare_inputs, nonfinite="sto
         (grads_sum, model_state, _), (outputs, per_example_loss) = jax.lax.scan(
             accumulate, (zeros, state.model_state, 0), microbatches(batch, grad_accum_steps),
             unroll=unroll_accumulation)
-        grads = jax.tree.map(lambda g: g / grad_accum_steps, grads_sum)
+        grads = grads_sum if by_tokens else jax.tree.map(lambda g: g / grad_accum_steps,
+                                                         grads_sum)
         outputs, per_example_loss = whole_batch((outputs, per_example_loss))
     if axis_name:
-        grads = jax.lax.pmean(grads, axis_name)
+        grads = (jax.lax.psum if by_tokens else jax.lax.pmean)(grads, axis_name)
         # Each device updated its statistics from its own share of the batch (unless the model
         # reduces them over `axis_name` itself): their mean keeps the state replicated.
         model_state = jax.tree.map(

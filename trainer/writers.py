@@ -90,7 +90,8 @@ class Jsonl:
         self.file.flush()
 
     def write_text(self, step, tag, text):
-        del step, tag, text  # config.json holds the config
+        if tag != "config":  # config.json holds the config; a language model's samples go here
+            self.write_scalars(step, {tag: text})
 
     def close(self):
         self.file.close()
