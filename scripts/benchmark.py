@@ -40,6 +40,10 @@ For a classification config. Three measurements, each a JSON section and a table
               starts with another way. The median ms an evaluation each way and the ratios
               loss_accuracy / today and all_metrics / loss_accuracy; also of the minima, less
               touched by other work on the machine.
+  language_model  a language model's config alone (configs/shakespeare_lm.py): real tokens/s
+              of the framework (its logged tokens_per_sec) against a plain jitted loop of the same
+              transformer and batch (hand_language_model), --lm_steps steps each, alternating,
+              --repeats times; the ratio of the medians.
   command     whole commands as a user runs them, start-up, data loading and compile included,
               --command_epochs of training and the test evaluation, alternating, --repeats times
               each: scripts/train.py (its first run with an empty compilation cache, the others
@@ -78,6 +82,8 @@ from datasets.augment import Augment  # pylint: disable=wrong-import-position
 from trainer import cli, evals, evaluation, input_pipeline, sharding  # pylint: disable=wrong-import-position
 from trainer.checkpoint import Checkpoints, checksums  # pylint: disable=wrong-import-position
 from trainer.loop import train_and_evaluate  # pylint: disable=wrong-import-position
+from trainer.model import linen_module  # pylint: disable=wrong-import-position
+from trainer.optim import create_optimizer  # pylint: disable=wrong-import-position
 from trainer.runners import step_args  # pylint: disable=wrong-import-position
 from trainer.setup import build, build_dataset  # pylint: disable=wrong-import-position
 from trainer.steps import train_step  # pylint: disable=wrong-import-position
@@ -95,7 +101,8 @@ WAYS = flags.DEFINE_multi_enum(
     "epoch; streaming needs --records).")
 SECTIONS = flags.DEFINE_list("sections", ["in_process", "command"],
                              "What to measure: in_process, command, pipeline, against, "
-                             "accumulation, fsdp, checkpoint, evaluation.")
+                             "accumulation, fsdp, checkpoint, evaluation; language_model alone, "
+                             "with a language model's config.")
 ACCUM_STEPS = flags.DEFINE_list("accum_steps", ["1", "2", "4", "8"],
                                 "accumulation: the grad_accum_steps to compile.")
 ACCUM_TIMED_STEPS = flags.DEFINE_integer("accum_timed_steps", 10,
@@ -109,6 +116,7 @@ RECORDS = flags.DEFINE_string("records", None, "ArrayRecord shards of the config
 PIPELINE_WORKERS = flags.DEFINE_list("pipeline_workers", ["0", "1", "2"],
                                      "pipeline: the worker counts to measure.")
 PIPELINE_STEPS = flags.DEFINE_integer("pipeline_steps", 200, "pipeline: batches timed each way.")
+LM_STEPS = flags.DEFINE_integer("lm_steps", 500, "language_model: steps of each run.")
 OUT = flags.DEFINE_string("out", None, "Write the JSON here too.")
 AGAINST = config_flags.DEFINE_config_file("against", None, "against: a config of another model; "
                                           "its data set is --config's.")
@@ -407,6 +415,70 @@ def evaluation_cost(config, repeats):
 AS_THE_HAND_LOOP = ["--config.validation.fraction=0", "--config.evals={}", "--config.best_metric="]
 
 
+def hand_language_model(config, steps):
+    """Real tokens per second of a plain jitted loop of the config's transformer: the packed rows
+    drawn on the host, one step a call, the loss a mean over the real tokens; the first fifth of
+    the steps (compilation) untimed."""
+    import optax  # pylint: disable=import-outside-toplevel
+    data = build_dataset(config.dataset)
+    model = linen_module(config.model)
+    tx, _ = create_optimizer(config.optimizer, data.num_train // config.batch_size, steps)
+    first = data.prepare_inputs(data.train["inputs"][:1])
+    params = model.init(jax.random.PRNGKey(config.seed), first["tokens"],
+                        segment_ids=first["segment_ids"], positions=first["positions"])["params"]
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def step(params, opt_state, inputs, targets):
+        def loss_fn(params):
+            x = data.prepare_inputs(inputs)
+            logits = model.apply({"params": params}, x["tokens"], segment_ids=x["segment_ids"],
+                                 positions=x["positions"])
+            real = targets[..., 0] >= 0
+            loss = optax.softmax_cross_entropy_with_integer_labels(
+                logits, jax.numpy.maximum(targets[..., 0], 0))
+            return jax.numpy.where(real, loss, 0.0).sum() / jax.numpy.maximum(real.sum(), 1)
+        grads = jax.grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    rng = np.random.default_rng(config.seed)
+    warmup, tokens = steps // 5, 0
+    for i in range(steps):
+        if i == warmup:
+            jax.block_until_ready(params)
+            start = time.perf_counter()
+        rows = rng.integers(0, data.num_train, config.batch_size)
+        if i >= warmup:
+            tokens += int((data.train["targets"][rows, :, 0] >= 0).sum())
+        params, opt_state = step(params, opt_state, data.train["inputs"][rows],
+                                 data.train["targets"][rows])
+    jax.block_until_ready(params)
+    return tokens / (time.perf_counter() - start)
+
+
+def language_model(config, steps, repeats):
+    """Real tokens/s of the framework (its logged tokens_per_sec, the first log untimed) against
+    hand_language_model, alternating; the ratio of the medians."""
+    rates = {"framework": [], "hand_loop": []}
+    run_config = config.copy_and_resolve_references()
+    run_config.num_steps, run_config.log_every_steps = steps, steps // 5
+    run_config.evals, run_config.eval_every_epochs, run_config.best_metric = {}, 0, ""
+    run_config.checkpoint_every_steps, run_config.plots = 10**9, False
+    run_config.samples.prompts = ()
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as workdir:
+            train_and_evaluate(run_config, workdir)
+            with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+                logged = [json.loads(line) for line in f]
+        rates["framework"] += [e["tokens_per_sec"] for e in logged if "tokens_per_sec" in e][1:]
+        rates["hand_loop"].append(hand_language_model(config, steps))
+    medians = {name: round(statistics.median(r), 1) for name, r in rates.items()}
+    return {"tokens_per_sec": medians, "samples": rates,
+            "ratio_framework_to_hand_loop": round(medians["framework"] / medians["hand_loop"],
+                                                  3)}
+
+
 def whole_commands(config_args, epochs, repeats):
     """Alternating, so that the machine's drift falls on all alike."""
     plain_env = {name: value for name, value in os.environ.items()
@@ -446,7 +518,11 @@ def whole_commands(config_args, epochs, repeats):
 def main(argv):
     del argv
     config = cli.config()
-    if config.task != "classification":
+    if SECTIONS.value == ["language_model"]:
+        if config.task != "language_model":
+            cli.fail("--sections=language_model needs a language model's config, e.g. "
+                     "configs/shakespeare_lm.py.")
+    elif config.task != "classification":
         cli.fail(f"the benchmark's hand-written loop is a classifier's, and this config's task is "
                  f"{config.task!r}. Give a classification config, e.g. configs/mnist_cnn.py.")
     jax.config.update("jax_enable_compilation_cache", False)  # compile seconds are compiles
@@ -500,6 +576,10 @@ def main(argv):
                   f"{results['evaluation'][f'ratio_loss_accuracy_to_today{of}']}, all_metrics / "
                   f"loss_accuracy "
                   f"{results['evaluation'][f'ratio_all_metrics_to_loss_accuracy{of}']}")
+    if "language_model" in SECTIONS.value:
+        results["language_model"] = language_model(config, LM_STEPS.value, REPEATS.value)
+        print(f"language model, real tokens/s: {results['language_model']['tokens_per_sec']}, "
+              f"framework / hand loop {results['language_model']['ratio_framework_to_hand_loop']}")
     if "command" in SECTIONS.value:
         config_args = [a for a in sys.argv[1:] if a.startswith("--config")]
         results["command"] = whole_commands(config_args, COMMAND_EPOCHS.value, REPEATS.value)

@@ -73,7 +73,7 @@ BAD_INPUTS = [
     ([XOR, "--config.model.features=wide"], "features=('wide',); use a sequence of positive layer sizes"),
     # a value, a part, data, as every check below says them in Python: the same line, exit 2
     ([XOR, "--config.batch_size=0"], "config.batch_size=0 is invalid: it must be a positive integer"),
-    ([XOR, "--config.model.name=transformer"], "config.model.name='transformer' is not a model"),
+    ([XOR, "--config.model.name=gpt9"], "config.model.name='gpt9' is not a model"),
     ([MNIST, "--config.dataset.data_dir={root}/truncated"], "train-labels-idx1-ubyte.gz is truncated"),
     # a fix as a flag here, as a keyword of api.fit in Python (BAD_VALUES below)
     ([XOR, "--config.task=classification"], "use e.g. --config.task=regression."),
