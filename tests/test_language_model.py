@@ -1,6 +1,7 @@
 """The language-model task in the trainer: one mean over the real tokens of the global batch (also
 across microbatches), its metrics, and generation's settings checked."""
 import math
+import os
 
 import flax.linen as nn
 import jax
@@ -15,6 +16,8 @@ from trainer.model import LinenModel
 from trainer.state import create_train_state
 
 VOCAB, LENGTH = 11, 8
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class TokenModel(nn.Module):
@@ -108,3 +111,21 @@ def test_top_k_and_top_p_keep_the_most_likely_tokens():
     assert kept(top_k=0, top_p=0.5) == [True, False, False, False]
     assert kept(top_k=0, top_p=0.8) == [True, True, False, False]
     assert kept(top_k=0, top_p=0.81) == [True, True, True, False]
+
+
+def test_train_step_flops_are_those_of_the_transformer_and_the_peaks_are_by_device_kind():
+    """XLA's count of one step of configs/shakespeare_lm.py against the transformer's (PaLM's
+    6 N + 12 L d S per token, N the matmul parameters): within 5 % (norms, softmax, the update)."""
+    from configs import shakespeare_lm  # pylint: disable=import-outside-toplevel
+    from trainer import hardware  # pylint: disable=import-outside-toplevel
+    from trainer.setup import build  # pylint: disable=import-outside-toplevel
+    config = shakespeare_lm.get_config()
+    config.dataset.path = os.path.join(REPO, "..", "shared", "data", "shakespeare")
+    layers, width, length, vocabulary, batch = 4, 128, 64, 257, 12
+    tokens = batch * length
+    counted = (6 * (layers * 12 * width**2 + width * vocabulary) + 12 * layers * width * length)
+    flops = hardware.train_step_flops(build(config))
+    assert flops == pytest.approx(counted * tokens, rel=0.05)
+    assert hardware.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert hardware.peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert hardware.peak_flops("TPU v5 lite") == 197e12 and hardware.peak_flops("cpu") is None

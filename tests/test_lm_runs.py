@@ -5,6 +5,7 @@ as one line (a mixture's: tests/test_text.py). The data: ../shared/data/shakespe
 cache written beside it."""
 import json
 import math
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +26,10 @@ SMALL_LM = ["--config=configs/shakespeare_lm.py", f"--config.dataset.path={SHAKE
             "--config.plots=False"]
 
 
+# Host batches, so that worker processes can read them (the default, fused, cuts them on the device).
+PER_STEP = ["--config.steps=per_step"]
+
+
 def train_lm(workdir, *args, num_devices=1):
     result = run_train(*SMALL_LM, f"--workdir={workdir}", *args, env=devices(num_devices))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -36,7 +41,7 @@ def lm_run(tmp_path_factory):
     if not (SHAKESPEARE / "tragedies" / "hamlet.md").exists():
         pytest.fail(f"the Shakespeare corpus is expected at {SHAKESPEARE} (see its README)")
     workdir = tmp_path_factory.mktemp("lm")
-    train_lm(workdir)
+    train_lm(workdir, *PER_STEP, "--config.pipeline.workers=0")
     return workdir
 
 
@@ -67,10 +72,12 @@ def test_a_run_logs_the_language_model_figures_and_writes_samples(lm_run):
     assert results["best_step"] in (10, 20) and "best/test/bits_per_byte" in results
 
 
-def test_sigkill_then_the_same_command_gives_the_same_bits(lm_run, tmp_path):
+def test_sigkill_then_the_same_command_gives_the_same_bits_with_any_workers(lm_run, tmp_path):
+    """Killed while 2 worker processes read the packed rows, resumed with 1: the history and
+    parameters of the run read in the trainer's process (0 workers), bit for bit."""
     workdir = tmp_path / "killed"
-    command = [sys.executable, str(REPO / "scripts" / "train.py"), *SMALL_LM,
-               f"--workdir={workdir}"]
+    command = [sys.executable, str(REPO / "scripts" / "train.py"), *SMALL_LM, *PER_STEP,
+               "--config.pipeline.workers=2", f"--workdir={workdir}"]
     run = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
@@ -79,8 +86,9 @@ def test_sigkill_then_the_same_command_gives_the_same_bits(lm_run, tmp_path):
     run.send_signal(signal.SIGKILL)
     assert run.wait() == -signal.SIGKILL
     assert not (workdir / "results.json").exists()
-    result = train_lm(workdir)
+    result = train_lm(workdir, *PER_STEP, "--config.pipeline.workers=1")
     assert "Resuming from the checkpoint at step 10" in result.stderr
+    assert "read by 1 worker process(es)" in result.stderr
     assert history(workdir) == history(lm_run)
     checksums = "checkpoints/20/checksums/metadata"
     assert (workdir / checksums).read_text() == (lm_run / checksums).read_text()
@@ -167,3 +175,29 @@ def test_bad_text_input_is_one_line_and_writes_nothing(tmp_path, args, message):
     assert message.format(root=root) in lines[0]
     assert files(root) == before and not (root / "run").exists()
 
+
+
+def test_a_trained_sentencepiece_is_kept_in_the_run_and_never_trained_again(tmp_path):
+    """The run keeps the tokenizer it trained; with the data folder's cache deleted, a resume and
+    a use of the run read that copy (no SentencePiece model is written to the cache again)."""
+    from trainer import api  # pylint: disable=import-outside-toplevel
+    corpus = tmp_path / "plays"
+    corpus.mkdir()
+    for play in ("tragedies/macbeth.md", "romances/the-tempest.md"):
+        shutil.copy(SHAKESPEARE / play, corpus)
+    fields = dict(model=dict(num_layers=1, embed_dim=32, num_heads=2, vocab_size=400),
+                  dataset=dict(path=str(corpus), tokenizer="sentencepiece", vocab_size=400),
+                  batch_size=8, optimizer=dict(warmup_steps=1), samples=dict(prompts=()),
+                  evals=dict(val=dict(every_steps=0, max_examples=16),
+                             test=dict(max_examples=16)),
+                  eval_batch_size=16, plots=False, log_every_steps=2)
+    api.fit("configs/shakespeare_lm.py", tmp_path / "run", num_steps=2, **fields)
+    trained = list((corpus / ".cache").glob("sentencepiece-*.model"))
+    assert len(trained) == 1
+    kept = tmp_path / "run" / "tokenizer.model"
+    assert kept.read_bytes() == trained[0].read_bytes()
+    shutil.rmtree(corpus / ".cache")
+    resumed = api.fit("configs/shakespeare_lm.py", tmp_path / "run", num_steps=4, **fields)
+    assert [row["step"] for row in resumed.history if "train/loss" in row] == [2, 4]
+    assert isinstance(api.load(tmp_path / "run").generate("**MACBETH**", 8), str)
+    assert not list((corpus / ".cache").glob("sentencepiece-*.model"))

@@ -60,7 +60,7 @@ def restore(config, workdir, step=None):
     was given one in Python that this call was not (its opt_state then the stand-in's, empty)."""
     without_optimizer = stand_in(config)
     with parts.given(without_optimizer):
-        setup = build(config, training=False)
+        setup = build(config, training=False, workdir=workdir)
     checkpoints = Checkpoints(workdir, read_only=True, best_metric=config.best_metric,
                               best_mode=config.best_mode)
     step = checkpoint_step(checkpoints, config, step)

@@ -20,7 +20,8 @@ from absl import logging
 from clu import parameter_overview
 
 from datasets import DataError
-from trainer import evaluation, finetune, generation, input_pipeline, optim, record, sharding
+from trainer import (evaluation, finetune, generation, hardware, input_pipeline, optim, record,
+                     sharding)
 from trainer.checkpoint import CheckpointMismatch, Checkpoints
 from trainer.early_stopping import EarlyStopping
 from trainer.errors import (SPOKEN, NonFiniteError, Stopped, StorageError, WorkdirError,
@@ -214,7 +215,7 @@ def train_and_evaluate(config, workdir, keep_process=False):
     step and raises Stopped; `keep_process`: a second SIGINT raises KeyboardInterrupt (a notebook's
     kernel lives on) rather than ending the process at once.
     """
-    setup = build(config)
+    setup = build(config, workdir=workdir if config.resume else None)
     prepare_workdir(workdir)
     with one_run_at_a_time(workdir):
         if not config.resume:
@@ -263,7 +264,8 @@ def train_and_evaluate_with(config, setup, workdir, keep_process, checkpoints):
             end = setup.total_steps if stopped_early_at is None else stopped_early_at
             if step < end or pending:
                 if jax.process_index() == 0:
-                    record.write(workdir, config, step, changed, setup.validation_split)
+                    record.write(workdir, config, step, changed, setup.validation_split,
+                             setup.dataset.tokenizer)
                 state, step, eval_scalars = train(config, setup, workdir, checkpoints, state, step,
                                                   stop, early_stopping, loop_values)
             elif results_written(workdir, step):
@@ -412,6 +414,7 @@ def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping
                  setup.steps_per_epoch, config.batch_size, parallel.describe())
 
     runner = make_runner(config, setup, step)
+    utilisation = hardware.utilisation_of(setup)  # MFU, on the accelerators of its table
     eval_fn = evaluation.compile_eval(setup)
     timetable = Timetable.from_config(config, setup.steps_per_epoch, total_steps)
     logging.info("Steps run %s.", runner.description)
@@ -498,6 +501,8 @@ def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping
                     if setup.learning_rate is not None:  # None: an optimizer given built
                         scalars["learning_rate"] = setup.learning_rate(step - 1)
                     scalars["steps_per_sec"] = steps_per_sec
+                    if utilisation is not None:
+                        scalars["mfu"] = utilisation(steps_per_sec)
                     if "train/tokens" in scalars:  # a language model's real tokens (tasks.Tokens)
                         scalars["tokens_per_sec"] = scalars.pop("train/tokens") / (
                             now - last_log_time)

@@ -13,6 +13,7 @@ the augmentation) refuse it, unless config.resume_with_changes says the user mea
 """
 import json
 import os
+import shutil
 
 from absl import logging
 
@@ -25,6 +26,8 @@ HISTORY = "config_history.jsonl"
 # The validation split the run chose its model on: its size, how it was drawn, and a digest of
 # its indices, which the settings alone do not fix (they are drawn from the training split's size).
 SPLIT = "validation_split.json"
+# A tokenizer the run trained (or was given as a file): what its token ids mean, kept with them.
+TOKENIZER = "tokenizer.model"
 
 # What the run is: a change here makes the resumed run another one.
 DEFINING = ("seed", "dataset", "validation", "model", "task", "augment")
@@ -134,12 +137,13 @@ def check_resume(config, workdir, step, split):
     return changed
 
 
-def write(workdir, config, step, changed, split):
+def write(workdir, config, step, changed, split, tokenizer):
     """The record of training from `step` (0: a run that begins, its history begun afresh):
     config.json, and a line of config_history.jsonl where the run begins or its settings
-    changed (`changed`: check_resume's), and validation_split.json (`split`). Called by process
-    0."""
+    changed (`changed`: check_resume's), validation_split.json (`split`) and the data set's
+    tokenizer file. Called by process 0."""
     replace_json(workdir, SPLIT, split)
+    keep_tokenizer(workdir, tokenizer)
     path = os.path.join(workdir, HISTORY)
     lines = []
     # A run of an earlier version: its config.json is the best record of its start there is.
@@ -169,3 +173,16 @@ def replace_json(workdir, name, value):
 def announce(step, changed):
     logging.info("Resuming from the checkpoint at step %d%s.", step,
                  f", with settings changed since: {said(changed)}" if changed else "")
+
+
+
+def keep_tokenizer(workdir, tokenizer):
+    """Copies the data set's tokenizer file (a SentencePiece .model) into the run, whole, once: a
+    resume, generate.py and api.load read it there (setup.with_kept_tokenizer)."""
+    source = getattr(tokenizer, "model_file", None)
+    kept = os.path.join(workdir, TOKENIZER)
+    if source is None or os.path.exists(kept):
+        return
+    with writing(f"keeping the tokenizer in {kept}"):
+        shutil.copyfile(source, kept + ".tmp")
+        os.replace(kept + ".tmp", kept)

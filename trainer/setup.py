@@ -3,6 +3,7 @@ fresh state. Training, evaluate.py, predict.py and plot.py all start here."""
 import dataclasses
 import functools
 import hashlib
+import os
 from typing import Callable
 
 import jax
@@ -11,7 +12,7 @@ from absl import logging
 
 import datasets
 from datasets.augment import Augment, normalized
-from trainer import batching, evals, finetune, input_pipeline, metrics, parts
+from trainer import batching, evals, finetune, input_pipeline, metrics, parts, record
 from trainer.config_check import is_int, lookup, validate_config
 from trainer.errors import ConfigError, setting
 from trainer.model import build as build_model, module_of
@@ -41,8 +42,10 @@ class Setup:
     @property
     def streams(self):
         """Whether training batches come through the pipeline's workers (input_pipeline.py)
-        rather than being cut from in-memory arrays."""
-        return not datasets.in_memory(self.dataset.train) or self.augment is not None
+        rather than being cut from in-memory arrays: streamed or augmented splits, and in-memory
+        ones for which config.pipeline.workers asks for worker processes."""
+        return (not datasets.in_memory(self.dataset.train) or self.augment is not None
+                or self.config.pipeline.workers > 0)
 
     def pipeline_settings(self):
         workers = self.config.pipeline.workers
@@ -118,6 +121,18 @@ def build_dataset(config, section="config.dataset"):
         raise ConfigError(f"{section}.name={name!r} gave a {type(dataset).__name__}, not a "
                           f"datasets.Dataset.")
     return dataset
+
+
+def with_kept_tokenizer(dataset_config, workdir):
+    """The data set's fields, a SentencePiece tokenizer trained on the corpus read from the copy
+    the run kept (record.keep_tokenizer) where it has one: a resume or a use of the run never
+    trains it again, even with the data folder's cache gone."""
+    kept = os.path.join(workdir, record.TOKENIZER) if workdir else None
+    if dataset_config.get("tokenizer") != "sentencepiece" or not os.path.isfile(kept or ""):
+        return dataset_config
+    dataset_config = dataset_config.copy_and_resolve_references()
+    dataset_config.tokenizer, dataset_config.vocab_size = kept, None
+    return dataset_config
 
 
 def evaluated_datasets(config):
@@ -334,10 +349,11 @@ def check_outputs(config, task, dataset, state, first):
             f"{output_fix(config.model, outputs.shape[-1], classes)}.")
 
 
-def build(config, training=True) -> Setup:
+def build(config, training=True, workdir=None) -> Setup:
     """Checks the config and builds everything from it; raises a user error if anything cannot be
     built. `training`: also check the metric writers and plan config.init_from (using a trained
-    run needs neither)."""
+    run needs neither). `workdir`: the run this is for, where it keeps files of its own (a
+    tokenizer it trained); None for a run yet to begin."""
     validate_config(config)
     parallel = Parallel(config.parallelism, config.mesh, config.sharding_rules,
                         config.fsdp_min_size)
@@ -347,7 +363,8 @@ def build(config, training=True) -> Setup:
     task = build_task(config.task)
     if training:
         find_writers(config.writers)
-    dataset, validation_split = with_validation(build_dataset(config.dataset), config.validation)
+    dataset, validation_split = with_validation(
+        build_dataset(with_kept_tokenizer(config.dataset, workdir)), config.validation)
     others = evaluated_datasets(config)
     check_evaluated_splits(evals.evaluations(config), lambda each: others.get(each.name, dataset))
     first = datasets.examples(dataset.train, [0])  # read once: a streamed example is decoded
@@ -386,9 +403,9 @@ def build(config, training=True) -> Setup:
                   augment, config, validation_split, others, measured,
                   finetune.plan(config, state) if training else None)
     if config.steps == "fused" and setup.streams:
-        raise ConfigError("config.steps='fused' needs the training split in memory and no host "
-                          "augmentation; this data set streams or is augmented. Use per_step or "
-                          "auto.")
+        raise ConfigError("config.steps='fused' needs the training split in memory, no host "
+                          "augmentation and no worker processes; this data set streams or is "
+                          "augmented, or config.pipeline.workers > 0. Use per_step or auto.")
     if training:  # after every check: a bad config is one line, this warning not before it
         warn_unevaluated_during_training(config, steps_per_epoch, total_steps)
     return setup
