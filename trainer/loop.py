@@ -265,7 +265,7 @@ def train_and_evaluate_with(config, setup, workdir, keep_process, checkpoints):
             if step < end or pending:
                 if jax.process_index() == 0:
                     record.write(workdir, config, step, changed, setup.validation_split,
-                             setup.dataset.tokenizer)
+                                 setup.dataset.tokenizer)
                 state, step, eval_scalars = train(config, setup, workdir, checkpoints, state, step,
                                                   stop, early_stopping, loop_values)
             elif results_written(workdir, step):

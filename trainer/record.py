@@ -13,10 +13,10 @@ the augmentation) refuse it, unless config.resume_with_changes says the user mea
 """
 import json
 import os
-import shutil
 
 from absl import logging
 
+from datasets import tokenizers
 from trainer import parts
 from trainer.errors import WorkdirError, listed, setting
 from trainer.writers import writing
@@ -175,7 +175,6 @@ def announce(step, changed):
                  f", with settings changed since: {said(changed)}" if changed else "")
 
 
-
 def keep_tokenizer(workdir, tokenizer):
     """Copies the data set's tokenizer file (a SentencePiece .model) into the run, whole, once: a
     resume, generate.py and api.load read it there (setup.with_kept_tokenizer)."""
@@ -183,6 +182,5 @@ def keep_tokenizer(workdir, tokenizer):
     kept = os.path.join(workdir, TOKENIZER)
     if source is None or os.path.exists(kept):
         return
-    with writing(f"keeping the tokenizer in {kept}"):
-        shutil.copyfile(source, kept + ".tmp")
-        os.replace(kept + ".tmp", kept)
+    with writing(f"keeping the tokenizer in {kept}"), open(source, "rb") as f:
+        tokenizers.write_atomically(kept, f.read())
