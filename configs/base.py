@@ -45,6 +45,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # from the host. auto: fused when the split fits, but per_step for convolutions on the CPU.
     config.steps = "auto"
     config.dtype = "float32"  # computation: float32 | bfloat16 (parameters stay float32)
+    # Before a run: its train step compiled for the devices and refused if it would pass 90 % of
+    # a device's memory (docs/devices.md). auto: on accelerators | on: the CPU too | off: never.
+    config.memory_check = "auto"
 
     config.batch_size = 128  # global: split over all devices of all processes
     config.grad_accum_steps = 1  # > 1: each batch in this many microbatches, one update (a scan)

@@ -14,13 +14,20 @@ from trainer import host_memory  # pylint: disable=wrong-import-position
 
 host_memory.restart_with_reusing_malloc()  # before JAX allocates anything
 
+import jax  # pylint: disable=wrong-import-position
 from absl import flags  # pylint: disable=wrong-import-position
 
-from trainer import api, cli  # pylint: disable=wrong-import-position
+from trainer import api, cli, preflight  # pylint: disable=wrong-import-position
 from trainer.config_check import validate_config  # pylint: disable=wrong-import-position
 
 WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and TensorBoard.")
 SHOW_CONFIG = flags.DEFINE_bool("show_config", False, "Print the resolved config and exit.")
+CHECK = flags.DEFINE_bool(
+    "check", False, "Print what each device will hold and do in a train step (memory, FLOPs), "
+    "compiled ahead of time, and exit: 0 if it fits, 2 if not. Nothing is written.")
+CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices", None, "With --check on a CPU: compile for this many (fake) CPU devices, e.g. "
+    "the 8 GPUs of the machine the run is for.")
 
 
 def main(argv):
@@ -29,10 +36,28 @@ def main(argv):
         validate_config(cli.config())  # an invalid config is said, not printed as if it were fine
         print(cli.config())
         return
+    if CHECK.value:
+        check()
+        return
     if not WORKDIR.value:
         cli.fail("--workdir is required: the folder for checkpoints, metrics and TensorBoard.")
     # A second Ctrl-C ends the process at once, even in the middle of a step.
     api.train(cli.config(), WORKDIR.value, keep_process=False)
+
+
+def check():
+    if CPU_DEVICES.value is not None:
+        try:  # before JAX's backend starts, which nothing before has asked for
+            jax.config.update("jax_platforms", "cpu")
+            jax.config.update("jax_num_cpu_devices", CPU_DEVICES.value)
+        except RuntimeError as e:
+            cli.fail(f"--cpu_devices={CPU_DEVICES.value}: {e}")
+    report = api.check(cli.config())
+    print(report)
+    if not report.fits:
+        cli.fail(f"the run needs {preflight.megabytes(report.peak_total)} on each device, over "
+                 f"{preflight.FIT_FRACTION:.0%} of its {preflight.megabytes(report.limit)} "
+                 f"({report.limit_source}).")
 
 
 if __name__ == "__main__":

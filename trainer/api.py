@@ -10,6 +10,7 @@ just defined, and the same guarantees (bitwise resume, Ctrl-C saves, one run per
     run.final                    # {"eval/loss": ..., "eval/accuracy": ...}
     run.predict(images); run.evaluate(); run.plot()
     run = api.load("runs/mnist", step="best")   # a trained run, as evaluate.py reads it
+    print(api.check("configs/wide_mlp.py"))     # what each device will hold and do; nothing run
 
 `config` is a config file's path, a ConfigDict, None (the defaults) or a dict of fields (keyword
 arguments over the defaults); keyword arguments override its fields (a dict for a section:
@@ -50,10 +51,11 @@ import optax  # pylint: disable=wrong-import-position
 
 import datasets  # pylint: disable=wrong-import-position
 from trainer import configuration, evals, evaluation, generation, inference, loop  # pylint: disable=wrong-import-position
-from trainer import input_pipeline, parts, record, session  # pylint: disable=wrong-import-position
+from trainer import input_pipeline, parts, preflight, record, session  # pylint: disable=wrong-import-position
 from trainer.fingerprint import fingerprint  # pylint: disable=wrong-import-position
 from trainer.errors import ConfigError, WorkdirError, argument, setting  # pylint: disable=wrong-import-position
 from trainer.optim import TRAINER_FIELDS  # pylint: disable=wrong-import-position
+from trainer.setup import build  # pylint: disable=wrong-import-position
 from trainer.progress import in_notebook  # pylint: disable=wrong-import-position
 from trainer.tasks import Task  # pylint: disable=wrong-import-position
 
@@ -394,6 +396,19 @@ def fit(config=None, workdir=None, *, model=None, dataset=None, task=None, optim
     if run.figures and in_notebook():
         display(run.figures)
     return run
+
+
+def check(config=None, *, model=None, dataset=None, task=None, optimizer=None,
+          **overrides) -> preflight.Report:
+    """What each device will hold and do in the train step of `config` (the arguments as fit()
+    takes them), from an ahead-of-time compile for the devices JAX sees: nothing trained,
+    nothing written. Raises the errors fit() raises for a bad config; `fits` says whether a run
+    would be refused for memory (trainer/preflight.py)."""
+    session.start()
+    config, objects = resolved(config, overrides, dict(
+        model=model, dataset=dataset, task=task, optimizer=optimizer, writers=None))
+    with parts.given(objects):
+        return preflight.report(config, build(config, abstract=True))
 
 
 def train(config, workdir, keep_process=True):

@@ -20,9 +20,10 @@ FIGURE_EXAMPLES = 10000  # of the test split, read into memory for the figures
 
 def compile_eval(setup, due=None):
     """{evaluation name: its eval step}, jitted (compiled on first use), one for each set of
-    metrics; of the evaluations `due` (None: the run's)."""
+    metrics; of the evaluations `due` (None: the run's). Made once for a setup: the check before a
+    run (preflight.py) compiles these very functions."""
     due = setup.evaluations if due is None else due
-    compiled = {}
+    compiled = setup.jitted.setdefault("eval", {})
 
     def key(each):  # evaluations of the same metrics on the run's data share one
         return setup.metrics_of(each), each.name if each.name in setup.evaluated_datasets else ""

@@ -20,7 +20,7 @@ from absl import logging
 from clu import parameter_overview
 
 from datasets import DataError
-from trainer import (evaluation, finetune, generation, hardware, input_pipeline, optim, record,
+from trainer import (evaluation, finetune, generation, input_pipeline, optim, preflight, record,
                      sharding)
 from trainer.checkpoint import CheckpointMismatch, Checkpoints
 from trainer.early_stopping import EarlyStopping
@@ -215,7 +215,9 @@ def train_and_evaluate(config, workdir, keep_process=False):
     step and raises Stopped; `keep_process`: a second SIGINT raises KeyboardInterrupt (a notebook's
     kernel lives on) rather than ending the process at once.
     """
-    setup = build(config, workdir=workdir if config.resume else None)
+    setup = build(config, workdir=workdir if config.resume else None, abstract=True)
+    preflight.check_before_run(config, setup, lambda other: build(other, abstract=True))
+    setup = setup.materialized()
     prepare_workdir(workdir)
     with one_run_at_a_time(workdir):
         if not config.resume:
@@ -414,7 +416,7 @@ def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping
                  setup.steps_per_epoch, config.batch_size, parallel.describe())
 
     runner = make_runner(config, setup, step)
-    utilisation = hardware.utilisation_of(setup)  # MFU, on the accelerators of its table
+    utilisation = preflight.utilisation_of(config, setup)  # MFU, on accelerators of a table
     eval_fn = evaluation.compile_eval(setup)
     timetable = Timetable.from_config(config, setup.steps_per_epoch, total_steps)
     logging.info("Steps run %s.", runner.description)

@@ -20,14 +20,37 @@ CHUNK_SECONDS = 0.5
 CHUNK_GROWTH = 10  # a chunk is at most this many times the last, so one fast sample cannot overshoot
 
 
-def step_args(config, setup):
-    """The train step's settings (steps.train_step): the same on both paths."""
-    return dict(task=setup.task, prepare_inputs=setup.dataset.prepare_inputs,
-                nonfinite=config.nonfinite, grad_accum_steps=config.grad_accum_steps,
-                # Measured (docs/speed.md): on the CPU a loop over microbatches costs 8x for the
-                # CNN, unrolled nothing; elsewhere the loop keeps one microbatch's activations.
-                unroll_accumulation=jax.default_backend() == "cpu",
-                ema_decay=config.ema_decay, state_sharding=setup.parallel.step_sharding(setup.state))
+def step_args(config, setup, **changed):
+    """The train step's settings (steps.train_step): the same on both paths; `changed`: some of
+    them otherwise (preflight.py counts FLOPs without accumulation)."""
+    return {**dict(task=setup.task, prepare_inputs=setup.dataset.prepare_inputs,
+                   nonfinite=config.nonfinite, grad_accum_steps=config.grad_accum_steps,
+                   # Measured (docs/speed.md): on the CPU a loop over microbatches costs 8x for
+                   # the CNN, unrolled nothing; elsewhere the loop keeps one microbatch's
+                   # activations.
+                   unroll_accumulation=jax.default_backend() == "cpu",
+                   ema_decay=config.ema_decay,
+                   state_sharding=setup.parallel.step_sharding(setup.state)), **changed}
+
+
+def jitted_steps(config, setup, fused_path):
+    """The run's jitted steps, made once for a setup: fused.train_steps or a train step a call.
+    The check before a run (preflight.py) compiles this very function, so its compile is the
+    run's (JAX's cache), not a second one."""
+    key = "fused" if fused_path else "per_step"
+    if key not in setup.jitted:
+        parallel = setup.parallel
+        if fused_path:
+            # fused.train_steps(state, data, order, metrics, start_step, num_steps): the last two
+            # are plain numbers, the same for every device.
+            setup.jitted[key] = parallel.compile(
+                fused.train_steps, donate_state=True, host_values=(4, 5),
+                steps_per_epoch=setup.steps_per_epoch, batch_size=config.batch_size,
+                batch_sharding=parallel.batch_sharding, **step_args(config, setup))
+        else:
+            setup.jitted[key] = parallel.compile(train_step_into, donate_state=True,
+                                                 **step_args(config, setup))
+    return setup.jitted[key]
 
 
 def fits_on_device(split):
@@ -74,12 +97,7 @@ class FusedSteps:
         self.steps_per_epoch = setup.steps_per_epoch
         self.num_examples = datasets.num_examples(dataset.train)  # the host's: pmap adds an axis
         self.data = parallel.put_replicated(dataset.train)
-        # fused.train_steps(state, data, order, metrics, start_step, num_steps): the last two
-        # are plain numbers, the same for every device.
-        self.steps = parallel.compile(
-            fused.train_steps, donate_state=True, host_values=(4, 5),
-            steps_per_epoch=setup.steps_per_epoch, batch_size=config.batch_size,
-            batch_sharding=parallel.batch_sharding, **step_args(config, setup))
+        self.steps = jitted_steps(config, setup, fused_path=True)
         self.chunk = 1  # the first call compiles; later ones are sized by the time measured
         self.epoch, self.order = None, None
 
@@ -110,8 +128,7 @@ class PerStep:
     def __init__(self, config, setup, start_step):
         parallel = setup.parallel
         self.batches = batching.prefetch(setup.train_batches(start_step), parallel.put_batch)
-        self.one_step = parallel.compile(train_step_into, donate_state=True,
-                                         **step_args(config, setup))
+        self.one_step = jitted_steps(config, setup, fused_path=False)
         # Steps queued on the device at most: dispatch runs ahead of the device, and a stop must
         # not wait for a long queue. On the CPU with several devices, more than one deadlocks.
         self.depth = 1 if parallel.one_step_in_flight else 2

@@ -28,7 +28,8 @@ class Setup:
     parallel: Parallel
     dataset: datasets.Dataset
     task: Task
-    state: TrainState  # freshly initialised, on the mesh as config.sharding_rules say
+    state: TrainState  # freshly initialised, on the mesh as config.sharding_rules say (abstract:
+    # shapes, dtypes and shardings only, until materialized())
     learning_rate: Callable  # step -> learning rate
     steps_per_epoch: int
     total_steps: int
@@ -37,7 +38,16 @@ class Setup:
     validation_split: dict | None  # what the run records of it (record.py), None for none
     evaluated_datasets: dict  # {evaluation name: its own data set} (config.evals.<name>.dataset)
     measured: dict  # {an evaluation's metrics: their Metrics}, of every evaluation of the config
+    example: dict  # the first training example (host arrays): the shapes of a batch
+    initialize: Callable  # () -> a fresh state, allocated
     init_from: finetune.Plan | None = None  # what a fresh run loads of config.init_from
+    jitted: dict = dataclasses.field(default_factory=dict)  # the run's steps (runners.py)
+
+    def materialized(self):
+        """This setup with its fresh state allocated on the devices, where it is abstract."""
+        if isinstance(jax.tree.leaves(self.state)[0], jax.ShapeDtypeStruct):
+            return dataclasses.replace(self, state=self.initialize())
+        return self
 
     @property
     def streams(self):
@@ -349,11 +359,12 @@ def check_outputs(config, task, dataset, state, first):
             f"{output_fix(config.model, outputs.shape[-1], classes)}.")
 
 
-def build(config, training=True, workdir=None) -> Setup:
+def build(config, training=True, workdir=None, abstract=False) -> Setup:
     """Checks the config and builds everything from it; raises a user error if anything cannot be
     built. `training`: also check the metric writers and plan config.init_from (using a trained
     run needs neither). `workdir`: the run this is for, where it keeps files of its own (a
-    tokenizer it trained); None for a run yet to begin."""
+    tokenizer it trained); None for a run yet to begin. `abstract`: the fresh state as shapes
+    only, allocated by Setup.materialized() (preflight.py checks first what it will need)."""
     validate_config(config)
     parallel = Parallel(config.parallelism, config.mesh, config.sharding_rules,
                         config.fsdp_min_size)
@@ -383,9 +394,10 @@ def build(config, training=True, workdir=None) -> Setup:
     tx, learning_rate = create_optimizer(config.optimizer, steps_per_epoch, total_steps)
     example_inputs = dataset.prepare_inputs(first["inputs"])
     check_sequence_length(model, example_inputs)
-    try:
-        state = create_train_state(model, tx, example_inputs, config.seed,
+    initialize = functools.partial(create_train_state, model, tx, example_inputs, config.seed,
                                    parallel.state_shardings, ema=config.ema_decay > 0)
+    try:
+        state = initialize(abstract=abstract)
     except ConfigError:  # of the sharding rules
         raise
     except Exception as e:  # pylint: disable=broad-except
@@ -400,7 +412,7 @@ def build(config, training=True, workdir=None) -> Setup:
     measured = {each.metrics: metrics.of_evaluation(task, each)
                 for each in evals.evaluations(config)}
     setup = Setup(parallel, dataset, task, state, learning_rate, steps_per_epoch, total_steps,
-                  augment, config, validation_split, others, measured,
+                  augment, config, validation_split, others, measured, first, initialize,
                   finetune.plan(config, state) if training else None)
     if config.steps == "fused" and setup.streams:
         raise ConfigError("config.steps='fused' needs the training split in memory, no host "

@@ -32,9 +32,11 @@ class TrainState(flax.struct.PyTreeNode):
                             opt_state=opt_state, **changes)
 
 
-def create_train_state(model, tx, example_inputs, seed, shardings=None, ema=False) -> TrainState:
+def create_train_state(model, tx, example_inputs, seed, shardings=None, ema=False,
+                       abstract=False) -> TrainState:
     """Initialises `model` (trainer.model.Model); `ema`: with a moving average of the parameters,
-    starting at them.
+    starting at them. `abstract`: the state's shapes, dtypes and shardings only
+    (jax.ShapeDtypeStruct), nothing allocated or computed.
 
     `shardings`: a function from the state's abstract form (jax.eval_shape) and the model's own
     sharding annotations to where each of its arrays goes (Parallel.state_shardings); None: JAX's
@@ -53,7 +55,9 @@ def create_train_state(model, tx, example_inputs, seed, shardings=None, ema=Fals
                           model=model, tx=tx)
 
     key = jax.random.PRNGKey(seed)
-    placement = None
-    if shardings:
-        placement = shardings(jax.eval_shape(init, key), model.annotations(example_inputs))
+    shapes = jax.eval_shape(init, key)
+    placement = shardings(shapes, model.annotations(example_inputs)) if shardings else None
+    if abstract:
+        return jax.tree.map(lambda x, where: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=where),
+                            shapes, placement or jax.tree.map(lambda _: None, shapes))
     return jax.jit(init, out_shardings=placement)(key)
