@@ -16,6 +16,7 @@ from trainer.errors import ConfigError
 XOR = "--config=configs/xor_mlp.py"
 MNIST = "--config=configs/mnist_cnn.py"
 MNIST_MLP = "--config=configs/mnist_mlp.py"
+LM = "--config=configs/shakespeare_lm.py"
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +44,14 @@ def inputs(tmp_path_factory):
         write_idx(digits / f"{split}-labels-idx1-ubyte.gz", 2049, np.arange(n) % 10)
     (root / "interrupted_tfds" / "mnist" / "3.0.1").mkdir(parents=True)  # a download cut short
     (root / "empty_tfds").mkdir()
+    for source in ("plays", "sonnets"):  # text sources of a mixture
+        (root / source).mkdir()
+        (root / source / "a.txt").write_text(f"Some {source}, a few words of them.\n")
+    (root / "mixture.py").write_text(
+        "from configs.shakespeare_lm import get_config as language_model\n\n\n"
+        "def get_config():\n    config = language_model()\n    config.dataset.path = None\n"
+        f"    config.dataset.mixture = dict(plays=dict(path='{root}/plays', weight=0.0))\n"
+        "    return config\n")
     workdir = root / "run"
     assert run_train(XOR, f"--workdir={workdir}", "--config.num_epochs=10").returncode == 0
     return root
@@ -79,6 +88,9 @@ BAD_INPUTS = [
     ([XOR, "--config.task=classification"], "use e.g. --config.task=regression."),
     ([MNIST_MLP, "--config.dataset.data_dir={root}/digits", "--config.batch_size=16",
       "--config.model.features=(512, 512, 5)"], 'pass --config.model.features="(512, 512, 10)".'),
+    # a mixture of text sources, as a config file gives it
+    (["--config={root}/mixture.py"], "config.dataset.mixture.plays.weight=0.0: give each source "
+                                     "a weight > 0"),
     # several hosts, asked for where there are none
     ([XOR, "--coordinator_address=127.0.0.1:1234"], "--coordinator_address needs --num_processes"),
     ([XOR, "--num_processes=2", "--process_id=0"], "--num_processes and --process_id need "
@@ -166,14 +178,28 @@ BAD_VALUES = [
      "three ways"),
     (MNIST, {"dataset.tfds_data_dir": "{root}/interrupted_tfds"},
      "{root}/interrupted_tfds/mnist/3.0.1 holds an incomplete copy"),
+    # a mixture of text sources: a weight, a source that names no folder, a path beside it
+    (LM, {"dataset": dict(path=None, mixture=dict(plays=dict(path="{root}/plays", weight=-1.0)))},
+     "config.dataset.mixture.plays.weight=-1.0: give each source a weight > 0"),
+    (LM, {"dataset": dict(path=None, mixture=dict(plays=dict(path="{root}/plays", weight=1.0),
+                                                  sonnets=dict(weight=1.0)))},
+     "config.dataset.mixture.sonnets has no path"),
+    (LM, {"dataset": dict(path="{root}/plays", mixture=dict(
+        sonnets=dict(path="{root}/sonnets", weight=1.0)))}, "has both a path and a mixture"),
 ]
+
+
+def formatted(value, root):
+    """A value of BAD_VALUES with its strings' {root} filled in, in dicts too."""
+    if isinstance(value, dict):
+        return {key: formatted(each, root) for key, each in value.items()}
+    return value.format(root=root) if isinstance(value, str) else value
 
 
 @pytest.mark.parametrize("config, overrides, message", BAD_VALUES,
                          ids=[m[:40] for _, _, m in BAD_VALUES])
 def test_bad_values_are_one_typed_error_and_touch_nothing(config, overrides, message, inputs):
-    overrides = {field: value.format(root=inputs) if isinstance(value, str) else value
-                 for field, value in overrides.items()}
+    overrides = {field: formatted(value, inputs) for field, value in overrides.items()}
     before = files(inputs)
     with pytest.raises((ConfigError, DataError)) as raised:
         api.fit(config.split("=", 1)[1], inputs / "run", **overrides)

@@ -96,12 +96,15 @@ class Report:
 
 
 def megabytes(size):
-    return f"{size / MB:,.1f} MB" if abs(size) >= MB / 10 else f"{size / 1e3:,.1f} kB"
+    if abs(size) >= MB / 10:
+        return f"{size / MB:,.1f} MB"
+    return f"{size / 1e3:,.1f} kB" if abs(size) >= 100 else f"{size} bytes"
 
 
 def compiler():
     device = jax.devices()[0]
-    return f"XLA {device.platform} ({device.device_kind}), jax {jax.__version__}"
+    kind = f" ({device.device_kind})" if device.device_kind != device.platform else ""
+    return f"XLA {device.platform}{kind}, jax {jax.__version__}"
 
 
 def device_limit():
