@@ -117,7 +117,7 @@ def load(path="", seq_len=64, tokenizer="bytes", vocab_size=0, packing="concat",
 def mixture_sources(path, mixture, defaults):
     """{source name: its fields}: the one source of `path`, or the mixture's, checked."""
     if not mixture:
-        return {"": dict(defaults, path=path)}
+        return {"": dict(defaults, path=path, field="config.dataset.path")}
     if path:
         raise DataError("config.dataset has both a path and a mixture: give the sources' paths in "
                         "config.dataset.mixture.<name>.path, and no config.dataset.path.")
@@ -136,13 +136,14 @@ def mixture_sources(path, mixture, defaults):
             raise DataError(f"config.dataset.mixture.{name}.weight={weight!r}: give each source a "
                             f"weight > 0 (its share of the training rows, once the weights are "
                             f"divided by their sum).")
-        sources[name] = {**defaults, **{k: v for k, v in source.items() if v is not None}}
+        sources[name] = {**defaults, **{k: v for k, v in source.items() if v is not None},
+                         "field": f"config.dataset.mixture.{name}.path"}
     return sources
 
 
 def read_corpus(source):
     pattern = compile_split_at(source["split_at"])
-    files = list_files(source["path"], source["exclude"])
+    files = list_files(source["path"], source["exclude"], source["field"])
     contents = []
     for _, file in files:
         with open(file, "rb") as f:
@@ -151,7 +152,7 @@ def read_corpus(source):
                  for document in file_documents(file, relative, data, pattern,
                                                 source["text_field"])]
     if not documents:
-        raise DataError(f"config.dataset.path={source['path']!r} holds no text: its files are "
+        raise DataError(f"{source['field']}={source['path']!r} holds no text: its files are "
                         f"empty or only whitespace. Point it at the corpus.")
     return Corpus(source["path"], documents, corpus_digest(files, contents), source["split_at"],
                   source["text_field"])
@@ -230,14 +231,15 @@ def compile_split_at(split_at):
                         f"{e}. Fix it (Python re syntax, e.g. r'^### SCENE').") from e
 
 
-def list_files(path, exclude=README):
-    """(relative path, path) of every file of the corpus, sorted, but those `exclude` matches."""
+def list_files(path, exclude=README, field="config.dataset.path"):
+    """(relative path, path) of every file of the corpus, sorted, but those `exclude` matches;
+    `field`: the config field that gave `path`, for errors."""
     if not os.path.exists(path):
-        raise DataError(f"config.dataset.path={path!r} does not exist. Point it at a folder of "
+        raise DataError(f"{field}={path!r} does not exist. Point it at a folder of "
                         f"{', '.join(EXTENSIONS)} files or at one such file.")
     if os.path.isfile(path):
         if not path.lower().endswith(EXTENSIONS):
-            raise DataError(f"config.dataset.path={path!r} is not a {', '.join(EXTENSIONS)} "
+            raise DataError(f"{field}={path!r} is not a {', '.join(EXTENSIONS)} "
                             f"file. Point it at one, or at a folder of them.")
         return [(os.path.basename(path), path)]
     found = []
@@ -254,7 +256,7 @@ def list_files(path, exclude=README):
         found = [(relative, file) for relative, file in found
                  if not skipped.search(relative.replace(os.sep, "/"))]
     if not found:
-        raise DataError(f"the folder config.dataset.path={path!r} holds no {', '.join(EXTENSIONS)} "
+        raise DataError(f"the folder {field}={path!r} holds no {', '.join(EXTENSIONS)} "
                         f"file (in it or its subfolders). Point it at the corpus.")
     return sorted(found)
 

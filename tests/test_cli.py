@@ -184,6 +184,9 @@ BAD_VALUES = [
     (LM, {"dataset": dict(path=None, mixture=dict(plays=dict(path="{root}/plays", weight=1.0),
                                                   sonnets=dict(weight=1.0)))},
      "config.dataset.mixture.sonnets has no path"),
+    (LM, {"dataset": dict(path=None, mixture=dict(plays=dict(path="{root}/plays", weight=1.0),
+                                                  poems=dict(path="{root}/poems", weight=1.0)))},
+     "config.dataset.mixture.poems.path='{root}/poems' does not exist"),
     (LM, {"dataset": dict(path="{root}/plays", mixture=dict(
         sonnets=dict(path="{root}/sonnets", weight=1.0)))}, "has both a path and a mixture"),
 ]
