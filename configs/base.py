@@ -44,7 +44,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     # fused: the training split in device memory, many steps a call; per_step: a call per batch
     # from the host. auto: fused when the split fits, but per_step for convolutions on the CPU.
     config.steps = "auto"
-    config.dtype = "float32"  # computation: float32 | bfloat16 (parameters stay float32)
+    # float32 | mixed_bfloat16 (parameters float32, computation bfloat16) | bfloat16 (both) |
+    # mixed_float16 (float16 computation, with dynamic loss scaling); losses in float32.
+    config.precision = "float32"
+    config.dtype = "float32"  # bfloat16: the older name of precision="mixed_bfloat16"
     # Before a run: its train step compiled for the devices and refused if it would pass 90 % of
     # a device's memory (docs/devices.md). auto: on accelerators | on: the CPU too | off: never.
     config.memory_check = "auto"

@@ -14,7 +14,8 @@ class CNN(nn.Module):
     num_classes: int = 10
     dropout_rate: float = 0.0
     axis_name: str | None = None  # set by the trainer under pmap: BatchNorm statistics over devices
-    dtype: str = "float32"  # computation; parameters stay float32 (set by config.dtype)
+    dtype: str = "float32"  # computation (set by config.precision)
+    param_dtype: str = "float32"  # parameters (set by config.precision)
 
     def __post_init__(self):
         sizes = (*self.conv_features, *self.dense_features, self.num_classes, self.kernel_size)
@@ -33,16 +34,19 @@ class CNN(nn.Module):
         pool = nn.avg_pool if self.pool == "avg" else nn.max_pool
         for features in self.conv_features:
             x = nn.Conv(features, (self.kernel_size, self.kernel_size),
-                        use_bias=not self.batch_norm, dtype=self.dtype)(x)
+                        use_bias=not self.batch_norm, dtype=self.dtype,
+                        param_dtype=self.param_dtype)(x)
             if self.batch_norm:  # in float32 whatever the dtype: bfloat16 statistics cost accuracy
                 x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=jnp.float32,
-                                 axis_name=self.axis_name)(x).astype(self.dtype)
+                                 param_dtype=self.param_dtype, axis_name=self.axis_name
+                                 )(x).astype(self.dtype)
             x = pool(nn.relu(x), (2, 2), strides=(2, 2))
         x = x.reshape(x.shape[0], -1)
         for features in self.dense_features:
-            x = nn.relu(nn.Dense(features, dtype=self.dtype)(x))
+            x = nn.relu(nn.Dense(features, dtype=self.dtype, param_dtype=self.param_dtype)(x))
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+        return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype
+                        )(x).astype(jnp.float32)
 
 
 Model = CNN

@@ -16,7 +16,8 @@ class MLP(nn.Module):
     features: Sequence[int] = (512, 512, 10)
     activation: str = "relu"
     init_gain: float = 0.0
-    dtype: str = "float32"  # computation; parameters stay float32 (set by config.dtype)
+    dtype: str = "float32"  # computation (set by config.precision)
+    param_dtype: str = "float32"  # parameters (set by config.precision)
 
     def __post_init__(self):
         if not all(isinstance(f, int) and f > 0 for f in self.features):
@@ -32,7 +33,8 @@ class MLP(nn.Module):
                        if self.init_gain else nn.linear.default_kernel_init)
         x = inputs.reshape(inputs.shape[0], -1).astype(self.dtype)
         for i, size in enumerate(self.features):
-            x = nn.Dense(size, kernel_init=kernel_init, dtype=self.dtype)(x)
+            x = nn.Dense(size, kernel_init=kernel_init, dtype=self.dtype,
+                         param_dtype=self.param_dtype)(x)
             if i < len(self.features) - 1:
                 x = ACTIVATIONS[self.activation](x)
         return x.astype(jnp.float32)  # the loss in float32

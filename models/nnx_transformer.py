@@ -24,18 +24,19 @@ from models.transformer import (EMBED_AXES, HEAD_AXES, IN_AXES, OUT_AXES, attend
                                 finish, initializer, make_cache, prepare, rotary)
 
 
-def linear(inputs, outputs, axes, dtype, rngs, residual_layers=0):
-    return nnx.Linear(inputs, outputs, use_bias=False, dtype=dtype, rngs=rngs,
+def linear(inputs, outputs, axes, dtypes, rngs, residual_layers=0):
+    """`dtypes`: dict(dtype=computation, param_dtype=parameters), given to every layer."""
+    return nnx.Linear(inputs, outputs, use_bias=False, **dtypes, rngs=rngs,
                       kernel_init=initializer(nnx.with_partitioning, axes, residual_layers))
 
 
 class Attention(nnx.Module):
-    def __init__(self, embed_dim, num_heads, num_layers, rope_base, dtype, rngs):
+    def __init__(self, embed_dim, num_heads, num_layers, rope_base, dtypes, rngs):
         self.num_heads, self.rope_base = num_heads, rope_base
-        self.query = linear(embed_dim, embed_dim, IN_AXES, dtype, rngs)
-        self.key = linear(embed_dim, embed_dim, IN_AXES, dtype, rngs)
-        self.value = linear(embed_dim, embed_dim, IN_AXES, dtype, rngs)
-        self.out = linear(embed_dim, embed_dim, OUT_AXES, dtype, rngs, num_layers)
+        self.query = linear(embed_dim, embed_dim, IN_AXES, dtypes, rngs)
+        self.key = linear(embed_dim, embed_dim, IN_AXES, dtypes, rngs)
+        self.value = linear(embed_dim, embed_dim, IN_AXES, dtypes, rngs)
+        self.out = linear(embed_dim, embed_dim, OUT_AXES, dtypes, rngs, num_layers)
 
     def __call__(self, x, positions, mask, cache, layer):
         batch, length, width = x.shape
@@ -47,22 +48,24 @@ class Attention(nnx.Module):
 
 
 class MLP(nnx.Module):
-    def __init__(self, embed_dim, mlp_dim, num_layers, dtype, rngs):
-        self.up = linear(embed_dim, mlp_dim, IN_AXES, dtype, rngs)
-        self.down = linear(mlp_dim, embed_dim, OUT_AXES, dtype, rngs, num_layers)
+    def __init__(self, embed_dim, mlp_dim, num_layers, dtypes, rngs):
+        self.up = linear(embed_dim, mlp_dim, IN_AXES, dtypes, rngs)
+        self.down = linear(mlp_dim, embed_dim, OUT_AXES, dtypes, rngs, num_layers)
 
     def __call__(self, x):
         return self.down(jax.nn.gelu(self.up(x)))
 
 
 class Block(nnx.Module):
-    def __init__(self, embed_dim, num_heads, num_layers, mlp_dim, rope_base, dtype, rngs):
-        self.dtype = dtype
+    def __init__(self, embed_dim, num_heads, num_layers, mlp_dim, rope_base, dtypes, rngs):
+        self.dtype = dtypes["dtype"]
         # Norms in float32 whatever the dtype: bfloat16 statistics cost accuracy.
-        self.attention_norm = nnx.RMSNorm(embed_dim, dtype=jnp.float32, rngs=rngs)
-        self.attention = Attention(embed_dim, num_heads, num_layers, rope_base, dtype, rngs)
-        self.mlp_norm = nnx.RMSNorm(embed_dim, dtype=jnp.float32, rngs=rngs)
-        self.mlp = MLP(embed_dim, mlp_dim, num_layers, dtype, rngs)
+        self.attention_norm = nnx.RMSNorm(embed_dim, dtype=jnp.float32,
+                                          param_dtype=dtypes["param_dtype"], rngs=rngs)
+        self.attention = Attention(embed_dim, num_heads, num_layers, rope_base, dtypes, rngs)
+        self.mlp_norm = nnx.RMSNorm(embed_dim, dtype=jnp.float32,
+                                    param_dtype=dtypes["param_dtype"], rngs=rngs)
+        self.mlp = MLP(embed_dim, mlp_dim, num_layers, dtypes, rngs)
 
     def __call__(self, x, positions, mask, cache, layer, dropout):
         h, cache = self.attention(self.attention_norm(x).astype(self.dtype), positions, mask,
@@ -75,21 +78,24 @@ class Transformer(nnx.Module):
     def __init__(self, *, rngs: nnx.Rngs, vocab_size: int = 257, num_layers: int = 4,
                  num_heads: int = 4, embed_dim: int = 128, mlp_dim: int | None = None,
                  max_len: int = 1024, dropout_rate: float = 0.0, tie_embeddings: bool = False,
-                 rope_base: float = 10000.0, dtype=jnp.float32):
+                 rope_base: float = 10000.0, dtype=jnp.float32, param_dtype=jnp.float32):
         """`mlp_dim` None: 4 * embed_dim; `max_len`: the longest sequence the model is meant for
-        (positions < max_len); `tie_embeddings`: the output head is the embedding transposed."""
+        (positions < max_len); `tie_embeddings`: the output head is the embedding transposed;
+        `dtype`, `param_dtype`: of computation and parameters (set by config.precision)."""
         check_fields(vocab_size, num_layers, num_heads, embed_dim, mlp_dim, max_len, dropout_rate,
                      rope_base)
         self.num_layers, self.num_heads, self.max_len = num_layers, num_heads, max_len
         self.head_dim, self.dtype = embed_dim // num_heads, dtype
-        self.embed = nnx.Embed(vocab_size, embed_dim, dtype=dtype, rngs=rngs,
+        dtypes = dict(dtype=dtype, param_dtype=param_dtype)
+        self.embed = nnx.Embed(vocab_size, embed_dim, **dtypes, rngs=rngs,
                                embedding_init=initializer(nnx.with_partitioning, EMBED_AXES))
         self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
         self.blocks = nnx.List([Block(embed_dim, num_heads, num_layers, mlp_dim or 4 * embed_dim,
-                                      rope_base, dtype, rngs) for _ in range(num_layers)])
-        self.final_norm = nnx.RMSNorm(embed_dim, dtype=jnp.float32, rngs=rngs)
+                                      rope_base, dtypes, rngs) for _ in range(num_layers)])
+        self.final_norm = nnx.RMSNorm(embed_dim, dtype=jnp.float32, param_dtype=param_dtype,
+                                      rngs=rngs)
         self.head = (None if tie_embeddings else
-                     linear(embed_dim, vocab_size, HEAD_AXES, dtype, rngs))
+                     linear(embed_dim, vocab_size, HEAD_AXES, dtypes, rngs))
 
     def init_cache(self, batch_size: int, length: int) -> dict:
         """An empty cache of `length` slots a row (models/transformer.py's init_cache)."""

@@ -162,6 +162,7 @@ class Attention(nn.Module):
     num_layers: int
     rope_base: float
     dtype: str
+    param_dtype: str
 
     @nn.compact
     def __call__(self, x, positions, mask, cache, layer):
@@ -170,13 +171,16 @@ class Attention(nn.Module):
 
         def project(name):
             return nn.Dense(width, use_bias=False, kernel_init=initializer(
-                nn.with_partitioning, IN_AXES), dtype=self.dtype, name=name)(x).reshape(heads)
+                nn.with_partitioning, IN_AXES), dtype=self.dtype, param_dtype=self.param_dtype,
+                name=name)(x).reshape(heads)
 
         query = rotary(project("query"), positions, self.rope_base)
         key = rotary(project("key"), positions, self.rope_base)
         out, cache = attend(query, key, project("value"), mask, cache, layer)
-        out = nn.Dense(width, use_bias=False, dtype=self.dtype, name="out", kernel_init=initializer(
-            nn.with_partitioning, OUT_AXES, self.num_layers))(out.reshape(batch, length, width))
+        out = nn.Dense(width, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+                       name="out", kernel_init=initializer(nn.with_partitioning, OUT_AXES,
+                                                           self.num_layers)
+                       )(out.reshape(batch, length, width))
         return out, cache
 
 
@@ -184,12 +188,14 @@ class MLP(nn.Module):
     mlp_dim: int
     num_layers: int
     dtype: str
+    param_dtype: str
 
     @nn.compact
     def __call__(self, x):
-        h = nn.Dense(self.mlp_dim, use_bias=False, dtype=self.dtype, name="up",
-                     kernel_init=initializer(nn.with_partitioning, IN_AXES))(x)
-        return nn.Dense(x.shape[-1], use_bias=False, dtype=self.dtype, name="down",
+        h = nn.Dense(self.mlp_dim, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+                     name="up", kernel_init=initializer(nn.with_partitioning, IN_AXES))(x)
+        return nn.Dense(x.shape[-1], use_bias=False, dtype=self.dtype,
+                        param_dtype=self.param_dtype, name="down",
                         kernel_init=initializer(nn.with_partitioning, OUT_AXES, self.num_layers)
                         )(jax.nn.gelu(h))
 
@@ -201,16 +207,19 @@ class Block(nn.Module):
     dropout_rate: float
     rope_base: float
     dtype: str
+    param_dtype: str
 
     @nn.compact
     def __call__(self, x, positions, mask, cache, layer, train):
         # Norms in float32 whatever the dtype: bfloat16 statistics cost accuracy.
-        h = nn.RMSNorm(dtype=jnp.float32, name="attention_norm")(x).astype(self.dtype)
+        h = nn.RMSNorm(dtype=jnp.float32, param_dtype=self.param_dtype, name="attention_norm"
+                       )(x).astype(self.dtype)
         h, cache = Attention(self.num_heads, self.num_layers, self.rope_base, self.dtype,
-                             name="attention")(h, positions, mask, cache, layer)
+                             self.param_dtype, name="attention")(h, positions, mask, cache, layer)
         x = x + nn.Dropout(self.dropout_rate, deterministic=not train)(h)
-        h = nn.RMSNorm(dtype=jnp.float32, name="mlp_norm")(x).astype(self.dtype)
-        h = MLP(self.mlp_dim, self.num_layers, self.dtype, name="mlp")(h)
+        h = nn.RMSNorm(dtype=jnp.float32, param_dtype=self.param_dtype, name="mlp_norm"
+                       )(x).astype(self.dtype)
+        h = MLP(self.mlp_dim, self.num_layers, self.dtype, self.param_dtype, name="mlp")(h)
         return x + nn.Dropout(self.dropout_rate, deterministic=not train)(h), cache
 
 
@@ -224,7 +233,8 @@ class Transformer(nn.Module):
     dropout_rate: float = 0.0
     tie_embeddings: bool = False  # the output head is the embedding matrix transposed
     rope_base: float = 10000.0
-    dtype: str = "float32"  # computation; parameters stay float32 (set by config.dtype)
+    dtype: str = "float32"  # computation (set by config.precision)
+    param_dtype: str = "float32"  # parameters (set by config.precision)
 
     def __post_init__(self):
         check_fields(self.vocab_size, self.num_layers, self.num_heads, self.embed_dim,
@@ -242,19 +252,23 @@ class Transformer(nn.Module):
     @nn.compact
     def __call__(self, tokens, segment_ids=None, positions=None, cache=None, train: bool = False):
         positions, mask, new_cache = prepare(tokens, segment_ids, positions, cache, self.max_len)
-        embed = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype, name="embed",
+        embed = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype,
+                         param_dtype=self.param_dtype, name="embed",
                          embedding_init=initializer(nn.with_partitioning, EMBED_AXES))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(embed(tokens))
         mlp_dim = self.mlp_dim or 4 * self.embed_dim
         for layer in range(self.num_layers):
             x, new_cache = Block(self.num_heads, self.num_layers, mlp_dim, self.dropout_rate,
-                                 self.rope_base, self.dtype, name=f"blocks_{layer}")(
+                                 self.rope_base, self.dtype, self.param_dtype,
+                                 name=f"blocks_{layer}")(
                                      x, positions, mask, new_cache, layer, train)
-        x = nn.RMSNorm(dtype=jnp.float32, name="final_norm")(x).astype(self.dtype)
+        x = nn.RMSNorm(dtype=jnp.float32, param_dtype=self.param_dtype, name="final_norm"
+                       )(x).astype(self.dtype)
         if self.tie_embeddings:
             logits = embed.attend(x)
         else:
-            logits = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype, name="head",
+            logits = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype,
+                              param_dtype=self.param_dtype, name="head",
                               kernel_init=initializer(nn.with_partitioning, HEAD_AXES))(x)
         logits = logits.astype(jnp.float32)  # the loss in float32
         return logits if cache is None else (logits, finish(new_cache, tokens.shape[1]))

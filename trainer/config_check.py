@@ -2,6 +2,7 @@
 import re
 
 from trainer.errors import ConfigError, Placeholder, setting
+from trainer.model import PRECISIONS
 from trainer.optim import SCHEDULES
 from trainer.parallel import MODES
 
@@ -67,6 +68,7 @@ def validate_config(config):
         isinstance(v, (tuple, list)) and len(v) == 2 and all(is_int(s) for s in v)
         and 0 <= v[0] < v[1]), "() (off) or (start, end), integers with 0 <= start < end")
     require(config, "dtype", *one_of(("float32", "bfloat16")))
+    require(config, "precision", *one_of(tuple(PRECISIONS)))
     require(config, "memory_check", *one_of(("auto", "on", "off")))
     require(config, "grad_accum_steps", lambda v: is_int(v) and v > 0, "a positive integer")
     require(config, "fsdp_min_size", lambda v: is_int(v) and v >= 0, "an integer >= 0")

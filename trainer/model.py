@@ -44,7 +44,7 @@ from flax.nnx import spmd, traversals, variablelib
 from jax.sharding import PartitionSpec
 
 from trainer import parts
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, setting
 
 # How a model's __call__ is told whether it trains, in the order looked for.
 MODE_ARGUMENTS = ("train", "training", "deterministic")
@@ -269,9 +269,29 @@ def is_nnx(target):
     return signature is not None and "rngs" in signature.parameters
 
 
-def build(section, dtype="float32", axis_name=None):
-    """The Model config.model names, built with its fields; `dtype`: config.dtype, what it
-    computes in (parameters stay float32); `axis_name`: pmap's."""
+# config.precision: (the dtype the model computes in, the dtype its parameters are kept in; the
+# optimizer state follows them). float16's narrow range comes with loss scaling (trainer/steps.py).
+PRECISIONS = {"float32": ("float32", "float32"), "mixed_bfloat16": ("bfloat16", "float32"),
+              "bfloat16": ("bfloat16", "bfloat16"), "mixed_float16": ("float16", "float32")}
+
+
+def precision_of(config):
+    """config.precision, config.dtype='bfloat16' read as its older name for 'mixed_bfloat16'."""
+    if config.dtype != "bfloat16":
+        return config.precision
+    if config.precision not in ("float32", "mixed_bfloat16"):
+        raise ConfigError(f"config.dtype='bfloat16' is the older name of "
+                          f"{setting('precision', 'mixed_bfloat16')}, and config.precision="
+                          f"{config.precision!r} says otherwise: give the precision alone "
+                          f"({setting('dtype', 'float32')}).")
+    return "mixed_bfloat16"
+
+
+def build(section, precision="float32", axis_name=None):
+    """The Model config.model names, built with its fields; `precision`: config.precision (a
+    name of PRECISIONS), given to a model by its fields `dtype` and `param_dtype`; `axis_name`:
+    pmap's."""
+    dtypes = dict(zip(("dtype", "param_dtype"), PRECISIONS[precision]))
     name, fields = parts.section_fields(section)
     target = parts.find(parts.MODEL, name)
     described = parts.MODEL.described(name)
@@ -280,7 +300,7 @@ def build(section, dtype="float32", axis_name=None):
                           f"and placement are not the run's: name its class (or a function that "
                           f"takes rngs and returns one), and the trainer builds it.")
     if is_nnx(target):
-        make = nnx_maker(target, fields, described, dtype, axis_name)
+        make = nnx_maker(target, fields, described, dtypes, precision, axis_name)
         try:
             return NnxModel(make, axis_name)
         except ConfigError:
@@ -297,30 +317,33 @@ def build(section, dtype="float32", axis_name=None):
         raise ConfigError(f"config.model.name={name!r} gave a {type(module).__name__}, not a "
                           f"linen or NNX Module: name a Module class, or a function that returns "
                           f"one.")
-    if "dtype" in module.__dataclass_fields__:
-        module = module.clone(dtype=dtype)
-    elif dtype != "float32":
-        raise ConfigError(no_dtype(dtype, type(module).__name__))
+    for field, dtype in dtypes.items():
+        if field in module.__dataclass_fields__:
+            module = module.clone(**{field: dtype})
+        elif dtype != "float32":
+            raise ConfigError(no_dtype(precision, field, type(module).__name__))
     if axis_name and "axis_name" in module.__dataclass_fields__:
         module = module.clone(axis_name=axis_name)
     return LinenModel(module)
 
 
-def no_dtype(dtype, model_name):
-    return (f"config.dtype={dtype!r} needs a model that takes a dtype, and {model_name} does not. "
-            f"Add one, or use float32.")
+def no_dtype(precision, field, model_name):
+    return (f"config.precision={precision!r} needs a model with a field `{field}`, and "
+            f"{model_name} has none: add one (given to its layers, as the shipped models do), or "
+            f"use {setting('precision', 'float32')}.")
 
 
-def nnx_maker(target, fields, described, dtype, axis_name):
+def nnx_maker(target, fields, described, dtypes, precision, axis_name):
     """rngs -> the NNX module, with the config's fields and what the trainer supplies; the fields
     checked first, against __init__ (NNX's metaclass hides the class's own signature)."""
     signature = parts.signature_of(target)
     takes = signature.parameters if signature is not None else {}
     supplied = {"rngs": None} if "rngs" in takes else {}
-    if "dtype" in takes:
-        supplied["dtype"] = jnp.dtype(dtype)
-    elif dtype != "float32":
-        raise ConfigError(no_dtype(dtype, getattr(target, "__name__", str(target))))
+    for field, dtype in dtypes.items():
+        if field in takes:
+            supplied[field] = jnp.dtype(dtype)
+        elif dtype != "float32":
+            raise ConfigError(no_dtype(precision, field, getattr(target, "__name__", str(target))))
     if axis_name and "axis_name" in takes:
         supplied["axis_name"] = axis_name
     parts.check_fields(target, fields, "config.model", described, supplied=supplied)

@@ -15,7 +15,7 @@ from datasets.augment import Augment, normalized
 from trainer import batching, evals, finetune, input_pipeline, metrics, parts, record
 from trainer.config_check import is_int, lookup, validate_config
 from trainer.errors import ConfigError, setting
-from trainer.model import build as build_model, module_of
+from trainer.model import build as build_model, module_of, precision_of
 from trainer.optim import create_optimizer, frozen_parameters
 from trainer.parallel import Parallel
 from trainer.state import TrainState, create_train_state
@@ -359,6 +359,23 @@ def check_outputs(config, task, dataset, state, first):
             f"{output_fix(config.model, outputs.shape[-1], classes)}.")
 
 
+def check_compiles_in_float16(config, state, example_inputs):
+    """A float16 computation that this backend cannot compile (XLA's CPU: attention's float16
+    matrix products accumulated in float32) is one line now, not a traceback at the first step:
+    the model's forward pass is lowered (not compiled) to find out."""
+    if precision_of(config) != "mixed_float16":
+        return
+    try:
+        jax.jit(lambda params, model_state, inputs: state.model.apply(
+            params, model_state, inputs, False)).lower(state.params, state.model_state,
+                                                       example_inputs)
+    except ValueError as e:
+        raise ConfigError(
+            f"config.precision='mixed_float16': this model's float16 computation cannot be "
+            f"compiled for {jax.default_backend()} ({str(e).splitlines()[0].rstrip('.')}); use "
+            f"{setting('precision', 'mixed_bfloat16')} here.") from e
+
+
 def build(config, training=True, workdir=None, abstract=False) -> Setup:
     """Checks the config and builds everything from it; raises a user error if anything cannot be
     built. `training`: also check the metric writers and plan config.init_from (using a trained
@@ -381,7 +398,7 @@ def build(config, training=True, workdir=None, abstract=False) -> Setup:
     first = datasets.examples(dataset.train, [0])  # read once: a streamed example is decoded
     dataset = with_normalization(dataset, config.augment, first["inputs"])
     augment = build_augment(config.augment, first["inputs"], config.dataset.name)
-    model = build_model(config.model, dtype=config.dtype, axis_name=parallel.axis_name)
+    model = build_model(config.model, precision_of(config), axis_name=parallel.axis_name)
     steps_per_epoch = dataset.num_train // config.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(f"config.batch_size={config.batch_size} is larger than the training split "
@@ -395,7 +412,8 @@ def build(config, training=True, workdir=None, abstract=False) -> Setup:
     example_inputs = dataset.prepare_inputs(first["inputs"])
     check_sequence_length(model, example_inputs)
     initialize = functools.partial(create_train_state, model, tx, example_inputs, config.seed,
-                                   parallel.state_shardings, ema=config.ema_decay > 0)
+                                   parallel.state_shardings, ema=config.ema_decay > 0,
+                                   loss_scaling=precision_of(config) == "mixed_float16")
     try:
         state = initialize(abstract=abstract)
     except ConfigError:  # of the sharding rules
@@ -407,6 +425,7 @@ def build(config, training=True, workdir=None, abstract=False) -> Setup:
             f"{config.dataset.name!r}, of shape {shapes}: "
             f"{type(e).__name__}: {str(e).splitlines()[0]}") from e
     check_outputs(config, task, dataset, state, first)
+    check_compiles_in_float16(config, state, example_inputs)
     evals.check_selection(config, lambda each: metrics.of_evaluation(task, each))
     frozen_parameters(config.optimizer, state.params)  # checked
     measured = {each.metrics: metrics.of_evaluation(task, each)

@@ -11,6 +11,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
+from flax.training.dynamic_scale import DynamicScale
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -22,6 +23,9 @@ class TrainState(flax.struct.PyTreeNode):
     nonfinite_updates: jax.Array  # updates skipped for a non-finite loss or gradient
     first_nonfinite_step: jax.Array  # the step of the first one, -1 if none
     ema_params: Any = None  # config.ema_decay: the moving average of params (None: not kept)
+    # config.precision="mixed_float16": Flax's DynamicScale, the loss scale and its count of
+    # finite steps (None: no loss scaling)
+    loss_scale: Any = None
     model: Any = flax.struct.field(pytree_node=False, default=None)  # a trainer.model.Model
     tx: optax.GradientTransformation = flax.struct.field(pytree_node=False, default=None)
 
@@ -33,10 +37,11 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 def create_train_state(model, tx, example_inputs, seed, shardings=None, ema=False,
-                       abstract=False) -> TrainState:
+                       loss_scaling=False, abstract=False) -> TrainState:
     """Initialises `model` (trainer.model.Model); `ema`: with a moving average of the parameters,
-    starting at them. `abstract`: the state's shapes, dtypes and shardings only
-    (jax.ShapeDtypeStruct), nothing allocated or computed.
+    starting at them; `loss_scaling`: with a dynamic loss scale (float16), starting at Flax's
+    2^16. `abstract`: the state's shapes, dtypes and shardings only (jax.ShapeDtypeStruct),
+    nothing allocated or computed.
 
     `shardings`: a function from the state's abstract form (jax.eval_shape) and the model's own
     sharding annotations to where each of its arrays goes (Parallel.state_shardings); None: JAX's
@@ -52,6 +57,9 @@ def create_train_state(model, tx, example_inputs, seed, shardings=None, ema=Fals
                           nonfinite_updates=jnp.zeros((), jnp.int32),
                           first_nonfinite_step=jnp.full((), -1, jnp.int32),
                           ema_params=jax.tree.map(jnp.copy, params) if ema else None,
+                          loss_scale=DynamicScale(fin_steps=jnp.zeros((), jnp.int32),
+                                                  scale=jnp.asarray(2.0**16, jnp.float32))
+                          if loss_scaling else None,
                           model=model, tx=tx)
 
     key = jax.random.PRNGKey(seed)

@@ -38,7 +38,10 @@ def train_step(state: TrainState, batch, *, task, prepare_inputs, nonfinite="sto
     A task of tokens (Task.weights) is one mean over the counted tokens of the whole global batch:
     each microbatch and device adds its tokens' summed loss over that global count, and their
     gradients are summed, not averaged (a mean of means would weigh a row of few real tokens as
-    much as a full one)."""
+    much as a full one).
+    With a loss scale (state.loss_scale, config.precision="mixed_float16") the objective is
+    multiplied by it and the gradients divided by it again; a step whose gradients overflow is not
+    applied and halves the scale, and is no non-finite step (a non-finite loss still is)."""
     dropout_key = jax.random.fold_in(state.rng, state.step)
     if axis_name:  # each device drops out its own share of the batch
         dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
@@ -49,13 +52,17 @@ def train_step(state: TrainState, batch, *, task, prepare_inputs, nonfinite="sto
             counted = jax.lax.psum(counted, axis_name)
         counted = jnp.maximum(counted, 1.0)
 
+    scale = None if state.loss_scale is None else state.loss_scale.scale
+
     def loss_fn(params, model_state, batch, key):
         outputs, model_state = state.model.apply(params, model_state,
                                                  prepare_inputs(batch["inputs"]), True, key)
+        outputs = in_float32(outputs)
         per_example_loss = task.loss(outputs, batch["targets"])
         objective = ((per_example_loss * task.weights(batch["targets"])).sum() / counted
                      if by_tokens else per_example_loss.mean())
-        return objective, (outputs, per_example_loss, model_state)
+        return (objective if scale is None else objective * scale), (
+            outputs, per_example_loss, model_state)
 
     gradients = jax.grad(loss_fn, has_aux=True)
     if grad_accum_steps == 1:
@@ -82,12 +89,18 @@ def train_step(state: TrainState, batch, *, task, prepare_inputs, nonfinite="sto
         model_state = jax.tree.map(
             lambda x: jax.lax.pmean(x, axis_name) if jnp.issubdtype(x.dtype, jnp.inexact) else x,
             model_state)
+    checked, overflow = [per_example_loss, grads], None
+    if scale is not None:
+        grads = jax.tree.map(lambda g: g / scale, grads)
+        checked, overflow = [per_example_loss], ~all_finite([grads])
     new_state = state.apply_gradients(grads=grads, model_state=model_state)
     if ema_decay:
         new_state = new_state.replace(ema_params=jax.tree.map(
             lambda average, p: ema_decay * average + (1 - ema_decay) * p,
             state.ema_params, new_state.params))
-    new_state = skip_if_nonfinite(state, new_state, [per_example_loss, grads], nonfinite)
+    if scale is not None:
+        new_state = new_state.replace(loss_scale=rescaled(state.loss_scale, ~overflow))
+    new_state = skip_if_nonfinite(state, new_state, checked, nonfinite, overflow)
     if state_sharding is not None:
         new_state = jax.lax.with_sharding_constraint(new_state, state_sharding)
     return new_state, task.compute_metrics(outputs, batch["targets"], per_example_loss,
@@ -101,12 +114,42 @@ def train_step_into(state: TrainState, metrics, batch, **step_args):
     return state, metrics.merge(step_metrics)
 
 
-def skip_if_nonfinite(state, new_state, values, nonfinite):
+def in_float32(outputs):
+    """A model's floating-point outputs in float32: losses and metrics are computed in it, whatever
+    the model computes in."""
+    return jax.tree.map(lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating)
+                        else x, outputs)
+
+
+def all_finite(values):
+    return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(values)]))
+
+
+def rescaled(loss_scale, finite):
+    """The loss scale (Flax's DynamicScale) after a step whose gradients were `finite` or not, by
+    DynamicScale's own rule: times backoff_factor on an overflow, times growth_factor after
+    growth_interval finite steps in a row. Written out because its value_and_grad cannot wrap a
+    step whose microbatches accumulate in a scan."""
+    grow = loss_scale.fin_steps == loss_scale.growth_interval
+    grown = jnp.minimum(loss_scale.scale * loss_scale.growth_factor, jnp.finfo(jnp.float32).max)
+    backed_off = loss_scale.scale * loss_scale.backoff_factor
+    if loss_scale.minimum_scale is not None:
+        backed_off = jnp.maximum(backed_off, loss_scale.minimum_scale)
+    return loss_scale.replace(
+        scale=jnp.where(finite, jnp.where(grow, grown, loss_scale.scale), backed_off),
+        fin_steps=jnp.where(grow | ~finite, 0, loss_scale.fin_steps + 1))
+
+
+def skip_if_nonfinite(state, new_state, values, nonfinite, overflow=None):
     """Keeps the old params, optimizer state, model state and moving average where `values` hold a
     NaN or an Inf, and counts it; the step still advances, since the batch was consumed. The loop
-    stops the run or goes on, as `nonfinite` says; either way no non-finite state is ever saved."""
-    finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(values)]))
+    stops the run or goes on, as `nonfinite` says; either way no non-finite state is ever saved.
+    `overflow`: gradients that overflowed a loss scale, kept from the state alike but not counted
+    (the scale was lowered for the next step)."""
+    finite = all_finite(values)
     apply = finite & (state.nonfinite_updates == 0) if nonfinite == "stop" else finite
+    if overflow is not None:
+        apply = apply & ~overflow
 
     def keep(new, old):
         return jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
@@ -128,6 +171,7 @@ def eval_step(state: TrainState, batch, *, task, prepare_inputs, metrics, gather
     on every device, for the host's evaluators (else None)."""
     outputs, _ = state.model.apply(state.params, state.model_state,
                                    prepare_inputs(batch["inputs"]), False)
+    outputs = in_float32(outputs)
     per_example_loss = task.loss(outputs, batch["targets"])
     computed = metrics.on_device(outputs, batch["targets"], per_example_loss, batch["mask"],
                                  axis_name=axis_name)
