@@ -324,12 +324,15 @@ def test_damaged_latest_checkpoint_falls_back_to_the_one_before(damage, mnist_di
 def test_a_damaged_checkpoint_used_by_the_scripts_is_one_line_naming_step(damage, tmp_path,
                                                                            uninterrupted, capfd):
     """evaluate.py, predict.py, plot.py and api.load: the same one line, naming the step, the file
-    and the kind of damage; nothing else on stderr."""
+    and the kind of damage; nothing else on stderr. The three scripts restore through the same
+    code (trainer/inference.py): all three read the first two kinds of damage, evaluate.py the
+    others."""
     workdir, path, kind = damaged_copy(uninterrupted, tmp_path, damage)
+    every = damage in (damage_flip_index, damage_flip_bytes)
     scripts = {script: subprocess.Popen(
         [sys.executable, str(REPO / "scripts" / script), f"--workdir={workdir}"], cwd=REPO,
         text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        for script in ("evaluate.py", "predict.py", "plot.py")}  # started together: quicker
+        for script in ("evaluate.py", "predict.py", "plot.py")[:3 if every else 1]}
     for script, run in scripts.items():
         stderr = run.communicate(timeout=120)[1]
         assert run.returncode == 2, (script, stderr[-3000:])
