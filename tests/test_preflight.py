@@ -2,6 +2,7 @@
 train steps take on 8 fake CPU devices, --check from the command line writing nothing, and a run
 that cannot fit refused before it touches its workdir."""
 import json
+import re
 import os
 import subprocess
 import sys
@@ -108,3 +109,38 @@ def test_a_run_on_8_devices_that_cannot_fit_is_told_what_fsdp_would_need(tmp_pat
     assert "each device would need with --config.mesh.data=1 --config.mesh.fsdp=-1: " in line
     assert "--config.memory_check=off" in line
     assert not workdir.exists()
+
+
+def test_a_compiler_that_gives_no_memory_analysis_is_said_and_refuses_nothing():
+    """memory_analysis() is not a stable JAX API: where it gives nothing, or is missing, the
+    report says so and a run goes on."""
+    class NoAnalysis:  # a compiled program of such a JAX
+        def memory_analysis(self):
+            return None
+
+    class Missing:
+        def memory_analysis(self):
+            raise NotImplementedError
+
+    assert preflight.memory_of(NoAnalysis()) == preflight.memory_of(Missing()) == (None, None)
+    report = preflight.Report(
+        compiler="XLA cpu, jax 0.0", devices="jit over 1 cpu device(s)", path="per_step",
+        parts={"parameters": 4000}, temporaries=None, total=None, evaluation=None, limit=1000,
+        limit_source="test", flops=None, device_count=1, peak=None)
+    assert report.fits and "gives no memory analysis" in str(report)
+
+
+@pytest.mark.parametrize("steps", ["fused", "per_step"])
+def test_the_check_before_a_run_is_the_runs_own_compile(steps, tmp_path):
+    """config.memory_check='on' on the CPU, as 'auto' on an accelerator: the check compiles the
+    step function the run then calls, on the same shapes and shardings, so the run compiles its
+    train step and its evaluation step once each, as without the check."""
+    result = run_train("--config=configs/mnist_mlp.py", f"--config.dataset.data_dir={MNIST}",
+                       "--config.model.features=(32, 10)", "--config.num_steps=4",
+                       f"--config.steps={steps}", "--config.memory_check=on",
+                       "--config.plots=False", f"--workdir={tmp_path}",
+                       env={"JAX_LOG_COMPILES": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    compiled = re.findall(r"Finished XLA compilation of jit\((\w+)\)", result.stderr)
+    step = "train_steps" if steps == "fused" else "train_step_into"
+    assert compiled.count(step) == 1 and compiled.count("eval_step") == 1, compiled

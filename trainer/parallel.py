@@ -138,11 +138,10 @@ class Parallel:
         return multihost_utils.process_allgather(tree, tiled=True)
 
     def empty_metrics(self, collection):
-        """An empty metrics collection in device form, to accumulate into on the device."""
-        empty = collection.empty()
-        if self.mode == "pmap":
-            return jax.tree.map(lambda x: np.stack([x] * jax.local_device_count()), empty)
-        return empty
+        """An empty metrics collection in device form, to accumulate into on the device: placed
+        as a step's metrics come out of it, so that the first step's call compiles the same
+        program as the others (host arrays would compile it once more)."""
+        return self.put_replicated(collection.empty())
 
     def metrics_values(self, metrics):
         """Running metrics (device form) as JSON numbers, exact: float32 and int32 values are

@@ -275,14 +275,17 @@ def evaluation_total(config, setup, parts):
     return max(totals)
 
 
-def report(config, setup) -> Report:
-    """The Report of the run of `config`, whose `setup` (setup.build) holds its abstract state."""
+def report(config, setup, count_flops=True) -> Report:
+    """The Report of the run of `config`, whose `setup` (setup.build) holds its abstract state.
+    `count_flops` False: no FLOPs (None), and so no compile but the run's own steps'."""
     fused = runners.use_fused_steps(config, setup)
     arguments, parts = step_arguments(config, setup, fused)
     compiled = runners.jitted_steps(config, setup, fused).lower(
         *device_form(setup.parallel, arguments)).compile()
     temporaries, total = memory_of(compiled)
-    if not fused and config.grad_accum_steps == 1:
+    if not count_flops:
+        flops = None
+    elif not fused and config.grad_accum_steps == 1:
         flops = cost(compiled, "flops")  # the run's own step, counted whole
     else:
         flops = step_flops(config, setup)
@@ -311,7 +314,7 @@ def check_before_run(config, setup, build):
     if config.memory_check == "off" or (config.memory_check == "auto"
                                         and jax.default_backend() == "cpu"):
         return
-    checked = report(config, setup)
+    checked = report(config, setup, count_flops=False)
     if checked.fits:
         return
     part, size = checked.largest_part()
@@ -351,7 +354,7 @@ def alternatives(config, build):
             else:
                 other[name] = value
         try:
-            found.append((said, report(other, build(other))))
+            found.append((said, report(other, build(other), count_flops=False)))
         except ConfigError:  # a change the config cannot take (a mesh its rules refuse)
             continue
     return found
