@@ -39,6 +39,9 @@ def main(argv):
     if CHECK.value:
         check()
         return
+    if CPU_DEVICES.value is not None:
+        cli.fail("--cpu_devices is for --check; for a run on fake CPU devices, give "
+                 f"XLA_FLAGS=--xla_force_host_platform_device_count={CPU_DEVICES.value}.")
     if not WORKDIR.value:
         cli.fail("--workdir is required: the folder for checkpoints, metrics and TensorBoard.")
     # A second Ctrl-C ends the process at once, even in the middle of a step.

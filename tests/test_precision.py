@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, files
 from trainer import api, parts
+from trainer.checkpoint import CheckpointMismatch
 from trainer.errors import ConfigError
 from trainer.setup import build
 
@@ -56,7 +57,7 @@ def huge_targets():
     past float16's largest number (65504) in the backward pass: the scale must come down first."""
     rng = np.random.default_rng(0)
     inputs = rng.normal(size=(256, 4)).astype(np.float32)
-    targets = (inputs @ rng.normal(size=(4, 1)) * 1e4).astype(np.float32)
+    targets = (inputs @ rng.normal(size=(4, 1)) * 300).astype(np.float32)
     return (inputs, targets), (inputs[:64], targets[:64])
 
 
@@ -71,8 +72,13 @@ def test_a_float16_overflow_lowers_the_scale_and_the_run_goes_on_and_resumes_bit
     straight = fit_huge(tmp_path / "straight", 20)
     scale = straight.state.loss_scale
     assert float(scale.scale) < 2.0**16  # halved at each overflow
+    logged = [row["train/loss_scale"] for row in straight.history if "train/loss" in row]
+    assert logged == sorted(logged, reverse=True) and logged[-1] == float(scale.scale)
     assert int(straight.state.nonfinite_updates) == 0  # no NaN stop, none counted
     assert all(np.isfinite(value) for value in straight.final.values())
+    halfway = api.load(tmp_path / "straight", step=10, dataset=huge_targets())
+    assert any(not np.array_equal(a, b) for a, b in zip(  # steps 11 to 20 were applied
+        jax.tree.leaves(straight.state.params), jax.tree.leaves(halfway.state.params)))
     # The same 20 steps in two calls: the scale and its count come back from the checkpoint.
     fit_huge(tmp_path / "resumed", 10)
     resumed = fit_huge(tmp_path / "resumed", 20)
@@ -111,3 +117,34 @@ def test_float16_attention_that_the_cpu_cannot_compile_is_one_line(tmp_path):
         "for cpu (The precision 'F16_F16_F32' is not supported by dot_general on CPU); use "
         "precision='mixed_bfloat16' here.")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_resume_in_another_precision_is_refused_and_its_checkpoints_stay(tmp_path):
+    """Orbax would cast the saved arrays to the dtype asked for, which their checksums would then
+    take for damage: the dtypes are compared first, and the change named."""
+    fit_huge(tmp_path / "run", 10, precision="float32")
+    before = files(tmp_path / "run" / "checkpoints")
+    with pytest.raises(CheckpointMismatch) as refused:
+        api.fit("configs/poly_regression.py", tmp_path / "run", dataset=huge_targets(),
+                num_steps=20, batch_size=32, precision="bfloat16", model=dict(features=(16, 1)),
+                log_every_steps=5, checkpoint_every_steps=10, plots=False, evals=None,
+                best_metric="", early_stopping=dict(metric=""), resume_with_changes=True)
+    message = str(refused.value)
+    assert "is float32 there and bfloat16 in the config" in message and "precision" in message
+    assert "\n" not in message
+    assert files(tmp_path / "run" / "checkpoints") == before
+    assert not (tmp_path / "run" / "damaged_checkpoints").exists()
+
+
+def test_a_float32_run_is_fine_tuned_in_bfloat16(tmp_path):
+    """Read as saved (its checksums verified), converted to the fresh run's dtype; a learning
+    rate of 1e-30 leaves the converted values as they are in bfloat16."""
+    source = fit_huge(tmp_path / "source", 10, precision="float32")
+    tuned = api.fit("configs/poly_regression.py", tmp_path / "tuned", dataset=huge_targets(),
+                    num_steps=1, batch_size=32, precision="bfloat16", model=dict(features=(16, 1)),
+                    optimizer=dict(learning_rate=1e-30), plots=False, evals=None, best_metric="",
+                    early_stopping=dict(metric=""), init_from=str(tmp_path / "source"))
+    for loaded, saved in zip(jax.tree.leaves(tuned.state.params),
+                             jax.tree.leaves(source.state.params)):
+        assert loaded.dtype == jnp.bfloat16
+        np.testing.assert_array_equal(np.asarray(loaded), np.asarray(saved.astype(jnp.bfloat16)))

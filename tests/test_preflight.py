@@ -58,11 +58,11 @@ def test_check_prints_each_devices_figures_and_writes_nothing(tmp_path):
     assert not workdir.exists()
 
 
-def test_the_same_check_from_python_and_what_it_finds_of_fsdp():
-    sharded = api.check("configs/wide_mlp.py", dataset=dict(data_dir=MNIST), model=dict(
+def test_the_same_check_from_python_gives_its_figures():
+    report = api.check("configs/wide_mlp.py", dataset=dict(data_dir=MNIST), model=dict(
         features=NARROW))
-    assert sharded.fits and sharded.flops > 0 and sharded.limit > 0
-    assert sharded.parts["parameters"] == 4 * (784 * 1024 + 3 * 1024 * 1024 + 1024 * 10
+    assert report.fits and report.flops > 0 and report.limit > 0
+    assert report.parts["parameters"] == 4 * (784 * 1024 + 3 * 1024 * 1024 + 1024 * 10
                                                + 4 * 1024 + 10)  # one device: all of them
 
 

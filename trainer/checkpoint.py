@@ -26,6 +26,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 import tensorstore as ts
 from absl import logging
@@ -38,6 +39,13 @@ from trainer.model import path_name
 def shapes_by_name(tree):
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {path_name(path): tuple(leaf.shape) for path, leaf in leaves}
+
+
+def dtypes_by_name(tree):
+    """{name: dtype name} of the arrays of `tree` (arrays, abstract ones or Orbax's metadata)."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {path_name(path): np.dtype(leaf.dtype).name for path, leaf in leaves
+            if getattr(leaf, "dtype", None) is not None}
 
 
 def as_uint32(x):
@@ -446,14 +454,17 @@ class Checkpoints:
             except ValueError as not_json:
                 raise Damaged(f"state/_METADATA: unreadable metadata (not JSON: {not_json})") from e
             raise
-        saved, wanted = shapes_by_name(tree), shapes_by_name(like_state)
-        for name in sorted(set(saved) | set(wanted), key=part_order):
-            if not optimizer and name.startswith("opt_state/"):
-                continue
-            if saved.get(name) != wanted.get(name):
-                raise CheckpointMismatch(step, self.directory,
-                                         f"{name} is {saved.get(name, 'absent')} there and "
-                                         f"{wanted.get(name, 'absent')} in the config")
+        # Shapes, then dtypes (config.precision): Orbax would cast an array to the dtype asked
+        # for, which its checksum then takes for damage.
+        for saved, wanted in ((shapes_by_name(tree), shapes_by_name(like_state)),
+                              (dtypes_by_name(tree), dtypes_by_name(like_state))):
+            for name in sorted(set(saved) | set(wanted), key=part_order):
+                if not optimizer and name.startswith("opt_state/"):
+                    continue
+                if saved.get(name) != wanted.get(name):
+                    raise CheckpointMismatch(step, self.directory,
+                                             f"{name} is {saved.get(name, 'absent')} there and "
+                                             f"{wanted.get(name, 'absent')} in the config")
         return tree
 
     def restore_latest_good(self, like_state):

@@ -33,7 +33,12 @@ def read_run_config(workdir):
     try:
         with open(path, encoding="utf-8") as f:
             config = get_base_config()
-            config.update(tuples(json.load(f)))
+            saved = tuples(json.load(f))
+            # A section set back to None (evals=None: its part's own default) keeps today's
+            # default section, which ConfigDict.update cannot replace by None.
+            config.update({name: value for name, value in saved.items()
+                           if not (value is None and isinstance(config.get(name),
+                                                                 ml_collections.ConfigDict))})
     except (ValueError, TypeError) as e:  # not JSON, or a field of another type
         raise ConfigError(f"{path} is not a readable config ({e}). Give the config "
                           f"yourself.") from e

@@ -27,7 +27,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from trainer.checkpoint import ChecksumError, Checkpoints, shapes_by_name, verify, what_failed
+from trainer.checkpoint import (ChecksumError, Checkpoints, dtypes_by_name, shapes_by_name,
+                                verify, what_failed)
 from trainer.errors import SHOWN, ConfigError, listed, setting
 from trainer.model import path_name
 
@@ -160,6 +161,15 @@ def nested(flat):
     return tree
 
 
+def saved_dtypes(folder):
+    """{name: dtype} of the arrays saved in the checkpoint `folder`."""
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+        return dtypes_by_name(handler.metadata(epath.Path(folder, "state")).tree)
+    finally:
+        handler.close()
+
+
 def check_sums(folder, restored):
     """The restored arrays against the checksums saved with them (checkpoints of earlier versions
     have none): a damaged source is one line, never silently loaded."""
@@ -179,8 +189,12 @@ def load(init_plan, state):
     """`state` (fresh, in checkpoint form) with the arrays `init_plan` loads read from its
     checkpoint, each placed as the fresh array it replaces; logs the report."""
     fresh = jax.tree_util.tree_flatten_with_path({part: getattr(state, part) for part in LOADABLE})
-    abstract = nested({path_name(path): ocp.utils.to_shape_dtype_struct(leaf)  # and its sharding
-                       for path, leaf in fresh[0] if path_name(path) in init_plan.loaded})
+    saved = saved_dtypes(init_plan.folder)
+    # Read as saved (the checksums are of those bytes), placed as the fresh array; converted to
+    # the fresh array's dtype below (a float32 run fine-tuned in bfloat16, config.precision).
+    abstract = nested({path_name(path): jax.ShapeDtypeStruct(
+        leaf.shape, saved.get(path_name(path), leaf.dtype), sharding=leaf.sharding)
+        for path, leaf in fresh[0] if path_name(path) in init_plan.loaded})
     handler = ocp.PyTreeCheckpointHandler()
     try:
         restored = handler.restore(
@@ -198,7 +212,8 @@ def load(init_plan, state):
 
     def replace(part):
         return jax.tree_util.tree_map_with_path(
-            lambda path, leaf: by_name.get(f"{part}/{path_name(path)}", leaf), getattr(state, part))
+            lambda path, leaf: by_name.get(f"{part}/{path_name(path)}", leaf).astype(leaf.dtype),
+            getattr(state, part))
 
     state = state.replace(**{part: replace(part) for part in LOADABLE})
     if state.ema_params is not None:  # the moving average starts at the parameters, as when fresh

@@ -215,8 +215,10 @@ def train_and_evaluate(config, workdir, keep_process=False):
     step and raises Stopped; `keep_process`: a second SIGINT raises KeyboardInterrupt (a notebook's
     kernel lives on) rather than ending the process at once.
     """
-    setup = build(config, workdir=workdir if config.resume else None, abstract=True)
-    preflight.check_before_run(config, setup, lambda other: build(other, abstract=True))
+    kept = workdir if config.resume else None  # where a resumed run keeps its tokenizer
+    setup = build(config, workdir=kept, abstract=True)
+    preflight.check_before_run(config, setup,
+                               lambda other: build(other, workdir=kept, abstract=True))
     setup = setup.materialized()
     prepare_workdir(workdir)
     with one_run_at_a_time(workdir):
@@ -511,6 +513,9 @@ def train(config, setup, workdir, checkpoints, state, step, stop, early_stopping
                     skipped = check_finite(config, state, parallel, checkpoints, step)
                     if skipped:
                         scalars["train/nonfinite_updates"] = skipped
+                    if state.loss_scale is not None:  # float16: lowered at each overflow
+                        scalars["train/loss_scale"] = float(parallel.to_host(
+                            state.loss_scale.scale))
                     writer.write_scalars(step, scalars)
                     progress.report(step, steps_per_sec)
                     progress.show(step, scalars)

@@ -4,8 +4,8 @@ knows a collection: a new version of either API is a change here.
 A model is found by the name rule (trainer/parts.py): a linen Module class, or a callable that
 returns one; or an `nnx.Module` subclass, or a function that takes `rngs` and returns one. The
 config section's other fields go to it, checked against its signature first. The trainer supplies
-what is its own: to an NNX model its `rngs` (streams named `params` and `dropout`), `dtype`
-(config.dtype) where the constructor takes it, and under pmap the `axis_name` over which BatchNorm
+what is its own: to an NNX model its `rngs` (streams named `params` and `dropout`); `dtype` and
+`param_dtype` (config.precision) where the constructor or linen fields take them; and under pmap the `axis_name` over which BatchNorm
 averages its statistics (a linen field of that name, an NNX constructor argument, or else set on
 each nnx.BatchNorm).
 

@@ -20,7 +20,9 @@ import numpy as np
 from trainer import evaluation, hardware, runners
 from trainer.errors import ConfigError, setting
 
-FIT_FRACTION = 0.9  # of a device's memory: the rest for the runtime, fragmentation, eval steps
+# Of a device's memory limit (on a GPU, the part JAX's allocator may take: 75 % of the card by
+# default); the rest for the runtime, fragmentation and what XLA's analysis does not see.
+FIT_FRACTION = 0.9
 ASSUMED_UTILISATION = 0.4  # of the peak FLOP/s, for the step time a report quotes
 MB = 1e6
 
@@ -164,7 +166,7 @@ def abstract_batch(setup, rows=None):
         for name, value in setup.example.items()}
 
 
-def step_arguments(config, setup, fused):
+def step_arguments(setup, fused):
     """(the step's arguments in the global form, as abstract arrays; {part: bytes on each
     device}). Fused: (state, data, order, metrics, start_step, num_steps); per step: (state,
     metrics, batch)."""
@@ -198,7 +200,9 @@ def device_form(parallel, arguments):
 
     def stacked(x):
         if isinstance(x.sharding, jax.sharding.NamedSharding) and x.sharding == parallel.split:
-            return jax.ShapeDtypeStruct((count, x.shape[0] // count, *x.shape[1:]), x.dtype)
+            # A batch: each device's rows of the global one (every process's devices alike).
+            return jax.ShapeDtypeStruct((count, x.shape[0] // jax.device_count(), *x.shape[1:]),
+                                        x.dtype)
         if x.shape == () and x.weak_type:  # a host value (the fused path's step numbers)
             return x
         return jax.ShapeDtypeStruct((count, *x.shape), x.dtype)
@@ -220,7 +224,7 @@ def step_flops(config, setup, per_device=True):
     parallel = setup.parallel
     jitted = parallel.compile(runners.train_step_into, **runners.step_args(
         config, setup, grad_accum_steps=1))
-    arguments, _ = step_arguments(config, setup, fused=False)
+    arguments, _ = step_arguments(setup, fused=False)
     lowered = jitted.lower(*device_form(parallel, arguments))
     if per_device:
         return cost(lowered.compile(), "flops")
@@ -279,7 +283,7 @@ def report(config, setup, count_flops=True) -> Report:
     """The Report of the run of `config`, whose `setup` (setup.build) holds its abstract state.
     `count_flops` False: no FLOPs (None), and so no compile but the run's own steps'."""
     fused = runners.use_fused_steps(config, setup)
-    arguments, parts = step_arguments(config, setup, fused)
+    arguments, parts = step_arguments(setup, fused)
     compiled = runners.jitted_steps(config, setup, fused).lower(
         *device_form(setup.parallel, arguments)).compile()
     temporaries, total = memory_of(compiled)
@@ -318,7 +322,10 @@ def check_before_run(config, setup, build):
     if checked.fits:
         return
     part, size = checked.largest_part()
-    tried = alternatives(config, build)
+    by_evaluation = (checked.evaluation or 0) > checked.total
+    if by_evaluation:
+        part, size = f"evaluation step (a batch of {config.eval_batch_size})", checked.evaluation
+    tried = alternatives(config, build, by_evaluation)
     helps = [f"{change}: {megabytes(other.peak_total)}" for change, other in tried
              if other.total is not None and other.peak_total < checked.peak_total]
     if helps:
@@ -335,10 +342,14 @@ def check_before_run(config, setup, build):
         f"See it all with --check; to run anyway, {setting('memory_check', 'off')}.")
 
 
-def alternatives(config, build):
+def alternatives(config, build, by_evaluation=False):
     """[(a setting, the Report under it)] of the changes that lower a step's memory: the state
-    sharded over every device (fsdp), and more gradient accumulation (a smaller microbatch)."""
+    sharded over every device (fsdp), and more gradient accumulation (a smaller microbatch); a
+    smaller evaluation batch where the evaluation step is the larger."""
     changes = []
+    half = config.eval_batch_size // 2
+    if by_evaluation and half and half % jax.device_count() == 0:
+        changes.append(({"eval_batch_size": half}, setting("eval_batch_size", half)))
     if jax.device_count() > 1 and config.parallelism == "jit" and config.mesh.fsdp != -1:
         changes.append(({"mesh": dict(data=1, fsdp=-1)}, setting("mesh", dict(data=1, fsdp=-1))))
     for k in (2, 4, 8):

@@ -34,7 +34,7 @@ DEFINING = ("seed", "dataset", "validation", "model", "task", "augment")
 # Whose change says nothing of the run: where files are, and how this session runs.
 FREE = ("resume", "resume_with_changes", "init_from", "init_from_regex")
 # The settings that shape the train state: where a checkpoint does not fit, one of them changed.
-STATE_SETTINGS = ("model", "dataset", "task", "optimizer", "ema_decay")
+STATE_SETTINGS = ("model", "dataset", "task", "optimizer", "ema_decay", "precision", "dtype")
 
 
 def flat(tree, prefix=""):

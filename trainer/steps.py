@@ -41,7 +41,8 @@ def train_step(state: TrainState, batch, *, task, prepare_inputs, nonfinite="sto
     much as a full one).
     With a loss scale (state.loss_scale, config.precision="mixed_float16") the objective is
     multiplied by it and the gradients divided by it again; a step whose gradients overflow is not
-    applied and halves the scale, and is no non-finite step (a non-finite loss still is)."""
+    applied and halves the scale, and is no non-finite step (a non-finite loss still is, and a
+    non-finite gradient at a scale of 1 or less)."""
     dropout_key = jax.random.fold_in(state.rng, state.step)
     if axis_name:  # each device drops out its own share of the batch
         dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
@@ -89,18 +90,21 @@ def train_step(state: TrainState, batch, *, task, prepare_inputs, nonfinite="sto
         model_state = jax.tree.map(
             lambda x: jax.lax.pmean(x, axis_name) if jnp.issubdtype(x.dtype, jnp.inexact) else x,
             model_state)
-    checked, overflow = [per_example_loss, grads], None
+    overflow = None
     if scale is not None:
         grads = jax.tree.map(lambda g: g / scale, grads)
-        checked, overflow = [per_example_loss], ~all_finite([grads])
+        grads_finite = all_finite([grads])
+        # Past a scale of 1 a non-finite gradient is no overflow of the scaling: a NaN stop.
+        overflow = ~grads_finite & all_finite([per_example_loss]) & (scale > 1.0)
     new_state = state.apply_gradients(grads=grads, model_state=model_state)
     if ema_decay:
         new_state = new_state.replace(ema_params=jax.tree.map(
             lambda average, p: ema_decay * average + (1 - ema_decay) * p,
             state.ema_params, new_state.params))
     if scale is not None:
-        new_state = new_state.replace(loss_scale=rescaled(state.loss_scale, ~overflow))
-    new_state = skip_if_nonfinite(state, new_state, checked, nonfinite, overflow)
+        new_state = new_state.replace(loss_scale=rescaled(state.loss_scale, grads_finite))
+    new_state = skip_if_nonfinite(state, new_state, [per_example_loss, grads], nonfinite,
+                                  overflow)
     if state_sharding is not None:
         new_state = jax.lax.with_sharding_constraint(new_state, state_sharding)
     return new_state, task.compute_metrics(outputs, batch["targets"], per_example_loss,
@@ -148,8 +152,8 @@ def skip_if_nonfinite(state, new_state, values, nonfinite, overflow=None):
     (the scale was lowered for the next step)."""
     finite = all_finite(values)
     apply = finite & (state.nonfinite_updates == 0) if nonfinite == "stop" else finite
-    if overflow is not None:
-        apply = apply & ~overflow
+    if overflow is not None:  # not applied (its values are not finite), not counted
+        finite = finite | overflow
 
     def keep(new, old):
         return jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
