@@ -17,7 +17,7 @@ import os
 import jax
 import numpy as np
 
-from trainer import evaluation, hardware, runners
+from trainer import configuration, evaluation, hardware, runners
 from trainer.errors import ConfigError, setting
 
 # Of a device's memory limit (on a GPU, the part JAX's allocator may take: 75 % of the card by
@@ -359,11 +359,7 @@ def alternatives(config, build, by_evaluation=False):
     found = []
     for fields, said in changes:
         other = config.copy_and_resolve_references()
-        for name, value in fields.items():
-            if isinstance(value, dict):
-                other[name].update(value)
-            else:
-                other[name] = value
+        configuration.override(other, fields)
         try:
             found.append((said, report(other, build(other), count_flops=False)))
         except ConfigError:  # a change the config cannot take (a mesh its rules refuse)
