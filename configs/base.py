@@ -48,6 +48,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     # mixed_float16 (float16 computation, with dynamic loss scaling); losses in float32.
     config.precision = "float32"
     config.dtype = "float32"  # bfloat16: the older name of precision="mixed_bfloat16"
+    # What each block keeps for the backward pass, the rest recomputed (memory for FLOPs): none |
+    # full | dots | offload | activation names, "attention,mlp_hidden" (models/remat.py).
+    config.remat = "none"
     # Before a run: its train step compiled for the devices and refused if it would pass 90 % of
     # a device's memory (docs/devices.md). auto: on accelerators | on: the CPU too | off: never.
     config.memory_check = "auto"

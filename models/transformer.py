@@ -22,11 +22,14 @@ Query i attends key j iff they are in the same document (segment id), that docum
 itself, so that no row of the attention is empty (no NaN anywhere).
 
 The mask is a boolean array given to jax.nn.dot_product_attention, never a pad token id. Parameter
-names: params/embed/embedding, params/blocks_0/attention_norm/scale,
-params/blocks_0/attention/{query,key,value,out}/kernel, params/blocks_0/mlp_norm/scale,
-params/blocks_0/mlp/{up,down}/kernel, params/final_norm/scale, params/head/kernel (not with
-tie_embeddings). Sharding annotations (Megatron-style, mesh axes "fsdp" and "model"): q/k/v and
-MLP-in kernels ("fsdp", "model"), attention-out and MLP-out kernels ("model", "fsdp"); the
+names: params/embed/embedding, params/blocks/attention_norm/scale,
+params/blocks/attention/{query,key,value,out}/kernel, params/blocks/mlp_norm/scale,
+params/blocks/mlp/{up,down}/kernel, params/final_norm/scale, params/head/kernel (not with
+tie_embeddings). The blocks' parameters are stacked, a leading axis of num_layers, and scanned
+over (jax.lax.scan): one block compiled, not num_layers, and the place where `remat` saves memory
+(models/remat.py; its list of names: NAMES). Sharding annotations (Megatron-style, mesh axes
+"fsdp" and "model"; the layer axis None): q/k/v and MLP-in kernels ("fsdp", "model"),
+attention-out and MLP-out kernels ("model", "fsdp"); the
 vocabulary dimension is not split over "model" (257, the bytes and an end-of-document token, is
 prime: no axis size divides it), so the embedding is (None, "fsdp") and the head ("fsdp", None);
 norm scales are left to the trainer's fsdp rule.
@@ -36,6 +39,12 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from models.remat import check_remat, remat_policy
+
+# The activations a block tags for config.remat's list of names (models/remat.py).
+NAMES = ("query", "key", "value", "attention", "mlp_hidden")
 
 INIT_STD = 0.02  # GPT-2's initialisation of embeddings and kernels
 
@@ -127,20 +136,20 @@ def rotary(x, positions, base):
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
-def attend(query, key, value, mask, cache, layer):
-    """Attention of (batch, length, heads, head_dim) queries; with a cache, this layer's keys and
-    values are written into it at cache["index"] and the queries attend all its slots."""
-    if cache is not None:
-        at = (layer, 0, cache["index"], 0, 0)
-        keys = jax.lax.dynamic_update_slice(cache["keys"], key[None].astype(cache["keys"].dtype),
-                                            at)
-        values = jax.lax.dynamic_update_slice(cache["values"],
-                                              value[None].astype(cache["values"].dtype), at)
-        cache = {**cache, "keys": keys, "values": values}
+def attend(query, key, value, mask, cached, index):
+    """Attention of (batch, length, heads, head_dim) queries; with `cached` (this layer's keys and
+    values of the cache), the layer's keys and values are written into it at slot `index` and the
+    queries attend all its slots. Returns (output, cached)."""
+    if cached is not None:
+        keys, values = (jax.lax.dynamic_update_slice(into, new.astype(into.dtype),
+                                                     (0, index, 0, 0))
+                        for into, new in zip(cached, (key, value)))
+        cached = (keys, values)
         # dot_product_attention wants one dtype for query, key and value.
-        key, value = keys[layer].astype(query.dtype), values[layer].astype(query.dtype)
+        key, value = keys.astype(query.dtype), values.astype(query.dtype)
     # implementation=None is XLA's on every platform in this JAX; "cudnn" is GPU flash attention.
-    return jax.nn.dot_product_attention(query, key, value, mask=mask), cache
+    out = jax.nn.dot_product_attention(query, key, value, mask=mask)
+    return checkpoint_name(out, "attention"), cached
 
 
 def initializer(partitioning, axes, residual_layers=0):
@@ -165,23 +174,23 @@ class Attention(nn.Module):
     param_dtype: str
 
     @nn.compact
-    def __call__(self, x, positions, mask, cache, layer):
+    def __call__(self, x, positions, mask, index, cached):
         batch, length, width = x.shape
         heads = (batch, length, self.num_heads, width // self.num_heads)
 
         def project(name):
-            return nn.Dense(width, use_bias=False, kernel_init=initializer(
-                nn.with_partitioning, IN_AXES), dtype=self.dtype, param_dtype=self.param_dtype,
-                name=name)(x).reshape(heads)
+            return checkpoint_name(nn.Dense(
+                width, use_bias=False, kernel_init=initializer(nn.with_partitioning, IN_AXES),
+                dtype=self.dtype, param_dtype=self.param_dtype, name=name)(x).reshape(heads), name)
 
         query = rotary(project("query"), positions, self.rope_base)
         key = rotary(project("key"), positions, self.rope_base)
-        out, cache = attend(query, key, project("value"), mask, cache, layer)
+        out, cached = attend(query, key, project("value"), mask, cached, index)
         out = nn.Dense(width, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
                        name="out", kernel_init=initializer(nn.with_partitioning, OUT_AXES,
                                                            self.num_layers)
                        )(out.reshape(batch, length, width))
-        return out, cache
+        return out, cached
 
 
 class MLP(nn.Module):
@@ -197,10 +206,11 @@ class MLP(nn.Module):
         return nn.Dense(x.shape[-1], use_bias=False, dtype=self.dtype,
                         param_dtype=self.param_dtype, name="down",
                         kernel_init=initializer(nn.with_partitioning, OUT_AXES, self.num_layers)
-                        )(jax.nn.gelu(h))
+                        )(jax.nn.gelu(checkpoint_name(h, "mlp_hidden")))
 
 
 class Block(nn.Module):
+    """One block, scanned over the layers (Transformer): (x, this layer's cache) -> the same."""
     num_heads: int
     num_layers: int
     mlp_dim: int
@@ -208,19 +218,21 @@ class Block(nn.Module):
     rope_base: float
     dtype: str
     param_dtype: str
+    train: bool
 
     @nn.compact
-    def __call__(self, x, positions, mask, cache, layer, train):
+    def __call__(self, x, positions, mask, index, cached):
         # Norms in float32 whatever the dtype: bfloat16 statistics cost accuracy.
         h = nn.RMSNorm(dtype=jnp.float32, param_dtype=self.param_dtype, name="attention_norm"
                        )(x).astype(self.dtype)
-        h, cache = Attention(self.num_heads, self.num_layers, self.rope_base, self.dtype,
-                             self.param_dtype, name="attention")(h, positions, mask, cache, layer)
-        x = x + nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+        h, cached = Attention(self.num_heads, self.num_layers, self.rope_base, self.dtype,
+                              self.param_dtype, name="attention")(h, positions, mask, index,
+                                                                  cached)
+        x = x + nn.Dropout(self.dropout_rate, deterministic=not self.train)(h)
         h = nn.RMSNorm(dtype=jnp.float32, param_dtype=self.param_dtype, name="mlp_norm"
                        )(x).astype(self.dtype)
         h = MLP(self.mlp_dim, self.num_layers, self.dtype, self.param_dtype, name="mlp")(h)
-        return x + nn.Dropout(self.dropout_rate, deterministic=not train)(h), cache
+        return x + nn.Dropout(self.dropout_rate, deterministic=not self.train)(h), cached
 
 
 class Transformer(nn.Module):
@@ -235,10 +247,13 @@ class Transformer(nn.Module):
     rope_base: float = 10000.0
     dtype: str = "float32"  # computation (set by config.precision)
     param_dtype: str = "float32"  # parameters (set by config.precision)
+    remat: str | tuple = "none"  # what each block keeps for the backward pass (config.remat)
+    scan_unroll: bool = False  # the scan over blocks unrolled (the trainer's FLOP count)
 
     def __post_init__(self):
         check_fields(self.vocab_size, self.num_layers, self.num_heads, self.embed_dim,
                      self.mlp_dim, self.max_len, self.dropout_rate, self.rope_base)
+        check_remat(self.remat, NAMES, "the transformer")
         super().__post_init__()
 
     @nn.nowrap
@@ -256,12 +271,21 @@ class Transformer(nn.Module):
                          param_dtype=self.param_dtype, name="embed",
                          embedding_init=initializer(nn.with_partitioning, EMBED_AXES))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(embed(tokens))
-        mlp_dim = self.mlp_dim or 4 * self.embed_dim
-        for layer in range(self.num_layers):
-            x, new_cache = Block(self.num_heads, self.num_layers, mlp_dim, self.dropout_rate,
-                                 self.rope_base, self.dtype, self.param_dtype,
-                                 name=f"blocks_{layer}")(
-                                     x, positions, mask, new_cache, layer, train)
+        block = Block if self.remat == "none" else nn.remat(
+            Block, policy=remat_policy(self.remat), prevent_cse=False)  # a scan keeps it apart
+        # One Block's parameters stacked over the layers (axis 0, not split over the mesh), each
+        # layer initialised and dropped out with keys of its own; the cache's keys and values
+        # are scanned with them.
+        blocks = nn.scan(block, variable_axes={"params": 0},
+                         split_rngs={"params": True, "dropout": True},
+                         in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0),
+                         length=self.num_layers, unroll=self.num_layers if self.scan_unroll else 1,
+                         metadata_params={nn.PARTITION_NAME: None})
+        cached = None if cache is None else (new_cache["keys"], new_cache["values"])
+        x, cached = blocks(self.num_heads, self.num_layers, self.mlp_dim or 4 * self.embed_dim,
+                           self.dropout_rate, self.rope_base, self.dtype, self.param_dtype, train,
+                           name="blocks")(x, positions, mask, None if cache is None
+                                          else cache["index"], cached)
         x = nn.RMSNorm(dtype=jnp.float32, param_dtype=self.param_dtype, name="final_norm"
                        )(x).astype(self.dtype)
         if self.tie_embeddings:
@@ -271,7 +295,10 @@ class Transformer(nn.Module):
                               param_dtype=self.param_dtype, name="head",
                               kernel_init=initializer(nn.with_partitioning, HEAD_AXES))(x)
         logits = logits.astype(jnp.float32)  # the loss in float32
-        return logits if cache is None else (logits, finish(new_cache, tokens.shape[1]))
+        if cache is None:
+            return logits
+        keys, values = cached
+        return logits, finish({**new_cache, "keys": keys, "values": values}, tokens.shape[1])
 
 
 Model = Transformer

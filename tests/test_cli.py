@@ -88,6 +88,8 @@ BAD_INPUTS = [
     ([XOR, "--config.task=classification"], "use e.g. --config.task=regression."),
     ([MNIST_MLP, "--config.dataset.data_dir={root}/digits", "--config.batch_size=16",
       "--config.model.features=(512, 512, 5)"], 'pass --config.model.features="(512, 512, 10)".'),
+    ([XOR, "--config.remat=every other"], "config.remat='every other' is invalid: it must be one "
+                                           "of ['none', 'full', 'dots', 'offload'], or the names"),
     # a mixture of text sources, as a config file gives it
     (["--config={root}/mixture.py"], "config.dataset.mixture.plays.weight=0.0: give each source "
                                      "a weight > 0"),
@@ -168,6 +170,14 @@ BAD_VALUES = [
     (MNIST, {"dataset.data_dir": "{root}/digits", "batch_size": 16, "model.num_classes": 8},
      "config.model gives 8 outputs but the data set's labels go up to 9 (10 classes): a classifier "
      "needs an output for each class; pass model=dict(num_classes=10)."),
+    # remat for a model without the field, or naming an activation the model does not tag
+    (MNIST, {"dataset.data_dir": "{root}/digits", "batch_size": 16, "remat": "full"},
+     "config.remat='full' needs a model with a field `remat`, and CNN has none: add one (given "
+     "to its layers, as the shipped models do), or use remat='none'."),
+    (LM, {"dataset": dict(path=str(REPO.parent / "shared" / "data" / "shakespeare")),
+          "remat": "attention,logits"},
+     "config.remat='attention,logits': the transformer tags no activation named 'logits' for "
+     "remat to keep; its names are query, key, value, attention, mlp_hidden"),
     # data
     (MNIST, {"dataset.data_dir": "/no/such/folder"}, "is not a folder"),
     (MNIST, {"dataset.data_dir": "{root}/wrong_magic"}, "is not an IDX file"),

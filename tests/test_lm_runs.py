@@ -1,6 +1,7 @@
 """A transformer trained on the real Shakespeare corpus through the command line, as a user runs
-configs/shakespeare_lm.py (small: one block, width 32, 20 steps): what it logs and writes back,
-bitwise resume after SIGKILL, 8 devices with fsdp=4 against one, NNX, generation, and bad input
+configs/shakespeare_lm.py (small: one block, width 32, 20 steps; remat=full, so that every promise
+below holds with recomputation too): what it logs and writes back, bitwise resume after SIGKILL,
+a resume under another remat, 8 devices with fsdp=4 against one, NNX, generation, and bad input
 as one line (a mixture's: tests/test_text.py). The data: ../shared/data/shakespeare, its token
 cache written beside it."""
 import json
@@ -23,7 +24,7 @@ SMALL_LM = ["--config=configs/shakespeare_lm.py", f"--config.dataset.path={SHAKE
             "--config.checkpoint_every_steps=10", "--config.evals.val.every_steps=10",
             "--config.evals.val.max_examples=64", "--config.evals.test.max_examples=64",
             "--config.eval_batch_size=32", "--config.samples.max_new_tokens=24",
-            "--config.plots=False"]
+            "--config.plots=False", "--config.remat=full"]
 
 
 # Host batches, so that worker processes can read them (the default, fused, cuts them on the device).
@@ -94,11 +95,28 @@ def test_sigkill_then_the_same_command_gives_the_same_bits_with_any_workers(lm_r
     assert (workdir / checksums).read_text() == (lm_run / checksums).read_text()
 
 
+def test_remat_changes_no_state_a_run_resumes_under_another(lm_run, tmp_path):
+    """The checkpoint at step 10 that lm_run wrote under remat=full, resumed under remat=none:
+    the same arrays restored, and the same training within float32 rounding (a recomputed
+    activation may be summed in another order)."""
+    workdir = tmp_path / "run"
+    shutil.copytree(lm_run, workdir)
+    shutil.rmtree(workdir / "checkpoints" / "20")  # as if killed before step 20's checkpoint
+    (workdir / "results.json").unlink()
+    result = train_lm(workdir, *PER_STEP, "--config.pipeline.workers=0", "--config.remat=none")
+    assert "Resuming from the checkpoint at step 10" in result.stderr
+    expected, found = train_rows(lm_run), train_rows(workdir)
+    assert [row["step"] for row in found] == [5, 10, 15, 20] and found[:2] == expected[:2]
+    for row, same in zip(found[2:], expected[2:]):
+        assert row["train/loss"] == pytest.approx(same["train/loss"], rel=1e-4)
+
+
 def test_eight_devices_with_fsdp_give_the_losses_of_one(lm_run, tmp_path):
     result = train_lm(tmp_path, "--config.mesh.fsdp=4", num_devices=8)
     assert "mesh data=2 x fsdp=4" in result.stderr
-    # The transformer's own annotations: attention kernels split over fsdp (and model, size 1).
-    assert "('fsdp', 'model')" in result.stderr
+    # The transformer's own annotations: attention kernels split over fsdp (and model, size 1),
+    # not over their layers.
+    assert "(None, 'fsdp', 'model')" in result.stderr
     expected, found = train_rows(lm_run), train_rows(tmp_path)
     assert len(found) == len(expected)
     for a, b in zip(expected, found):

@@ -26,6 +26,8 @@ CASES = {
     "mnist_cnn": ("configs/mnist_cnn.py", dict(dataset=dict(data_dir=MNIST))),
     "transformer": ("configs/shakespeare_lm.py", dict(
         dataset=dict(path=SHAKESPEARE), batch_size=64, steps="per_step")),
+    "transformer remat=full": ("configs/shakespeare_lm.py", dict(
+        dataset=dict(path=SHAKESPEARE), batch_size=64, steps="per_step", remat="full")),
 }
 
 
@@ -64,6 +66,20 @@ def test_the_same_check_from_python_gives_its_figures():
     assert report.fits and report.flops > 0 and report.limit > 0
     assert report.parts["parameters"] == 4 * (784 * 1024 + 3 * 1024 * 1024 + 1024 * 10
                                                + 4 * 1024 + 10)  # one device: all of them
+
+
+def test_remat_trades_the_transformers_activations_for_flops():
+    """The check compiles the run's remat: under full remat each block keeps only its input
+    (measured against the real run's peak above); every block's FLOPs are counted (the scan
+    unrolled for the count), a recomputed forward pass more than without."""
+    def check(remat):
+        return api.check("configs/shakespeare_lm.py", dataset=dict(path=SHAKESPEARE),
+                         batch_size=64, remat=remat)
+    plain, full, named = check("none"), check("full"), check("attention,mlp_hidden")
+    assert full.temporaries < plain.temporaries / 2 and named.temporaries < plain.temporaries / 2
+    assert 1.1 * plain.flops < full.flops < 1.35 * plain.flops
+    assert plain.flops < named.flops < full.flops
+    assert full.parts == plain.parts  # the same state and batch: remat changes no state
 
 
 def impossible_width():

@@ -1,7 +1,8 @@
 """The transformer language model, linen (models/transformer.py) and NNX
 (models/nnx_transformer.py): packed documents kept apart bitwise, key-value cache decoding equal
 to a full forward pass, rotary positions relative, the two APIs the same model, dropout only in
-training, and the sharding annotations. Tiny models, called with Flax's own APIs."""
+training, the sharding annotations, and remat keeping the parameters and gradients. Tiny models,
+called with Flax's own APIs."""
 import re
 
 import jax
@@ -22,7 +23,7 @@ APIS = ["linen", "nnx"]
 class Built:
     """A model of either API behind one interface: __call__(tokens, train=False, key=None,
     **inputs), jitted (compiling once a shape is quicker than running op by op), and params, a
-    nested dict with NNX's names for both (blocks/0/..., not blocks_0/...)."""
+    nested dict of the same names in both."""
 
     def __init__(self, api, **fields):
         fields = {**TINY, **fields}
@@ -30,7 +31,7 @@ class Built:
             self.module = transformer.Transformer(**fields)
             self.variables = nn.meta.unbox(jax.jit(self.module.init)(
                 jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32)))
-            self.params = nnx_names(self.variables["params"])
+            self.params = self.variables["params"]
             self.apply = jax.jit(lambda variables, tokens, inputs, train, key: self.module.apply(
                 variables, tokens, train=train, rngs={"dropout": key}, **inputs),
                 static_argnames="train")
@@ -57,20 +58,6 @@ class Built:
 
     def init_cache(self, batch_size, length):
         return self.module.init_cache(batch_size, length)
-
-
-def nnx_names(tree):
-    """linen's blocks_0 as NNX's blocks/0, for comparing the two."""
-    if not isinstance(tree, dict):
-        return tree
-    out = {}
-    for key, value in tree.items():
-        match = re.fullmatch(r"blocks_(\d+)", key)
-        if match:
-            out.setdefault("blocks", {})[int(match[1])] = nnx_names(value)
-        else:
-            out[key] = nnx_names(value)
-    return out
 
 
 def flat(tree):
@@ -198,9 +185,9 @@ def test_linen_and_nnx_are_the_same_model():
     v, e, m, layers = TINY["vocab_size"], TINY["embed_dim"], 4 * TINY["embed_dim"], 2
     assert sum(np.prod(s) for s in shapes.values()) == 2 * v * e + layers * (
         4 * e * e + 2 * e * m + 2 * e) + e
-    assert shapes["blocks/0/attention/query/kernel"] == (e, e)
+    assert shapes["blocks/attention/query/kernel"] == (layers, e, e)  # stacked over the layers
     # The same initialisers: each kernel's spread alike (GPT-2's, residual outputs scaled down).
-    for name in ("blocks/0/attention/query/kernel", "blocks/1/mlp/down/kernel", "embed/embedding"):
+    for name in ("blocks/attention/query/kernel", "blocks/mlp/down/kernel", "embed/embedding"):
         stds = [float(np.std(flat(model.params)[name])) for model in (linen, built)]
         expected = 0.02 / (2 if name.endswith("down/kernel") else 1)  # sqrt(2 * 2 layers)
         assert stds == pytest.approx([expected] * 2, rel=0.1)
@@ -256,12 +243,12 @@ def test_longer_than_max_len_is_refused(api):
         model.init_cache(1, 9)
 
 
-EXPECTED_SPECS = {
-    "blocks/0/attention/query/kernel": P("fsdp", "model"),
-    "blocks/1/attention/value/kernel": P("fsdp", "model"),
-    "blocks/0/attention/out/kernel": P("model", "fsdp"),
-    "blocks/0/mlp/up/kernel": P("fsdp", "model"),
-    "blocks/1/mlp/down/kernel": P("model", "fsdp"),
+EXPECTED_SPECS = {  # the blocks' layer axis first, not split
+    "blocks/attention/query/kernel": P(None, "fsdp", "model"),
+    "blocks/attention/value/kernel": P(None, "fsdp", "model"),
+    "blocks/attention/out/kernel": P(None, "model", "fsdp"),
+    "blocks/mlp/up/kernel": P(None, "fsdp", "model"),
+    "blocks/mlp/down/kernel": P(None, "model", "fsdp"),
     "embed/embedding": P(None, "fsdp"),
     "head/kernel": P("fsdp", None),
     "final_norm/scale": P(),  # left to the trainer's fsdp rule
@@ -272,8 +259,7 @@ def test_sharding_annotations():
     example = jnp.zeros((1, 8), jnp.int32)
     module = transformer.Transformer(**TINY)
     boxed = jax.eval_shape(module.init, jax.random.PRNGKey(0), example)
-    linen = flat(nnx_names(nn.get_partition_spec(boxed)["params"]))
-    assert linen["blocks/0/attention/query/kernel"] == P("fsdp", "model")
+    linen = flat(nn.get_partition_spec(boxed)["params"])
 
     with nnx.use_eager_sharding(False):
         abstract = nnx.eval_shape(lambda: nnx_transformer.Transformer(rngs=nnx.Rngs(0), **TINY))
@@ -282,3 +268,37 @@ def test_sharding_annotations():
     assert built == linen
     for name, spec in EXPECTED_SPECS.items():
         assert linen[name] == spec, name
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_remat_keeps_the_parameters_and_the_gradients(api):
+    """Each remat setting: the same parameters (it is no state), and the same gradients within
+    float32 rounding (a recomputed activation may be summed in another order)."""
+    tokens = tokens_like((2, 12))
+
+    def gradients(remat):
+        model = Built(api, remat=remat)
+        if api == "linen":
+            return model.params, jax.jit(jax.grad(lambda p: model.module.apply(
+                {"params": p}, tokens).sum()))(model.params)
+        grads = nnx.jit(nnx.grad(lambda module: module(tokens).sum()))(model.module)
+        return model.params, nnx.to_pure_dict(grads)
+
+    params, expected = gradients("none")
+    for remat in ("full", "offload", ("attention", "mlp_hidden")):  # offload: dots, on the host
+        kept, found = gradients(remat)
+        assert jax.tree.all(jax.tree.map(np.array_equal, kept, params)), remat
+        for a, b in zip(jax.tree.leaves(found), jax.tree.leaves(expected)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=str(remat))
+
+
+@pytest.mark.parametrize("remat, message", [
+    ("sometimes", "remat='sometimes'; use one of none, full, dots, offload, or a tuple of the "
+                  "transformer's activation names: query, key, value, attention, mlp_hidden"),
+    (("attention", "logits"), "the transformer tags no activation named 'logits' for remat"),
+])
+def test_bad_remat(remat, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        transformer.Transformer(**TINY, remat=remat)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        nnx_transformer.Transformer(rngs=nnx.Rngs(0), **TINY, remat=remat)

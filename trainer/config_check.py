@@ -2,7 +2,7 @@
 import re
 
 from trainer.errors import ConfigError, Placeholder, setting
-from trainer.model import PRECISIONS
+from trainer.model import PRECISIONS, REMAT_KEYWORDS, is_remat
 from trainer.optim import SCHEDULES
 from trainer.parallel import MODES
 
@@ -70,6 +70,8 @@ def validate_config(config):
     require(config, "dtype", *one_of(("float32", "bfloat16")))
     require(config, "precision", *one_of(tuple(PRECISIONS)))
     require(config, "memory_check", *one_of(("auto", "on", "off")))
+    require(config, "remat", is_remat, f"one of {list(REMAT_KEYWORDS)}, or the names of "
+            f"activations the model tags, separated by commas ('attention,mlp_hidden')")
     require(config, "grad_accum_steps", lambda v: is_int(v) and v > 0, "a positive integer")
     require(config, "fsdp_min_size", lambda v: is_int(v) and v >= 0, "an integer >= 0")
     require(config, "sharding_rules", lambda v: isinstance(v, (tuple, list)),

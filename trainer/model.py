@@ -43,6 +43,7 @@ from flax import nnx
 from flax.nnx import spmd, traversals, variablelib
 from jax.sharding import PartitionSpec
 
+from models.remat import KEYWORDS as REMAT_KEYWORDS
 from trainer import parts
 from trainer.errors import ConfigError, setting
 
@@ -287,11 +288,31 @@ def precision_of(config):
     return "mixed_bfloat16"
 
 
-def build(section, precision="float32", axis_name=None):
+def remat_of(remat):
+    """config.remat as a model's `remat` field takes it: a keyword of models/remat.py, or the
+    tuple of activation names that "name,name" lists (is_remat checked the form)."""
+    if remat in REMAT_KEYWORDS:
+        return remat
+    return tuple(name.strip() for name in remat.split(","))
+
+
+def is_remat(value):
+    return isinstance(value, str) and (value in REMAT_KEYWORDS or all(
+        name.strip().isidentifier() for name in value.split(",")))
+
+
+def build(section, precision="float32", axis_name=None, remat="none", scan_unroll=False):
     """The Model config.model names, built with its fields; `precision`: config.precision (a
-    name of PRECISIONS), given to a model by its fields `dtype` and `param_dtype`; `axis_name`:
-    pmap's."""
-    dtypes = dict(zip(("dtype", "param_dtype"), PRECISIONS[precision]))
+    name of PRECISIONS), given to a model by its fields `dtype` and `param_dtype`; `remat`:
+    config.remat, by its field `remat`; `axis_name`: pmap's; `scan_unroll`: True to a model with
+    that field, for XLA to count every pass of a scan's body, which it counts once
+    (trainer/preflight.py)."""
+    # What the trainer gives by fields of these names, and the value that a model without the
+    # field computes by anyway (so it may lack the field).
+    given = {**dict(zip(("dtype", "param_dtype"), PRECISIONS[precision])),
+             "remat": remat_of(remat), **({"scan_unroll": True} if scan_unroll else {})}
+    defaults = {"dtype": "float32", "param_dtype": "float32", "remat": "none", "scan_unroll": True}
+    settings = dict(precision=precision, remat=remat)
     name, fields = parts.section_fields(section)
     target = parts.find(parts.MODEL, name)
     described = parts.MODEL.described(name)
@@ -300,7 +321,7 @@ def build(section, precision="float32", axis_name=None):
                           f"and placement are not the run's: name its class (or a function that "
                           f"takes rngs and returns one), and the trainer builds it.")
     if is_nnx(target):
-        make = nnx_maker(target, fields, described, dtypes, precision, axis_name)
+        make = nnx_maker(target, fields, described, given, defaults, settings, axis_name)
         try:
             return NnxModel(make, axis_name)
         except ConfigError:
@@ -317,33 +338,45 @@ def build(section, precision="float32", axis_name=None):
         raise ConfigError(f"config.model.name={name!r} gave a {type(module).__name__}, not a "
                           f"linen or NNX Module: name a Module class, or a function that returns "
                           f"one.")
-    for field, dtype in dtypes.items():
-        if field in module.__dataclass_fields__:
-            module = module.clone(**{field: dtype})
-        elif dtype != "float32":
-            raise ConfigError(no_dtype(precision, field, type(module).__name__))
+    for field, value in given.items():
+        if field not in module.__dataclass_fields__:
+            if value != defaults[field]:
+                raise ConfigError(no_field(field, settings, type(module).__name__))
+            continue
+        try:
+            module = module.clone(**{field: value})
+        except ValueError as e:  # the model's own check of the value (a remat name it lacks)
+            name = config_field(field)
+            raise ConfigError(f"config.{name}={settings[name]!r}: "
+                              f"{str(e).splitlines()[0]}") from e
     if axis_name and "axis_name" in module.__dataclass_fields__:
         module = module.clone(axis_name=axis_name)
     return LinenModel(module)
 
 
-def no_dtype(precision, field, model_name):
-    return (f"config.precision={precision!r} needs a model with a field `{field}`, and "
+def config_field(field):
+    return "precision" if field.endswith("dtype") else field
+
+
+def no_field(field, settings, model_name):
+    """A model without a field for a setting it was given otherwise than its default."""
+    name = config_field(field)
+    return (f"config.{name}={settings[name]!r} needs a model with a field `{field}`, and "
             f"{model_name} has none: add one (given to its layers, as the shipped models do), or "
-            f"use {setting('precision', 'float32')}.")
+            f"use {setting(name, {'precision': 'float32', 'remat': 'none'}[name])}.")
 
 
-def nnx_maker(target, fields, described, dtypes, precision, axis_name):
+def nnx_maker(target, fields, described, given, defaults, settings, axis_name):
     """rngs -> the NNX module, with the config's fields and what the trainer supplies; the fields
     checked first, against __init__ (NNX's metaclass hides the class's own signature)."""
     signature = parts.signature_of(target)
     takes = signature.parameters if signature is not None else {}
     supplied = {"rngs": None} if "rngs" in takes else {}
-    for field, dtype in dtypes.items():
+    for field, value in given.items():
         if field in takes:
-            supplied[field] = jnp.dtype(dtype)
-        elif dtype != "float32":
-            raise ConfigError(no_dtype(precision, field, getattr(target, "__name__", str(target))))
+            supplied[field] = jnp.dtype(value) if field.endswith("dtype") else value
+        elif value != defaults[field]:
+            raise ConfigError(no_field(field, settings, getattr(target, "__name__", str(target))))
     if axis_name and "axis_name" in takes:
         supplied["axis_name"] = axis_name
     parts.check_fields(target, fields, "config.model", described, supplied=supplied)

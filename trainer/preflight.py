@@ -19,6 +19,7 @@ import numpy as np
 
 from trainer import configuration, evaluation, hardware, runners
 from trainer.errors import ConfigError, setting
+from trainer.model import build as build_model, precision_of
 
 # Of a device's memory limit (on a GPU, the part JAX's allocator may take: 75 % of the card by
 # default); the rest for the runtime, fragmentation and what XLA's analysis does not see.
@@ -46,6 +47,7 @@ class Report:
     flops: float | None  # one step on one device (forward, backward, update)
     device_count: int
     peak: float | None  # the device kind's peak FLOP/s (hardware.py), None off its table
+    loops_counted_once: bool = False  # the model loops and cannot unroll: its FLOPs are short
 
     @property
     def peak_total(self):
@@ -91,6 +93,10 @@ class Report:
                 seconds = self.flops / (ASSUMED_UTILISATION * self.peak)
                 lines.append(f"  at {ASSUMED_UTILISATION:.0%} of the device's peak "
                              f"({self.peak / 1e12:g} TFLOP/s): {seconds * 1e3:.3g} ms a step")
+            if self.loops_counted_once:
+                lines.append("  (too few: the model loops, and XLA counts a loop's body once; a "
+                             "model field `scan_unroll` lets the check unroll its scan, as the "
+                             "shipped transformer's does)")
         if jax.default_backend() == "cpu":
             lines.append("  (figures of XLA's CPU compiler: a GPU's or TPU's differ; check on the "
                          "accelerator itself)")
@@ -216,20 +222,25 @@ def cost(compiled_or_lowered, key):
 
 
 def step_flops(config, setup, per_device=True):
-    """FLOPs of one train step as XLA counts them: on one device, in the compiled step (the
-    replicated parts of data parallel counted on each); or (`per_device` False) the model's on the
-    global batch, in the step lowered and not compiled (for MFU, cheap). A loop's body is counted
-    once (gradient accumulation's scan, the fused path's steps), so this is the step without
-    accumulation on the whole batch: the same arithmetic, counted whole."""
+    """(FLOPs of one train step as XLA counts them, whether a loop was left counted once): on one
+    device, in the compiled step (the replicated parts of data parallel counted on each); or
+    (`per_device` False) the model's on the global batch, in the step lowered and not compiled
+    (for MFU, cheap). XLA counts a loop's body once, so this is the step without accumulation on
+    the whole batch, and the model built with its scan over blocks unrolled (its `scan_unroll`
+    field): the same arithmetic, counted whole."""
     parallel = setup.parallel
+    unrolled = build_model(config.model, precision_of(config), axis_name=parallel.axis_name,
+                           remat=config.remat, scan_unroll=True)
+    setup = dataclasses.replace(setup, state=setup.state.replace(model=unrolled), jitted={})
     jitted = parallel.compile(runners.train_step_into, **runners.step_args(
         config, setup, grad_accum_steps=1))
     arguments, _ = step_arguments(setup, fused=False)
     lowered = jitted.lower(*device_form(parallel, arguments))
+    loops = "stablehlo.while" in lowered.as_text()
     if per_device:
-        return cost(lowered.compile(), "flops")
+        return cost(lowered.compile(), "flops"), loops
     flops = cost(lowered, "flops")  # jit: the global program; pmap: one device's
-    return flops and flops * (jax.device_count() if parallel.mode == "pmap" else 1)
+    return flops and flops * (jax.device_count() if parallel.mode == "pmap" else 1), loops
 
 
 def analysis(compiled):
@@ -287,24 +298,19 @@ def report(config, setup, count_flops=True) -> Report:
     compiled = runners.jitted_steps(config, setup, fused).lower(
         *device_form(setup.parallel, arguments)).compile()
     temporaries, total = memory_of(compiled)
-    if not count_flops:
-        flops = None
-    elif not fused and config.grad_accum_steps == 1:
-        flops = cost(compiled, "flops")  # the run's own step, counted whole
-    else:
-        flops = step_flops(config, setup)
+    flops, loops = step_flops(config, setup) if count_flops else (None, False)
     limit, limit_source = device_limit()
     return Report(compiler(), setup.parallel.describe(), "fused" if fused else "per_step",
                   parts, temporaries, total, evaluation_total(config, setup, parts), limit,
                   limit_source, flops, jax.device_count(),
-                  hardware.peak_flops(jax.devices()[0].device_kind))
+                  hardware.peak_flops(jax.devices()[0].device_kind), loops)
 
 
 def utilisation_of(config, setup):
     """A function of steps/s to the run's model FLOPs utilisation, or None off the devices of
     hardware.PEAK_FLOPS (or where XLA counts nothing)."""
     peak = hardware.peak_flops(jax.devices()[0].device_kind)
-    flops = step_flops(config, setup, per_device=False) if peak else None
+    flops = step_flops(config, setup, per_device=False)[0] if peak else None
     if not flops:
         return None
     return lambda steps_per_sec: flops * steps_per_sec / (peak * jax.device_count())
@@ -344,14 +350,17 @@ def check_before_run(config, setup, build):
 
 def alternatives(config, build, by_evaluation=False):
     """[(a setting, the Report under it)] of the changes that lower a step's memory: the state
-    sharded over every device (fsdp), and more gradient accumulation (a smaller microbatch); a
-    smaller evaluation batch where the evaluation step is the larger."""
+    sharded over every device (fsdp), the blocks' activations recomputed (remat, for a model
+    that takes it), and more gradient accumulation (a smaller microbatch); a smaller evaluation
+    batch where the evaluation step is the larger."""
     changes = []
     half = config.eval_batch_size // 2
     if by_evaluation and half and half % jax.device_count() == 0:
         changes.append(({"eval_batch_size": half}, setting("eval_batch_size", half)))
     if jax.device_count() > 1 and config.parallelism == "jit" and config.mesh.fsdp != -1:
         changes.append(({"mesh": dict(data=1, fsdp=-1)}, setting("mesh", dict(data=1, fsdp=-1))))
+    if config.remat != "full":
+        changes.append(({"remat": "full"}, setting("remat", "full")))
     for k in (2, 4, 8):
         k *= config.grad_accum_steps
         if config.batch_size % (k * jax.device_count()) == 0:
@@ -362,6 +371,7 @@ def alternatives(config, build, by_evaluation=False):
         configuration.override(other, fields)
         try:
             found.append((said, report(other, build(other), count_flops=False)))
-        except ConfigError:  # a change the config cannot take (a mesh its rules refuse)
+        except ConfigError:  # a change the config cannot take (a mesh its rules refuse, remat
+            # for a model without the field)
             continue
     return found
