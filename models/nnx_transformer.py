@@ -25,7 +25,7 @@ from flax import nnx
 
 from jax.ad_checkpoint import checkpoint_name
 
-from models.remat import check_remat, remat_policy
+from models.remat import check_remat, remat_policy, unrolled
 from models.transformer import (EMBED_AXES, HEAD_AXES, IN_AXES, OUT_AXES, NAMES, attend,
                                 check_fields, finish, initializer, make_cache, prepare, rotary)
 
@@ -90,12 +90,13 @@ class Transformer(nnx.Module):
                  num_heads: int = 4, embed_dim: int = 128, mlp_dim: int | None = None,
                  max_len: int = 1024, dropout_rate: float = 0.0, tie_embeddings: bool = False,
                  rope_base: float = 10000.0, dtype=jnp.float32, param_dtype=jnp.float32,
-                 remat: str | tuple = "none", scan_unroll: bool = False):
+                 remat: str | tuple = "none", scan_unroll: bool | None = None):
         """`mlp_dim` None: 4 * embed_dim; `max_len`: the longest sequence the model is meant for
         (positions < max_len); `tie_embeddings`: the output head is the embedding transposed;
         `dtype`, `param_dtype`: of computation and parameters (set by config.precision);
         `remat`: what each block keeps for the backward pass (config.remat, models/remat.py);
-        `scan_unroll`: the scan over blocks unrolled (the trainer's FLOP count)."""
+        `scan_unroll`: the scan over blocks unrolled (the trainer's FLOP count sets True); None:
+        unless remat is on."""
         check_fields(vocab_size, num_layers, num_heads, embed_dim, mlp_dim, max_len, dropout_rate,
                      rope_base)
         check_remat(remat, NAMES, "the transformer")
@@ -149,7 +150,7 @@ class Transformer(nnx.Module):
         if self.remat != "none":  # prevent_cse: the scan keeps the recomputation apart
             block = jax.checkpoint(block, policy=remat_policy(self.remat), prevent_cse=False)
         x, cached = jax.lax.scan(block, x, (stacked, cached, keys),
-                                 unroll=True if self.scan_unroll else 1)
+                                 unroll=True if unrolled(self.scan_unroll, self.remat) else 1)
         x = self.final_norm(x).astype(self.dtype)
         logits = self.embed.attend(x) if self.head is None else self.head(x)
         logits = logits.astype(jnp.float32)  # the loss in float32

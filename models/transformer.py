@@ -26,8 +26,8 @@ names: params/embed/embedding, params/blocks/attention_norm/scale,
 params/blocks/attention/{query,key,value,out}/kernel, params/blocks/mlp_norm/scale,
 params/blocks/mlp/{up,down}/kernel, params/final_norm/scale, params/head/kernel (not with
 tie_embeddings). The blocks' parameters are stacked, a leading axis of num_layers, and scanned
-over (jax.lax.scan): one block compiled, not num_layers, and the place where `remat` saves memory
-(models/remat.py; its list of names: NAMES). Sharding annotations (Megatron-style, mesh axes
+over (jax.lax.scan): rolled under `remat`, where it saves memory, unrolled without, where it is
+faster (models/remat.py; its list of names: NAMES). Sharding annotations (Megatron-style, mesh axes
 "fsdp" and "model"; the layer axis None): q/k/v and MLP-in kernels ("fsdp", "model"),
 attention-out and MLP-out kernels ("model", "fsdp"); the
 vocabulary dimension is not split over "model" (257, the bytes and an end-of-document token, is
@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from models.remat import check_remat, remat_policy
+from models.remat import check_remat, remat_policy, unrolled
 
 # The activations a block tags for config.remat's list of names (models/remat.py).
 NAMES = ("query", "key", "value", "attention", "mlp_hidden")
@@ -248,7 +248,8 @@ class Transformer(nn.Module):
     dtype: str = "float32"  # computation (set by config.precision)
     param_dtype: str = "float32"  # parameters (set by config.precision)
     remat: str | tuple = "none"  # what each block keeps for the backward pass (config.remat)
-    scan_unroll: bool = False  # the scan over blocks unrolled (the trainer's FLOP count)
+    # The scan over blocks unrolled (the trainer's FLOP count sets True); None: unless remat is on.
+    scan_unroll: bool | None = None
 
     def __post_init__(self):
         check_fields(self.vocab_size, self.num_layers, self.num_heads, self.embed_dim,
@@ -276,10 +277,11 @@ class Transformer(nn.Module):
         # One Block's parameters stacked over the layers (axis 0, not split over the mesh), each
         # layer initialised and dropped out with keys of its own; the cache's keys and values
         # are scanned with them.
+        unroll = self.num_layers if unrolled(self.scan_unroll, self.remat) else 1
         blocks = nn.scan(block, variable_axes={"params": 0},
                          split_rngs={"params": True, "dropout": True},
                          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0),
-                         length=self.num_layers, unroll=self.num_layers if self.scan_unroll else 1,
+                         length=self.num_layers, unroll=unroll,
                          metadata_params={nn.PARTITION_NAME: None})
         cached = None if cache is None else (new_cache["keys"], new_cache["values"])
         x, cached = blocks(self.num_heads, self.num_layers, self.mlp_dim or 4 * self.embed_dim,
