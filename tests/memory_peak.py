@@ -40,7 +40,7 @@ def main(case):
     config, _ = api.resolved(case["config"], case.get("overrides", {}), dict.fromkeys(
         ("model", "dataset", "task", "optimizer", "writers")))
     setup = build(config, abstract=True)
-    report = preflight.report(config, setup)
+    report = preflight.report(config, setup, count_flops=False)
     fused = runners.use_fused_steps(config, setup)
     setup = setup.materialized()
     parallel = setup.parallel
