@@ -1,6 +1,7 @@
 """A transformer trained on the real Shakespeare corpus through the command line, as a user runs
-configs/shakespeare_lm.py (small: one block, width 32, 20 steps; remat=full, so that every promise
-below holds with recomputation too): what it logs and writes back, bitwise resume after SIGKILL,
+configs/shakespeare_lm.py (small: one block, width 32, 20 steps; remat=full and mixed_bfloat16, so
+that every promise below holds with recomputation and in bfloat16 too): what it logs and writes
+back, bitwise resume after SIGKILL,
 a resume under another remat, 8 devices with fsdp=4 against one, NNX, generation, and bad input
 as one line (a mixture's: tests/test_text.py). The data: ../shared/data/shakespeare, its token
 cache written beside it."""
@@ -24,7 +25,7 @@ SMALL_LM = ["--config=configs/shakespeare_lm.py", f"--config.dataset.path={SHAKE
             "--config.checkpoint_every_steps=10", "--config.evals.val.every_steps=10",
             "--config.evals.val.max_examples=64", "--config.evals.test.max_examples=64",
             "--config.eval_batch_size=32", "--config.samples.max_new_tokens=24",
-            "--config.plots=False", "--config.remat=full"]
+            "--config.plots=False", "--config.remat=full", "--config.precision=mixed_bfloat16"]
 
 
 # Host batches, so that worker processes can read them (the default, fused, cuts them on the device).
