@@ -117,7 +117,7 @@ def load(path="", seq_len=64, tokenizer="bytes", vocab_size=0, packing="concat",
 def mixture_sources(path, mixture, defaults):
     """{source name: its fields}: the one source of `path`, or the mixture's, checked."""
     if not mixture:
-        return {"": dict(defaults, path=path, field="config.dataset.path")}
+        return {"": dict(defaults, path=path, section="config.dataset")}
     if path:
         raise DataError("config.dataset has both a path and a mixture: give the sources' paths in "
                         "config.dataset.mixture.<name>.path, and no config.dataset.path.")
@@ -137,22 +137,22 @@ def mixture_sources(path, mixture, defaults):
                             f"weight > 0 (its share of the training rows, once the weights are "
                             f"divided by their sum).")
         sources[name] = {**defaults, **{k: v for k, v in source.items() if v is not None},
-                         "field": f"config.dataset.mixture.{name}.path"}
+                         "section": f"config.dataset.mixture.{name}"}
     return sources
 
 
 def read_corpus(source):
-    pattern = compile_split_at(source["split_at"])
-    files = list_files(source["path"], source["exclude"], source["field"])
+    pattern = compile_split_at(source["split_at"], source["section"])
+    files = list_files(source["path"], source["exclude"], source["section"])
     contents = []
     for _, file in files:
         with open(file, "rb") as f:
             contents.append(f.read())
     documents = [document for (relative, file), data in zip(files, contents)
                  for document in file_documents(file, relative, data, pattern,
-                                                source["text_field"])]
+                                                source["text_field"], source["section"])]
     if not documents:
-        raise DataError(f"{source['field']}={source['path']!r} holds no text: its files are "
+        raise DataError(f"{source['section']}.path={source['path']!r} holds no text: its files are "
                         f"empty or only whitespace. Point it at the corpus.")
     return Corpus(source["path"], documents, corpus_digest(files, contents), source["split_at"],
                   source["text_field"])
@@ -221,19 +221,20 @@ def check_fields(seq_len, packing, validation_fraction, test_fraction):
                         f"them to less than 1 together.")
 
 
-def compile_split_at(split_at):
+def compile_split_at(split_at, section="config.dataset"):
     if not split_at:
         return None
     try:
         return re.compile(split_at, re.MULTILINE)
     except re.error as e:
-        raise DataError(f"config.dataset.split_at={split_at!r} is not a regular expression: "
+        raise DataError(f"{section}.split_at={split_at!r} is not a regular expression: "
                         f"{e}. Fix it (Python re syntax, e.g. r'^### SCENE').") from e
 
 
-def list_files(path, exclude=README, field="config.dataset.path"):
+def list_files(path, exclude=README, section="config.dataset"):
     """(relative path, path) of every file of the corpus, sorted, but those `exclude` matches;
-    `field`: the config field that gave `path`, for errors."""
+    `section`: the config section that gave `path` and `exclude`, for errors."""
+    field = f"{section}.path"
     if not os.path.exists(path):
         raise DataError(f"{field}={path!r} does not exist. Point it at a folder of "
                         f"{', '.join(EXTENSIONS)} files or at one such file.")
@@ -250,7 +251,7 @@ def list_files(path, exclude=README, field="config.dataset.path"):
     try:
         skipped = re.compile(exclude) if exclude else None
     except re.error as e:
-        raise DataError(f"config.dataset.exclude={exclude!r} is not a regular expression: {e}. "
+        raise DataError(f"{section}.exclude={exclude!r} is not a regular expression: {e}. "
                         f"Fix it, or give '' to exclude nothing.") from e
     if skipped:
         found = [(relative, file) for relative, file in found
@@ -261,17 +262,18 @@ def list_files(path, exclude=README, field="config.dataset.path"):
     return sorted(found)
 
 
-def file_documents(file, relative, data, pattern, text_field):
+def file_documents(file, relative, data, pattern, text_field, section):
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"{file} is not UTF-8 text: byte {e.start} (0x{data[e.start]:02x}) does "
                         f"not decode. Convert it to UTF-8 (iconv -t utf-8) or remove it.") from e
-    texts = jsonl_texts(file, text, text_field) if relative.lower().endswith(".jsonl") else [text]
+    texts = (jsonl_texts(file, text, text_field, section) if relative.lower().endswith(".jsonl")
+             else [text])
     return [document for t in texts for document in split(t, pattern)]
 
 
-def jsonl_texts(file, text, text_field):
+def jsonl_texts(file, text, text_field, section):
     texts = []
     # Not splitlines(): it also splits at characters such as U+2028, which JSON strings may hold.
     for number, line in enumerate(text.split("\n"), 1):
@@ -284,7 +286,7 @@ def jsonl_texts(file, text, text_field):
                             f"is one JSON object, e.g. {{\"{text_field}\": \"...\"}}.") from e
         if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
             raise DataError(f"{file}:{number} has no text field {text_field!r} (a string). Set "
-                            f"config.dataset.text_field to the field that holds the document.")
+                            f"{section}.text_field to the field that holds the document.")
         texts.append(record[text_field])
     return texts
 

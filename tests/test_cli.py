@@ -199,6 +199,13 @@ BAD_VALUES = [
      "config.dataset.mixture.poems.path='{root}/poems' does not exist"),
     (LM, {"dataset": dict(path="{root}/plays", mixture=dict(
         sonnets=dict(path="{root}/sonnets", weight=1.0)))}, "has both a path and a mixture"),
+    (LM, {"dataset": dict(path=None, mixture=dict(plays=dict(path="{root}/plays", weight=1.0,
+                                                             split_at="(")))},
+     "config.dataset.mixture.plays.split_at='(' is not a regular expression"),
+    (LM, {"dataset": dict(path=None, mixture=dict(plays=dict(path="{root}/plays", weight=1.0),
+                                                  sonnets=dict(path="{root}/sonnets", weight=1.0,
+                                                               exclude="[")))},
+     "config.dataset.mixture.sonnets.exclude='[' is not a regular expression"),
 ]
 
 
