@@ -44,7 +44,7 @@ class Attention(nnx.Module):
         self.value = linear(embed_dim, embed_dim, IN_AXES, dtypes, rngs)
         self.out = linear(embed_dim, embed_dim, OUT_AXES, dtypes, rngs, num_layers)
 
-    def __call__(self, x, positions, mask, index, cached):
+    def __call__(self, x, positions, mask, cached, index, layer):
         batch, length, width = x.shape
         heads = (batch, length, self.num_heads, width // self.num_heads)
 
@@ -53,7 +53,7 @@ class Attention(nnx.Module):
 
         query = rotary(project("query"), positions, self.rope_base)
         key = rotary(project("key"), positions, self.rope_base)
-        out, cached = attend(query, key, project("value"), mask, cached, index)
+        out, cached = attend(query, key, project("value"), mask, cached, index, layer)
         return self.out(out.reshape(batch, length, width)), cached
 
 
@@ -77,10 +77,10 @@ class Block(nnx.Module):
                                     param_dtype=dtypes["param_dtype"], rngs=rngs)
         self.mlp = MLP(embed_dim, mlp_dim, num_layers, dtypes, rngs)
 
-    def __call__(self, x, positions, mask, index, cached, dropout):
+    def __call__(self, x, positions, mask, cached, index, layer, dropout):
         """`dropout`: x, which of the block's two -> x dropped out (or not)."""
         h, cached = self.attention(self.attention_norm(x).astype(self.dtype), positions, mask,
-                                   index, cached)
+                                   cached, index, layer)
         x = x + dropout(h, 0)
         return x + dropout(self.mlp(self.mlp_norm(x).astype(self.dtype)), 1), cached
 
@@ -139,18 +139,23 @@ class Transformer(nnx.Module):
         index = None if cache is None else cache["index"]
         cached = None if cache is None else (new_cache["keys"], new_cache["values"])
 
-        def block(x, layer):
-            state, cached, layer_keys = layer
+        def block(carried, layer):
+            """As linen's scanned Block: carries (x, the whole cache), takes a layer's parameters,
+            number and dropout keys."""
+            (x, cached), (state, number, layer_keys) = carried, layer
 
             def dropout(h, which):
                 return self.dropout(h, deterministic=not dropped,
                                     rngs=layer_keys[which] if dropped else None)
-            return nnx.merge(graphdef, state)(x, positions, mask, index, cached, dropout)
+            return nnx.merge(graphdef, state)(x, positions, mask, cached, index, number,
+                                              dropout), None
 
-        if self.remat != "none":  # prevent_cse: the scan keeps the recomputation apart
-            block = jax.checkpoint(block, policy=remat_policy(self.remat), prevent_cse=False)
-        x, cached = jax.lax.scan(block, x, (stacked, cached, keys),
-                                 unroll=True if unrolled(self.scan_unroll, self.remat) else 1)
+        unroll = unrolled(self.scan_unroll, self.remat)
+        if self.remat != "none":  # prevent_cse as in linen (models/transformer.py)
+            block = jax.checkpoint(block, policy=remat_policy(self.remat), prevent_cse=unroll)
+        (x, cached), _ = jax.lax.scan(block, (x, cached),
+                                      (stacked, jnp.arange(self.num_layers), keys),
+                                      unroll=True if unroll else 1)
         x = self.final_norm(x).astype(self.dtype)
         logits = self.embed.attend(x) if self.head is None else self.head(x)
         logits = logits.astype(jnp.float32)  # the loss in float32

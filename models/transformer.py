@@ -136,17 +136,17 @@ def rotary(x, positions, base):
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
-def attend(query, key, value, mask, cached, index):
-    """Attention of (batch, length, heads, head_dim) queries; with `cached` (this layer's keys and
-    values of the cache), the layer's keys and values are written into it at slot `index` and the
-    queries attend all its slots. Returns (output, cached)."""
+def attend(query, key, value, mask, cached, index, layer):
+    """Attention of (batch, length, heads, head_dim) queries; with `cached` (the cache's keys and
+    values of every layer), this `layer`'s keys and values are written into it at slot `index`,
+    in place, and the queries attend all its slots. Returns (output, cached)."""
     if cached is not None:
-        keys, values = (jax.lax.dynamic_update_slice(into, new.astype(into.dtype),
-                                                     (0, index, 0, 0))
+        keys, values = (jax.lax.dynamic_update_slice(into, new[None].astype(into.dtype),
+                                                     (layer, 0, index, 0, 0))
                         for into, new in zip(cached, (key, value)))
         cached = (keys, values)
         # dot_product_attention wants one dtype for query, key and value.
-        key, value = keys.astype(query.dtype), values.astype(query.dtype)
+        key, value = keys[layer].astype(query.dtype), values[layer].astype(query.dtype)
     # implementation=None is XLA's on every platform in this JAX; "cudnn" is GPU flash attention.
     out = jax.nn.dot_product_attention(query, key, value, mask=mask)
     return checkpoint_name(out, "attention"), cached
@@ -174,7 +174,7 @@ class Attention(nn.Module):
     param_dtype: str
 
     @nn.compact
-    def __call__(self, x, positions, mask, index, cached):
+    def __call__(self, x, positions, mask, cached, index, layer):
         batch, length, width = x.shape
         heads = (batch, length, self.num_heads, width // self.num_heads)
 
@@ -185,7 +185,7 @@ class Attention(nn.Module):
 
         query = rotary(project("query"), positions, self.rope_base)
         key = rotary(project("key"), positions, self.rope_base)
-        out, cached = attend(query, key, project("value"), mask, cached, index)
+        out, cached = attend(query, key, project("value"), mask, cached, index, layer)
         out = nn.Dense(width, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
                        name="out", kernel_init=initializer(nn.with_partitioning, OUT_AXES,
                                                            self.num_layers)
@@ -210,7 +210,8 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """One block, scanned over the layers (Transformer): (x, this layer's cache) -> the same."""
+    """One block, scanned over the layers (Transformer): carries (x, the cache's keys and values),
+    takes its layer's number."""
     num_heads: int
     num_layers: int
     mlp_dim: int
@@ -221,18 +222,19 @@ class Block(nn.Module):
     train: bool
 
     @nn.compact
-    def __call__(self, x, positions, mask, index, cached):
+    def __call__(self, carried, positions, mask, index, layer):
+        x, cached = carried
         # Norms in float32 whatever the dtype: bfloat16 statistics cost accuracy.
         h = nn.RMSNorm(dtype=jnp.float32, param_dtype=self.param_dtype, name="attention_norm"
                        )(x).astype(self.dtype)
         h, cached = Attention(self.num_heads, self.num_layers, self.rope_base, self.dtype,
-                              self.param_dtype, name="attention")(h, positions, mask, index,
-                                                                  cached)
+                              self.param_dtype, name="attention")(h, positions, mask, cached,
+                                                                  index, layer)
         x = x + nn.Dropout(self.dropout_rate, deterministic=not self.train)(h)
         h = nn.RMSNorm(dtype=jnp.float32, param_dtype=self.param_dtype, name="mlp_norm"
                        )(x).astype(self.dtype)
         h = MLP(self.mlp_dim, self.num_layers, self.dtype, self.param_dtype, name="mlp")(h)
-        return x + nn.Dropout(self.dropout_rate, deterministic=not self.train)(h), cached
+        return (x + nn.Dropout(self.dropout_rate, deterministic=not self.train)(h), cached), None
 
 
 class Transformer(nn.Module):
@@ -272,22 +274,25 @@ class Transformer(nn.Module):
                          param_dtype=self.param_dtype, name="embed",
                          embedding_init=initializer(nn.with_partitioning, EMBED_AXES))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(embed(tokens))
+        unroll = unrolled(self.scan_unroll, self.remat)
+        # prevent_cse off in a rolled scan, which keeps the recomputation apart by itself (and
+        # runs faster without the barrier); unrolled, only the barrier keeps XLA from merging it.
         block = Block if self.remat == "none" else nn.remat(
-            Block, policy=remat_policy(self.remat), prevent_cse=False)  # a scan keeps it apart
+            Block, policy=remat_policy(self.remat), prevent_cse=unroll)
         # One Block's parameters stacked over the layers (axis 0, not split over the mesh), each
-        # layer initialised and dropped out with keys of its own; the cache's keys and values
-        # are scanned with them.
-        unroll = self.num_layers if unrolled(self.scan_unroll, self.remat) else 1
+        # layer initialised and dropped out with keys of its own; the cache is carried whole and
+        # written in place at each layer's index.
         blocks = nn.scan(block, variable_axes={"params": 0},
                          split_rngs={"params": True, "dropout": True},
                          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0),
-                         length=self.num_layers, unroll=unroll,
+                         length=self.num_layers, unroll=self.num_layers if unroll else 1,
                          metadata_params={nn.PARTITION_NAME: None})
         cached = None if cache is None else (new_cache["keys"], new_cache["values"])
-        x, cached = blocks(self.num_heads, self.num_layers, self.mlp_dim or 4 * self.embed_dim,
-                           self.dropout_rate, self.rope_base, self.dtype, self.param_dtype, train,
-                           name="blocks")(x, positions, mask, None if cache is None
-                                          else cache["index"], cached)
+        (x, cached), _ = blocks(
+            self.num_heads, self.num_layers, self.mlp_dim or 4 * self.embed_dim,
+            self.dropout_rate, self.rope_base, self.dtype, self.param_dtype, train,
+            name="blocks")((x, cached), positions, mask, None if cache is None
+                           else cache["index"], jnp.arange(self.num_layers))
         x = nn.RMSNorm(dtype=jnp.float32, param_dtype=self.param_dtype, name="final_norm"
                        )(x).astype(self.dtype)
         if self.tie_embeddings:

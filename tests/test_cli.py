@@ -172,8 +172,12 @@ BAD_VALUES = [
      "needs an output for each class; pass model=dict(num_classes=10)."),
     # remat for a model without the field, or naming an activation the model does not tag
     (MNIST, {"dataset.data_dir": "{root}/digits", "batch_size": 16, "remat": "full"},
-     "config.remat='full' needs a model with a field `remat`, and CNN has none: add one (given "
-     "to its layers, as the shipped models do), or use remat='none'."),
+     "config.remat='full' needs a model with a field `remat`, and CNN has none: add one "
+     "(applied to its repeated blocks in a scan, docs/models.md), or use remat='none'."),
+    (XOR, {"remat": "attention,full"}, "config.remat='attention,full' is invalid"),
+    (LM, {"dataset": dict(path=str(REPO.parent / "shared" / "data" / "shakespeare")),
+          "remat": "full", "model": dict(remat="dots")},
+     "config.remat='full' and config.model.remat='dots': give remat once, as config.remat"),
     (LM, {"dataset": dict(path=str(REPO.parent / "shared" / "data" / "shakespeare")),
           "remat": "attention,logits"},
      "config.remat='attention,logits': the transformer tags no activation named 'logits' for "

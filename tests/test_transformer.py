@@ -116,9 +116,11 @@ def test_rotary_positions_are_relative(api):
     assert np.abs(model(tokens, positions=2 * positions) - logits).max() > 1e-4
 
 
-@pytest.mark.parametrize("api", APIS)
-def test_cache_decoding_equals_the_full_forward_pass(api):
-    model = Built(api)
+@pytest.mark.parametrize("api, remat", [("linen", "none"), ("nnx", "none"), ("linen", "full"),
+                                        ("nnx", "full")])
+def test_cache_decoding_equals_the_full_forward_pass(api, remat):
+    """The cache is carried through the scan over blocks, unrolled (remat none) or rolled."""
+    model = Built(api, remat=remat)
     length, prompt, pad = 12, 5, 3
     # Row 0 one document; row 1 left-padded: 3 padding slots, then positions from 0.
     segment_ids = jnp.asarray([[1] * length, [0] * pad + [1] * (length - pad)], jnp.int32)

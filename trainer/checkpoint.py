@@ -454,9 +454,16 @@ class Checkpoints:
             except ValueError as not_json:
                 raise Damaged(f"state/_METADATA: unreadable metadata (not JSON: {not_json})") from e
             raise
+        saved_names, wanted_names = shapes_by_name(tree), shapes_by_name(like_state)  # shapes
+        if (any(re.match(r"params/blocks_\d+/", name) for name in saved_names)
+                and any(name.startswith("params/blocks/") for name in wanted_names)):
+            raise CheckpointMismatch(step, self.directory, (
+                "its transformer keeps each block apart (params/blocks_0/..., as the shipped "
+                "transformer did before 2026-12-06), and this version stacks them over the layers "
+                "(params/blocks/...): go on with the version that wrote it, or train again"))
         # Shapes, then dtypes (config.precision): Orbax would cast an array to the dtype asked
         # for, which its checksum then takes for damage.
-        for saved, wanted in ((shapes_by_name(tree), shapes_by_name(like_state)),
+        for saved, wanted in ((saved_names, wanted_names),
                               (dtypes_by_name(tree), dtypes_by_name(like_state))):
             for name in sorted(set(saved) | set(wanted), key=part_order):
                 if not optimizer and name.startswith("opt_state/"):

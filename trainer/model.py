@@ -291,14 +291,18 @@ def precision_of(config):
 def remat_of(remat):
     """config.remat as a model's `remat` field takes it: a keyword of models/remat.py, or the
     tuple of activation names that "name,name" lists (is_remat checked the form)."""
+    remat = remat.strip()
     if remat in REMAT_KEYWORDS:
         return remat
     return tuple(name.strip() for name in remat.split(","))
 
 
 def is_remat(value):
-    return isinstance(value, str) and (value in REMAT_KEYWORDS or all(
-        name.strip().isidentifier() for name in value.split(",")))
+    if not isinstance(value, str):
+        return False
+    names = remat_of(value)
+    return isinstance(names, str) or all(
+        name.isidentifier() and name not in REMAT_KEYWORDS for name in names)
 
 
 def build(section, precision="float32", axis_name=None, remat="none", scan_unroll=False):
@@ -308,12 +312,17 @@ def build(section, precision="float32", axis_name=None, remat="none", scan_unrol
     that field, for XLA to count every pass of a scan's body, which it counts once
     (trainer/preflight.py)."""
     # What the trainer gives by fields of these names, and the value that a model without the
-    # field computes by anyway (so it may lack the field).
+    # field computes by anyway (so it may lack the field). remat and scan_unroll only when set:
+    # a model keeps its own default otherwise.
     given = {**dict(zip(("dtype", "param_dtype"), PRECISIONS[precision])),
-             "remat": remat_of(remat), **({"scan_unroll": True} if scan_unroll else {})}
+             **({"remat": remat_of(remat)} if remat_of(remat) != "none" else {}),
+             **({"scan_unroll": True} if scan_unroll else {})}
     defaults = {"dtype": "float32", "param_dtype": "float32", "remat": "none", "scan_unroll": True}
-    settings = dict(precision=precision, remat=remat)
+    settings = dict(precision=precision, remat=remat, scan_unroll=scan_unroll)
     name, fields = parts.section_fields(section)
+    if "remat" in given and "remat" in fields:
+        raise ConfigError(f"config.remat={remat!r} and config.model.remat={fields['remat']!r}: "
+                          f"give remat once, as config.remat (none of config.model's).")
     target = parts.find(parts.MODEL, name)
     described = parts.MODEL.described(name)
     if isinstance(target, nnx.Module):
@@ -361,9 +370,11 @@ def config_field(field):
 def no_field(field, settings, model_name):
     """A model without a field for a setting it was given otherwise than its default."""
     name = config_field(field)
+    how = {"precision": "given to its layers, as the shipped models do",
+           "remat": "applied to its repeated blocks in a scan, docs/models.md"}[name]
     return (f"config.{name}={settings[name]!r} needs a model with a field `{field}`, and "
-            f"{model_name} has none: add one (given to its layers, as the shipped models do), or "
-            f"use {setting(name, {'precision': 'float32', 'remat': 'none'}[name])}.")
+            f"{model_name} has none: add one ({how}), or use "
+            f"{setting(name, {'precision': 'float32', 'remat': 'none'}[name])}.")
 
 
 def nnx_maker(target, fields, described, given, defaults, settings, axis_name):

@@ -221,16 +221,17 @@ def cost(compiled_or_lowered, key):
     return float((costs or {}).get(key, 0.0)) or None
 
 
-def step_flops(config, setup, per_device=True):
+def step_flops(config, setup, per_device=True, remat=None):
     """(FLOPs of one train step as XLA counts them, whether a loop was left counted once): on one
     device, in the compiled step (the replicated parts of data parallel counted on each); or
     (`per_device` False) the model's on the global batch, in the step lowered and not compiled
     (for MFU, cheap). XLA counts a loop's body once, so this is the step without accumulation on
     the whole batch, and the model built with its scan over blocks unrolled (its `scan_unroll`
-    field): the same arithmetic, counted whole."""
+    field): the same arithmetic, counted whole. `remat`: config.remat's, unless given ("none":
+    the model's FLOPs, without recomputation, as MFU counts them)."""
     parallel = setup.parallel
     unrolled = build_model(config.model, precision_of(config), axis_name=parallel.axis_name,
-                           remat=config.remat, scan_unroll=True)
+                           remat=config.remat if remat is None else remat, scan_unroll=True)
     setup = dataclasses.replace(setup, state=setup.state.replace(model=unrolled), jitted={})
     jitted = parallel.compile(runners.train_step_into, **runners.step_args(
         config, setup, grad_accum_steps=1))
@@ -310,7 +311,7 @@ def utilisation_of(config, setup):
     """A function of steps/s to the run's model FLOPs utilisation, or None off the devices of
     hardware.PEAK_FLOPS (or where XLA counts nothing)."""
     peak = hardware.peak_flops(jax.devices()[0].device_kind)
-    flops = step_flops(config, setup, per_device=False)[0] if peak else None
+    flops = step_flops(config, setup, per_device=False, remat="none")[0] if peak else None
     if not flops:
         return None
     return lambda steps_per_sec: flops * steps_per_sec / (peak * jax.device_count())

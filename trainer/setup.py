@@ -398,8 +398,9 @@ def build(config, training=True, workdir=None, abstract=False) -> Setup:
     first = datasets.examples(dataset.train, [0])  # read once: a streamed example is decoded
     dataset = with_normalization(dataset, config.augment, first["inputs"])
     augment = build_augment(config.augment, first["inputs"], config.dataset.name)
+    # remat is for the backward pass: evaluation, prediction and generation alone run without.
     model = build_model(config.model, precision_of(config), axis_name=parallel.axis_name,
-                        remat=config.remat)
+                        remat=config.remat if training else "none")
     steps_per_epoch = dataset.num_train // config.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(f"config.batch_size={config.batch_size} is larger than the training split "
