@@ -25,7 +25,8 @@ SMALL_LM = ["--config=configs/shakespeare_lm.py", f"--config.dataset.path={SHAKE
             "--config.checkpoint_every_steps=10", "--config.evals.val.every_steps=10",
             "--config.evals.val.max_examples=64", "--config.evals.test.max_examples=64",
             "--config.eval_batch_size=32", "--config.samples.max_new_tokens=24",
-            "--config.plots=False", "--config.remat=full", "--config.precision=mixed_bfloat16"]
+            "--config.plots=False", "--config.remat=full",
+            "--config.precision=mixed_bfloat16"]
 
 
 # Host batches, so that worker processes can read them (the default, fused, cuts them on the device).

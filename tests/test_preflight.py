@@ -28,8 +28,6 @@ CASES = {
     "mnist_cnn": ("configs/mnist_cnn.py", dict(dataset=dict(data_dir=MNIST))),
     "transformer": ("configs/shakespeare_lm.py", dict(
         dataset=dict(path=SHAKESPEARE), batch_size=64, steps="per_step")),
-    "transformer remat=full": ("configs/shakespeare_lm.py", dict(
-        dataset=dict(path=SHAKESPEARE), batch_size=64, steps="per_step", remat="full")),
 }
 
 
@@ -71,8 +69,8 @@ def test_the_same_check_from_python_gives_its_figures():
 
 
 def test_remat_trades_the_transformers_activations_for_flops():
-    """The check compiles the run's remat: under full remat each block keeps only its input
-    (measured against the real run's peak above); every block's FLOPs are counted (the scan
+    """The check compiles the run's remat: under full remat each block keeps only its input (its
+    total against a real run's peak: docs/devices.md); every block's FLOPs are counted (the scan
     unrolled for the count), a recomputed forward pass more than without."""
     def check(remat):
         return api.check("configs/shakespeare_lm.py", dataset=dict(path=SHAKESPEARE),
